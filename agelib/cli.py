@@ -1,0 +1,159 @@
+"""The command line: ``python -m agelib COMMAND`` (or ``agelib COMMAND``).
+
+Commands:
+
+* ``info``: versions, device, run mode and which data a run would use;
+* ``data DIR``: the parse/deduplication report of a UTKFace-style folder (``--json``);
+* ``download``: fetch and check UTKFace (or unpack an archive you downloaded);
+* ``pack``: write the decoded dataset as one small ``.tar`` to carry elsewhere;
+* ``links``: show or rewrite the Colab links and install cells from ``settings.REPOSITORY``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from . import course, settings
+
+PACKAGES = ("agelib", "torch", "torchvision", "timm", "fastai", "numpy", "pandas", "pillow",
+            "scikit-learn", "matplotlib")
+
+
+def environment_info() -> dict:
+    """Versions, device, mode and data, as shown by ``info`` and stated in run records."""
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    from .data import sources
+
+    try:
+        found = sources.find_data()
+        data = ({"dataset": "synthetic (no UTKFace found)", "location": None} if found is None
+                else {"dataset": "pack" if found.is_file() else "UTKFace folder",
+                      "location": found.name})
+    except FileNotFoundError as err:
+        data = {"dataset": "missing", "error": str(err)}
+    device = settings.get_device()
+    info = {"versions": versions, "device": str(device), "mode": settings.run_mode().name,
+            "data": data}
+    if device.type == "cuda":
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def cmd_info(args) -> int:
+    info = environment_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print("agelib environment")
+    for name, version in info["versions"].items():
+        print(f"  {name:<13}{version or 'not installed'}")
+    print(f"  device       {info['device']}{' (' + info['gpu'] + ')' if 'gpu' in info else ''}")
+    print(f"  {settings.run_mode().describe()}")
+    data = info["data"]
+    print(f"  data         {data['dataset']}"
+          + (f": {data['location']}" if data.get("location") else "")
+          + (f"\n  {data['error']}" if "error" in data else ""))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data import utkface
+
+    files, report = utkface.scan_folder(args.folder)
+    utkface.deduplicate(files, report)
+    if args.json:
+        out = report.to_dict()
+        groups = utkface.duplicate_groups(files)
+        out["conflicting_groups"] = [
+            {"files": g.files, "ages": g.ages} for g in groups[groups.age_conflict].itertuples()]
+        print(json.dumps(out, indent=2))
+    else:
+        print(report)
+    return 0
+
+
+def cmd_download(args) -> int:
+    from .data import download
+
+    dest = Path(args.dest) if args.dest else settings.data_home()
+    download.download_utkface(dest, url=args.url, archive=args.archive)
+    return 0
+
+
+def cmd_pack(args) -> int:
+    from .data import cache, sources
+
+    faces = sources.load_faces(args.source)
+    images = faces.images(args.size)
+    out = Path(args.out or settings.data_home() / "packs" / f"{faces.name}-{args.size}px.tar")
+    cache.write_pack(faces.samples, images, out, quality=args.quality, name=faces.name,
+                     real=faces.real)
+    print(f"wrote {out.name}: {len(faces.samples)} images at {args.size} px, "
+          f"{out.stat().st_size / 2**20:.1f} MiB")
+    return 0
+
+
+def cmd_links(args) -> int:
+    if args.write:
+        changed = course.write_links()
+        print("rewrote: " + (", ".join(changed) if changed else "nothing (already up to date)"))
+    else:
+        print(course.chapter_table())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m agelib", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="versions, device, mode and data found")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("data", help="parse/deduplication report of a UTKFace-style folder")
+    p.add_argument("folder", help="folder of UTKFace-named images")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("download", help="fetch and check UTKFace (non-commercial research only)")
+    p.add_argument("--dest", help="folder to put UTKFace/ in (default: the data home, data/)")
+    p.add_argument("--url", default=None, help="another URL of UTKFace.tar.gz")
+    p.add_argument("--archive", help="a UTKFace.tar.gz you downloaded yourself")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("pack", help="write the dataset as one small .tar of WebP images")
+    p.add_argument("--source", default=None, help="folder or 'synthetic' (default: AGELIB_DATA)")
+    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    p.add_argument("--quality", type=int, default=90, help="WebP quality (default 90)")
+    p.add_argument("--out", help="output file (default: data/packs/NAME-SIZEpx.tar)")
+    p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("links", help="Colab links from settings.REPOSITORY")
+    p.add_argument("--write", action="store_true", help="rewrite README.md and notebooks")
+    p.set_defaults(func=cmd_links)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "url", "unset") is None:
+        from .data import download
+
+        args.url = download.URL
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,109 @@
+"""Fetching UTKFace for users who are online, and checking what arrived.
+
+The authors distribute the "Aligned & Cropped Faces" as ``UTKFace.tar.gz``
+(about 100 MB, 23,708 images) from the project page
+https://susanqq.github.io/UTKFace/, hosted on Google Drive. Drive links change
+and sometimes refuse scripted downloads, so :func:`download_utkface` also takes
+another URL or an archive you downloaded by hand (``archive=``), and always
+checks the result: a gzip'd tar, safe member names, and enough images whose
+names carry labels.
+
+Licence: UTKFace is for non-commercial research only; the images' copyright
+stays with their owners. Do not redistribute them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from . import utkface
+
+PROJECT_PAGE = "https://susanqq.github.io/UTKFace/"
+#: Google Drive file "UTKFace.tar.gz" linked from the project page.
+DRIVE_ID = "0BxYys69jI14kYVM3aVhKS1VhRUk"
+DRIVE_RESOURCE_KEY = "0-dabpv_3J0C0cditpiAfhAw"
+URL = ("https://drive.usercontent.google.com/download?export=download&confirm=t"
+       f"&id={DRIVE_ID}&resourcekey={DRIVE_RESOURCE_KEY}")
+MIN_IMAGES = 20_000  # the archive holds 23,708; far fewer means a broken download
+LICENCE = ("UTKFace is available for non-commercial research purposes only; the copyright "
+           "of the images stays with their owners. Do not redistribute them.")
+
+
+def download_utkface(dest: str | Path, url: str = URL, archive: str | Path | None = None,
+                     min_images: int = MIN_IMAGES) -> Path:
+    """Download (or take ``archive``), check and unpack UTKFace into ``dest/UTKFace``.
+
+    Returns the image folder. Raises RuntimeError with what to do when the
+    download fails or what arrived is not the dataset; nothing half-unpacked
+    is left in ``dest``.
+    """
+    dest = Path(dest)
+    target = dest / "UTKFace"
+    if target.is_dir() and any(target.iterdir()):
+        print(f"UTKFace already present ({sum(1 for _ in target.iterdir())} files); nothing to do.")
+        return target
+    print(LICENCE)
+    with tempfile.TemporaryDirectory(dir=_existing(dest)) as tmp:
+        tmp = Path(tmp)
+        path = Path(archive) if archive else _fetch(url, tmp / "UTKFace.tar.gz")
+        unpacked = _unpack(path, tmp / "unpacked")
+        _check(unpacked, min_images)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(unpacked), target)
+    print(f"UTKFace ready: {sum(1 for _ in target.iterdir())} files in {target.name}/")
+    return target
+
+
+def _existing(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    return dest
+
+
+def _fetch(url: str, out: Path) -> Path:
+    print(f"Downloading UTKFace (about 100 MB) from {url.split('?')[0]} ...")
+    request = urllib.request.Request(url, headers={"User-Agent": "agelib"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response, open(out, "wb") as f:
+            shutil.copyfileobj(response, f, length=1 << 20)
+    except OSError as err:
+        raise RuntimeError(
+            f"Could not download UTKFace ({err}). Download 'UTKFace.tar.gz' (Aligned & Cropped "
+            f"Faces) from {PROJECT_PAGE} yourself, then run "
+            "`python -m agelib download --archive PATH/UTKFace.tar.gz`.") from None
+    return out
+
+
+def _unpack(archive: Path, out: Path) -> Path:
+    """Unpack a tar(.gz) safely and return the folder that holds the images."""
+    head = archive.read_bytes()[:512] if archive.is_file() else b""
+    if b"<html" in head.lower() or b"<!doctype" in head.lower():
+        raise RuntimeError("The download is a web page, not the archive (Google Drive asked "
+                           f"for confirmation). Download it by hand from {PROJECT_PAGE} and "
+                           "pass --archive.")
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            tar.extractall(out, filter="data")  # refuses absolute paths, '..' and links out
+    except (tarfile.TarError, OSError) as err:
+        raise RuntimeError(f"'{archive.name}' is not a readable tar archive ({err}).") from None
+    folders = [p for p in [out, *out.rglob("*")] if p.is_dir()]
+    return max(folders, key=lambda p: sum(1 for f in p.iterdir() if f.is_file()))
+
+
+def _check(folder: Path, min_images: int) -> None:
+    """The archive must hold enough labelled images; say what is wrong otherwise."""
+    names = [f.name for f in folder.iterdir() if f.is_file()]
+    labelled = 0
+    for name in names:
+        try:
+            utkface.parse_name(name)
+            labelled += 1
+        except ValueError:
+            pass
+    if labelled < min_images:
+        raise RuntimeError(f"The archive holds {labelled} labelled images (of {len(names)} "
+                           f"files); UTKFace has over {min_images}. The download is incomplete "
+                           "or is another dataset.")

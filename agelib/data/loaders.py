@@ -1,0 +1,209 @@
+"""From a split to batches: a PyTorch ``Dataset`` and fastai ``DataLoaders``.
+
+Images arrive already decoded (see :mod:`agelib.data.cache`) as one uint8
+tensor, so a batch is an index into memory, not 32 JPEG decodes. Augmentation
+is done per *batch*, on whatever device the batch is on, by
+:class:`BatchTransform`: the same code runs on a laptop CPU and on a GPU,
+where it costs almost nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import settings
+from . import splits as splits_
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FaceDataset(torch.utils.data.Dataset):
+    """Faces as uint8 ``(3, H, W)`` tensors with their age in years (float).
+
+    With ``with_meta=True`` an item is ``(image, age, gender, race)``, where a
+    missing attribute is -1. ``table`` keeps every label for analysis.
+    """
+
+    def __init__(self, images: np.ndarray | torch.Tensor, table: pd.DataFrame,
+                 with_meta: bool = False):
+        if len(images) != len(table):
+            raise ValueError(f"{len(images)} images but {len(table)} table rows")
+        pixels = torch.as_tensor(np.asarray(images))  # (N, H, W, 3) uint8
+        self.images = pixels.permute(0, 3, 1, 2)  # (N, 3, H, W), a view: no copy
+        self.table = table.reset_index(drop=True)
+        self.ages = torch.tensor(self.table["age"].to_numpy(), dtype=torch.float32)
+        self.gender = torch.tensor(self.table["gender"].fillna(-1).to_numpy(dtype=np.int64))
+        self.race = torch.tensor(self.table["race"].fillna(-1).to_numpy(dtype=np.int64))
+        self.with_meta = with_meta
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int):
+        if self.with_meta:
+            return self.images[i], self.ages[i], self.gender[i], self.race[i]
+        return self.images[i], self.ages[i]
+
+
+class BatchTransform(nn.Module):
+    """uint8 ``(B, 3, H, W)`` -> normalised float ``(B, 3, size, size)``, augmented when training.
+
+    Training: a random crop of ``scale`` of the side (with a small shift) and a
+    horizontal flip, done for the whole batch at once with one affine resampling.
+    Evaluation: a plain resize. Faces are aligned, so crops stay mild.
+    """
+
+    def __init__(self, size: int, train: bool, scale: tuple[float, float] = (0.8, 1.0),
+                 flip: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.size, self.train_mode, self.scale, self.flip = size, train, scale, flip
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = x.float().div_(255)  # (B, 3, H, W) in [0, 1]
+        if self.train_mode:
+            x = self._random_crop_flip(x, generator)
+        elif x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear",
+                              antialias=True, align_corners=False)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def _random_crop_flip(self, x: torch.Tensor, generator) -> torch.Tensor:
+        b = x.shape[0]
+        rand = torch.rand(b, 4, generator=generator).to(x.device)  # drawn on CPU: reproducible
+        lo, hi = self.scale
+        s = lo + (hi - lo) * rand[:, 0]  # crop side as a fraction of the image
+        tx, ty = (1 - s) * (2 * rand[:, 1] - 1), (1 - s) * (2 * rand[:, 2] - 1)  # stay inside
+        sign = torch.where(rand[:, 3] < 0.5, -1.0, 1.0) if self.flip else torch.ones_like(s)
+        theta = torch.zeros(b, 2, 3, device=x.device)
+        theta[:, 0, 0], theta[:, 0, 2] = s * sign, tx
+        theta[:, 1, 1], theta[:, 1, 2] = s, ty
+        grid = F.affine_grid(theta, [b, 3, self.size, self.size], align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
+                             align_corners=False)  # (B, 3, size, size)
+
+
+class FaceLoader:
+    """Batches of ``(images, ages)`` drawn by indexing the dataset's tensors.
+
+    It speaks enough of fastai's ``DataLoader`` protocol (``__iter__``, ``__len__``,
+    ``to``, ``new``, ``n_inp``, ``dataset``) for a ``Learner`` to train, validate and
+    predict with it, without a worker process per core doing per-image work.
+    """
+
+    n_inp = 1
+
+    def __init__(self, dataset: FaceDataset, transform: BatchTransform, batch_size: int = 64,
+                 shuffle: bool = False, drop_last: bool = False, seed: int = 0,
+                 device: torch.device | str | None = None):
+        self.dataset, self.transform = dataset, transform
+        self.bs, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
+        self.device = torch.device(device) if device else torch.device("cpu")
+        self.epoch = 0  # reshuffles differ per epoch, yet the run is repeatable
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.bs if self.drop_last else -(-n // self.bs)
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        self.epoch += 1
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        transform = self.transform.to(self.device)
+        for start in range(0, len(self) * self.bs, self.bs):
+            idx = order[start:start + self.bs]
+            images = self.dataset.images[idx].to(self.device, non_blocking=True)
+            ages = self.dataset.ages[idx].to(self.device, non_blocking=True)
+            yield transform(images, gen), ages
+
+    def to(self, device) -> "FaceLoader":
+        self.device = torch.device(device)
+        return self
+
+    def new(self, **changes) -> "FaceLoader":
+        """A copy with some settings changed (fastai asks for ``shuffle=False``)."""
+        other = copy.copy(self)
+        for key, value in changes.items():
+            key = {"bs": "bs", "batch_size": "bs"}.get(key, key)
+            if not hasattr(other, key):
+                raise TypeError(f"FaceLoader.new() got an unknown setting {key!r}")
+            setattr(other, key, value)
+        return other
+
+    def one_batch(self):
+        return next(iter(self))
+
+
+@dataclass
+class SplitData:
+    """The three tables of a split, shrunk to the run mode's sizes in smoke runs."""
+
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+
+    def __iter__(self):
+        return iter((("train", self.train), ("valid", self.valid), ("test", self.test)))
+
+
+def split_tables(samples: pd.DataFrame, split: pd.Series, mode: settings.RunMode | None = None,
+                 seed: int = 0) -> SplitData:
+    """Rows of each split; smoke mode keeps a fixed, age-stratified subset of each."""
+    mode = mode or settings.run_mode()
+    splits_.check_no_leak(samples, split)
+    assigned = samples["sha1"].map(split)
+    sizes = {"train": mode.n_train, "valid": mode.n_valid, "test": mode.n_test}
+    parts = {name: splits_.subsample(samples[assigned == name], sizes[name], seed)
+             .reset_index(drop=True) for name in splits_.SPLITS}
+    return SplitData(**parts)
+
+
+def face_dataloaders(faces, split: pd.Series | None = None, mode: settings.RunMode | None = None,
+                     size: int | None = None, batch_size: int | None = None, seed: int = 0,
+                     device=None, with_test: bool = True, **augment):
+    """fastai ``DataLoaders`` (train, valid[, test]) for a dataset from ``load_faces``.
+
+    ``size`` is what the model sees; images are cached at that size. ``augment``
+    goes to the training :class:`BatchTransform` (``scale``, ``flip``).
+    """
+    with warnings.catch_warnings():  # fastai's import warns about torch.jit; not ours to fix
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script")
+        from fastai.data.core import DataLoaders
+
+    mode = mode or settings.run_mode()
+    size = size or mode.image_size
+    batch_size = batch_size or mode.batch_size
+    device = device or settings.get_device()
+    tables = split_tables(faces.samples, faces.split(seed) if split is None else split, mode, seed)
+    wanted = [sha1 for _, table in tables for sha1 in table["sha1"]]
+    images = faces.images(size, wanted)  # (N, size, size, 3), decoded once
+    position = {sha1: i for i, sha1 in enumerate(wanted)}
+    loaders = []
+    for name, table in tables:
+        if name == "test" and not with_test:
+            continue
+        rows = [position[s] for s in table["sha1"]]
+        dataset = FaceDataset(images[rows], table)
+        train = name == "train"
+        loaders.append(FaceLoader(dataset, BatchTransform(size, train, **augment), batch_size,
+                                  shuffle=train, drop_last=train and len(table) > batch_size,
+                                  seed=seed, device=device))
+    return DataLoaders(*loaders, device=device)
+
+
+def denormalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """Undo :class:`BatchTransform`'s normalisation, for showing a batch as pictures."""
+    mean = torch.tensor(mean, device=x.device).view(-1, 1, 1)
+    std = torch.tensor(std, device=x.device).view(-1, 1, 1)
+    return (x * std + mean).clamp(0, 1)

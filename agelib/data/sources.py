@@ -1,0 +1,175 @@
+"""Finding the data a run uses, and saying loudly which it is.
+
+:func:`load_faces` is the one entry point every chapter calls. It looks for
+real UTKFace through the ``AGELIB_DATA`` setting (a folder of images, a folder
+holding ``UTKFace/``, or a pack), and when no real data is present it uses the
+built-in synthetic faces, so the course runs anywhere, with a banner that
+cannot be missed. Scanning 20k files takes a while, so the result is cached
+and reused until the folder changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .. import settings
+from . import cache, splits, synthetic, utkface
+
+SYNTHETIC_N = 2000  # faces in the built-in synthetic set
+
+
+@dataclass
+class Faces:
+    """A labelled face dataset, deduplicated and ready to split.
+
+    ``samples`` has one row per distinct image: ``sha1`` (its identity), ``file``,
+    ``age``, ``gender``, ``race`` (missing where unknown) and ``n_files``.
+    """
+
+    name: str  # "UTKFace", "synthetic" or the pack's name
+    real: bool  # False for synthetic faces: their numbers say nothing about people
+    samples: pd.DataFrame
+    report: utkface.DataReport
+    files: pd.DataFrame | None = None  # every labelled file, copies included (None for a pack)
+    _open: Callable[[str], Image.Image] | None = field(default=None, repr=False)
+
+    def open_image(self, sha1: str) -> Image.Image:
+        """The original image with this content hash (samples and left-out copies alike)."""
+        return self._open(sha1)
+
+    @property
+    def fingerprint(self) -> str:
+        """Short hash of the set of images: tells two copies of a dataset apart."""
+        return hashlib.sha1("\n".join(sorted(self.samples["sha1"])).encode()).hexdigest()[:12]
+
+    def images(self, size: int, sha1s: list[str] | None = None) -> np.ndarray:
+        """Decoded ``(N, size, size, 3)`` uint8 images, from the cache after the first call."""
+        ids = list(self.samples["sha1"] if sha1s is None else sha1s)
+        return cache.build_cache(ids, lambda i: self.open_image(ids[i]), size,
+                                 settings.data_home() / "cache")
+
+    def split(self, seed: int = 0) -> pd.Series:
+        """The standard train/valid/test split (by ``sha1``), reloaded when saved before."""
+        path = settings.data_home() / "splits" / f"{self.name}-{self.fingerprint}-seed{seed}.csv"
+        if path.exists():
+            split = splits.load_split(path)
+            if set(split.index) == set(self.samples["sha1"]):
+                return split
+        split = splits.make_split(self.samples, seed=seed)
+        splits.save_split(split, path)
+        return split
+
+    def banner(self) -> str:
+        """What this dataset is, in one line for the top of every output."""
+        if not self.real:
+            return (f"DATA: SYNTHETIC faces ({len(self.samples)} images) - no real UTKFace "
+                    "found; results show the code runs, not how well it estimates ages. "
+                    "See data/README.md to get UTKFace.")
+        r = self.report
+        return (f"DATA: {self.name}, real faces: {r.n_files} files -> {len(self.samples)} "
+                f"distinct images used ({r.n_duplicate_files} duplicate files merged, "
+                f"{r.n_age_conflicts} age-conflicting images left out, {len(r.skipped)} skipped)")
+
+
+def find_data(source: str | os.PathLike | None = None) -> Path | None:
+    """Where the real data is: ``source``, else ``AGELIB_DATA``, else ``<data home>/UTKFace``.
+
+    Returns None when nothing was asked for and nothing is at the default place.
+    An explicit location that does not exist is an error, not a silent fallback.
+    """
+    asked = source if source is not None else os.environ.get("AGELIB_DATA")
+    if asked:
+        path = Path(asked).expanduser()
+        if (path / "UTKFace").is_dir():
+            path = path / "UTKFace"
+        if not path.exists():
+            where = "AGELIB_DATA points to" if source is None else "There is no data at"
+            raise FileNotFoundError(
+                f"{where} '{path}', which does not exist. Give the UTKFace folder (or unset "
+                "AGELIB_DATA to use the synthetic faces); `python -m agelib download` "
+                "fetches the data.")
+        return path
+    default = settings.data_home() / "UTKFace"
+    return default if default.is_dir() and any(default.iterdir()) else None
+
+
+def load_faces(source: str | os.PathLike | None = None, verbose: bool = True) -> Faces:
+    """Load the dataset a run should use and print which one it is.
+
+    ``source`` may be a UTKFace folder, a pack (``.tar``), or ``"synthetic"``;
+    by default the ``AGELIB_DATA`` setting decides (see :func:`find_data`).
+    """
+    if str(source) == "synthetic":
+        faces = load_synthetic()
+    else:
+        path = find_data(source)
+        if path is None:
+            faces = load_synthetic()
+        elif path.is_file():
+            faces = load_pack(path)
+        else:
+            faces = load_folder(path)
+    if verbose:
+        print(faces.banner())
+    return faces
+
+
+def load_folder(folder: str | os.PathLike, name: str = "UTKFace", real: bool = True) -> Faces:
+    """Scan (or reuse the cached scan of) a UTKFace-style folder and deduplicate it."""
+    folder = Path(folder)
+    files, report = _cached_scan(folder)
+    samples = utkface.deduplicate(files, report)
+    if samples.empty:
+        raise ValueError(f"No usable sample in '{folder.name}': every image was left out "
+                         f"({report.n_age_conflicts} age conflicts). Check the folder.")
+    by_sha1 = dict(zip(files["sha1"], files["file"]))  # copies left out can be shown too
+    return Faces(name, real, samples, report, files, lambda sha1: Image.open(folder / by_sha1[sha1]))
+
+
+def load_synthetic(n: int = SYNTHETIC_N, seed: int = 0) -> Faces:
+    """The built-in synthetic faces, generated once into ``<data home>/synthetic``."""
+    folder = synthetic.write_synthetic_faces(settings.data_home() / "synthetic", n=n, seed=seed)
+    return load_folder(folder, name="synthetic", real=False)
+
+
+def load_pack(path: str | os.PathLike) -> Faces:
+    """A dataset carried as a pack (see :mod:`agelib.data.cache`)."""
+    pack = cache.Pack(path)
+    samples = pack.samples
+    real = bool(pack.info.get("real", False))
+    report = utkface.DataReport(folder=pack.path.name, n_files=len(samples),
+                                n_readable=len(samples), n_images=len(samples),
+                                n_used=len(samples), age_min=int(samples.age.min()),
+                                age_max=int(samples.age.max()),
+                                age_median=float(samples.age.median()))
+    name = pack.info.get("name", "UTKFace" if real else "synthetic")
+    return Faces(name, real, samples, report, None, pack.open)
+
+
+def _cached_scan(folder: Path) -> tuple[pd.DataFrame, utkface.DataReport]:
+    """``utkface.scan_folder``, reusing the saved result while the folder is unchanged."""
+    listing = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
+                     for e in os.scandir(folder) if not e.name.startswith("."))
+    key = hashlib.sha1(repr((str(folder.resolve()), listing)).encode()).hexdigest()[:16]
+    base = settings.data_home() / "cache" / f"scan-{key}"
+    table, meta = base.with_suffix(".csv"), base.with_suffix(".json")
+    if table.exists() and meta.exists():
+        files = pd.read_csv(table, dtype={"file": str, "sha1": str, "timestamp": str,
+                                          "irregular": str}, keep_default_na=False,
+                            na_values={"race": [""]})
+        files["race"] = files["race"].astype("Int64")
+        return files, utkface.DataReport(**json.loads(meta.read_text()))
+    files, report = utkface.scan_folder(folder)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    files.to_csv(table, index=False)
+    meta.write_text(report.to_json())
+    return files, report

@@ -1,0 +1,71 @@
+"""Figures that several chapters draw: face grids, age histograms, saving to ``figures/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from . import settings
+
+AGE_BANDS = (0, 3, 13, 20, 30, 40, 50, 60, 70, 80, 117)
+
+
+def band_labels(edges: Sequence[int] = AGE_BANDS) -> list[str]:
+    """Readable names for age bands: ``['0-2', '3-12', ...]``.
+
+    >>> band_labels((0, 3, 13, 117))
+    ['0-2', '3-12', '13+']
+    """
+    labels = [f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-2], edges[1:-1])]
+    return labels + [f"{edges[-2]}+"]
+
+
+def age_band(ages, edges: Sequence[int] = AGE_BANDS) -> np.ndarray:
+    """The band label of each age, for grouping tables by age."""
+    labels = np.array(band_labels(edges))
+    return labels[np.digitize(np.asarray(ages), edges[1:-1])]
+
+
+def figures_dir() -> Path:
+    """Where figures shown by README are saved: the checkout's ``figures/``."""
+    root = settings.repo_root()
+    return (root / "figures") if root else Path("figures")
+
+
+def save_figure(fig: plt.Figure, name: str, real: bool = True, dpi: int = 110) -> Path:
+    """Save ``fig`` as ``figures/NAME.png`` (small enough to commit) and return the path.
+
+    Figures of synthetic faces (``real=False``) go to the ignored data home
+    instead, so a test run on a fresh clone never overwrites the real figures.
+    """
+    folder = figures_dir() if real else settings.data_home() / "figures-synthetic"
+    path = folder / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def face_grid(images: np.ndarray, titles: Sequence[str] | None = None, ncols: int = 8,
+              size: float = 1.4, row_labels: Sequence[str] | None = None) -> plt.Figure:
+    """A grid of uint8 ``(N, H, W, 3)`` faces with optional titles and row labels."""
+    n = len(images)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.15),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        if i < n:
+            ax.imshow(images[i])
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=8)
+    if row_labels is not None:
+        for row, label in enumerate(row_labels):
+            axes[row, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    fig.tight_layout()
+    return fig

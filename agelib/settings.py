@@ -1,0 +1,121 @@
+"""Every run-wide setting of the course, read in one place.
+
+Three environment variables steer a run, so that a notebook, a test and the
+command line all behave the same way without editing code:
+
+``AGELIB_DATA``
+    The UTKFace folder to use (or a folder holding ``UTKFace/``). When unset,
+    ``<data home>/UTKFace`` is used; when no real data is found the course falls
+    back to synthetic faces and says so loudly.
+``AGELIB_HOME``
+    Where downloads, caches and splits are written. Defaults to the
+    repository's ``data/`` folder (ignored by git).
+``AGELIB_SMOKE``
+    ``1`` runs everything tiny (small subsets, small images, one short epoch) so
+    each notebook finishes in well under a minute on a 2-core CPU; anything else,
+    or unset, is the full course.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+#: The course's public home as GitHub "owner/name". The one place to change on
+#: publishing: ``python -m agelib links --write`` rewrites README.md and every
+#: notebook's install cell from it, and a test checks that they agree.
+REPOSITORY = "OWNER/NAME"
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+_REPO_DIR = PACKAGE_DIR.parent
+
+
+def repo_root() -> Path | None:
+    """The course checkout this package runs from, or None for a plain install."""
+    return _REPO_DIR if (_REPO_DIR / "pyproject.toml").exists() else None
+
+
+def data_home() -> Path:
+    """Folder for downloads, decoded-image caches and saved splits."""
+    if env := os.environ.get("AGELIB_HOME"):
+        return Path(env).expanduser()
+    root = repo_root()
+    return root / "data" if root else Path.home() / ".cache" / "agelib"
+
+
+def smoke_mode() -> bool:
+    """True when ``AGELIB_SMOKE`` asks for the tiny, CPU-friendly run."""
+    return os.environ.get("AGELIB_SMOKE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class RunMode:
+    """How big a run is. Chapters read sizes from here instead of hard-coding them."""
+
+    name: str  # "smoke" or "full"
+    image_size: int  # side of the square images a model sees, in pixels
+    n_train: int | None  # training images (None: the whole split)
+    n_valid: int | None  # validation images (None: the whole split)
+    n_test: int | None  # test images (None: the whole split)
+    epochs: int  # default training length
+    batch_size: int  # default batch size
+
+    def describe(self) -> str:
+        """One line that says what this mode is, for the top of every output."""
+        if self.name == "smoke":
+            return (f"SMOKE mode: {self.n_train}/{self.n_valid}/{self.n_test} train/valid/test "
+                    f"images at {self.image_size} px, {self.epochs} epoch(s). Numbers are "
+                    "only a check that the code runs, not results.")
+        return (f"FULL mode: whole splits at {self.image_size} px, "
+                f"{self.epochs} epochs by default.")
+
+
+SMOKE = RunMode("smoke", image_size=64, n_train=256, n_valid=64, n_test=64, epochs=1, batch_size=32)
+FULL = RunMode("full", image_size=128, n_train=None, n_valid=None, n_test=None, epochs=20,
+               batch_size=128)
+
+
+def run_mode(**overrides) -> RunMode:
+    """The mode chosen by ``AGELIB_SMOKE``, with optional per-chapter overrides.
+
+    >>> run_mode(image_size=32).image_size
+    32
+    """
+    mode = SMOKE if smoke_mode() else FULL
+    unknown = set(overrides) - set(RunMode.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown RunMode field(s) {sorted(unknown)}; "
+                         f"valid: {sorted(RunMode.__dataclass_fields__)}")
+    return replace(mode, **overrides)
+
+
+def get_device(prefer: str | None = None):
+    """The best available torch device: CUDA, then Apple's MPS, then the CPU.
+
+    ``prefer`` (or ``AGELIB_DEVICE``) forces one, e.g. ``"cpu"`` to compare speeds.
+    """
+    import torch
+
+    choice = prefer or os.environ.get("AGELIB_DEVICE")
+    if choice:
+        return torch.device(choice)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int = 0) -> int:
+    """Seed Python, NumPy and torch (all devices) so a run can be repeated."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    return seed

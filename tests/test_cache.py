@@ -1,0 +1,135 @@
+"""Decode-once caches and packs (agelib.data.cache)."""
+
+import tarfile
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ODD_MODES, face_image, odd_mode_image
+from PIL import Image
+
+from agelib import data
+from agelib.data import cache, sources
+
+SIZES = [(48, 48), (60, 40), (40, 72)]  # square, landscape, portrait
+
+
+def originals():
+    return [face_image(i, 1).resize(size) for i, size in enumerate(SIZES)]
+
+
+def opener(images):
+    return lambda i: images[i].copy()  # build_cache closes what it opens
+
+
+def never_open(i):
+    raise AssertionError(f"image {i} was decoded again instead of read from the cache")
+
+
+def test_build_cache_is_square_resize_of_each_original(tmp_path):
+    images = originals()
+    out = cache.build_cache(["a", "b", "c"], opener(images), 32, tmp_path)
+    assert out.shape == (3, 32, 32, 3) and out.dtype == np.uint8
+    for got, im in zip(out, images):
+        np.testing.assert_array_equal(got, np.asarray(cache.square_resize(im.copy(), 32)))
+
+
+def test_build_cache_reuses_its_file_without_decoding(tmp_path):
+    first = np.array(cache.build_cache(["a", "b", "c"], opener(originals()), 32, tmp_path))
+    again = cache.build_cache(["a", "b", "c"], never_open, 32, tmp_path)
+    np.testing.assert_array_equal(again, first)
+    assert [p.name for p in tmp_path.iterdir()] == [cache.cache_key(["a", "b", "c"], 32) + ".npy"]
+
+
+def test_build_cache_is_keyed_by_ids_and_size(tmp_path):
+    cache.build_cache(["a", "b", "c"], opener(originals()), 32, tmp_path)
+    with pytest.raises(AssertionError, match="decoded again"):
+        cache.build_cache(["a", "b", "c"], never_open, 24, tmp_path)
+    with pytest.raises(AssertionError, match="decoded again"):
+        cache.build_cache(["a", "b", "x"], never_open, 32, tmp_path)
+
+
+def test_build_cache_turns_odd_modes_into_rgb(quirky_folder, tmp_path):
+    names = list(ODD_MODES)
+    out = cache.build_cache(names, lambda i: Image.open(quirky_folder / names[i]), 24, tmp_path)
+    assert out.shape == (len(names), 24, 24, 3) and out.dtype == np.uint8
+    assert all(out[i].std() > 5 for i in range(len(names)))  # a picture, not a flat fill
+
+
+@pytest.mark.parametrize("mode", sorted(set(ODD_MODES.values())))
+def test_to_rgb_gives_8_bit_rgb(mode):
+    im = cache.to_rgb(odd_mode_image(face_image(3), mode))
+    assert im.mode == "RGB" and im.size == (48, 48)
+
+
+def test_to_rgb_lays_transparent_pixels_on_grey():
+    rgb = np.asarray(cache.to_rgb(odd_mode_image(face_image(3), "RGBA")))
+    assert (rgb[:, :23] == 128).all()  # the transparent left half
+    np.testing.assert_array_equal(rgb[:, 24:], np.asarray(face_image(3))[:, 24:])
+
+
+def test_to_rgb_stretches_16_bit_grey_to_the_full_range():
+    rgb = np.asarray(cache.to_rgb(odd_mode_image(face_image(3), "I;16")))
+    assert rgb.min() == 0 and rgb.max() == 255
+    assert (rgb[..., 0] == rgb[..., 1]).all()
+
+
+# --------------------------------------------------------------------------- packs
+@pytest.fixture
+def quirky_faces(quirky_folder, home):
+    return sources.load_folder(quirky_folder)
+
+
+def test_pack_round_trip_keeps_the_table_and_the_images(quirky_faces, tmp_path):
+    images = np.array(quirky_faces.images(32))
+    path = cache.write_pack(quirky_faces.samples, images, tmp_path / "packs" / "faces.tar")
+    pack = cache.Pack(path)
+    pd.testing.assert_frame_equal(pack.samples, quirky_faces.samples)
+    back = np.stack([np.asarray(pack.open(s)) for s in pack.samples["sha1"]])
+    assert back.shape == images.shape and back.dtype == np.uint8
+    assert np.abs(back.astype(int) - images).mean() < 4  # WebP is lossy, but only slightly
+    assert not list((tmp_path / "packs").glob("*.tmp"))
+
+
+def test_write_pack_refuses_a_table_and_images_of_different_lengths(quirky_faces, tmp_path):
+    images = np.zeros((3, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="16 samples but 3 images"):
+        cache.write_pack(quirky_faces.samples, images, tmp_path / "x.tar")
+
+
+def test_pack_refuses_a_file_that_is_not_a_pack(tmp_path):
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(ValueError, match="not an agelib pack"):
+        cache.Pack(junk)
+    other = tmp_path / "other.tar"
+    with tarfile.open(other, "w") as tar:
+        tar.add(junk, arcname="readme.txt")
+    with pytest.raises(ValueError, match="not an agelib pack"):
+        cache.Pack(other)
+
+
+def test_pack_that_is_missing_says_how_to_make_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m agelib pack"):
+        cache.Pack(tmp_path / "missing.tar")
+
+
+def test_load_faces_reads_a_pack(quirky_faces, tmp_path, home):
+    path = cache.write_pack(quirky_faces.samples, quirky_faces.images(32), tmp_path / "faces.tar")
+    for faces in (data.load_faces(path, verbose=False), data.load_pack(path)):
+        assert faces.real and faces.name == "UTKFace" and faces.files is None
+        pd.testing.assert_frame_equal(faces.samples, quirky_faces.samples)
+        assert faces.report.n_used == len(quirky_faces.samples)
+        assert faces.open_image(faces.samples.sha1[0]).size == (32, 32)
+        images = faces.images(16)
+        assert images.shape == (len(faces.samples), 16, 16, 3)
+        split = faces.split(seed=0)
+        assert set(split.index) == set(faces.samples.sha1)
+
+
+def test_a_synthetic_pack_stays_synthetic_whatever_its_name(quirky_faces, tmp_path):
+    path = cache.write_pack(quirky_faces.samples, quirky_faces.images(16),
+                            tmp_path / "UTKFace-16px.tar", name="synthetic", real=False)
+    faces = data.load_pack(path)
+    assert not faces.real and faces.name == "synthetic"
+    assert "SYNTHETIC" in faces.banner()

@@ -1,0 +1,181 @@
+"""``python -m agelib`` run as a user runs it, plus the README/notebook links it manages.
+
+Each command starts a fresh Python (about 5 s of imports on a small CPU), so the
+runs of this module are started together once and each test checks its own.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import AGE_CONFLICT, link_synthetic, write_quirky_folder
+
+from agelib import cli, course, settings
+from agelib.data import cache, sources, utkface
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Runs:
+    """The CLI runs of this module, started at once, each waited for when first needed."""
+
+    def __init__(self, env: dict):
+        self.env, self.procs, self.done = env, {}, {}
+
+    def start(self, key: str, *args: str) -> None:
+        self.procs[key] = subprocess.Popen(
+            [sys.executable, "-m", "agelib", *args], env=self.env, cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def __getitem__(self, key: str) -> subprocess.CompletedProcess:
+        if key not in self.done:
+            proc = self.procs[key]
+            out, err = proc.communicate(timeout=120)
+            self.done[key] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        return self.done[key]
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    (base / "home").mkdir()
+    return {"base": base, "home": base / "home", "quirky": write_quirky_folder(base / "quirky"),
+            "pack": base / "out" / "x.tar"}
+
+
+@pytest.fixture(scope="module")
+def runs(workdir, request):
+    env = {k: v for k, v in os.environ.items() if k not in ("AGELIB_DATA", "AGELIB_DEVICE")}
+    env["AGELIB_HOME"] = str(workdir["home"])
+    runs = Runs(env)
+    runs.start("info", "info", "--json")
+    runs.start("data", "data", str(workdir["quirky"]), "--json")
+    runs.start("missing", "data", str(workdir["base"] / "nonexistent"))
+    runs.start("links", "links")
+    # the synthetic faces may be drawn while those run; `pack` reuses them instead of redrawing
+    link_synthetic(workdir["home"], request.getfixturevalue("synthetic_home"))
+    runs.start("pack", "pack", "--source", "synthetic", "--size", "32", "--out",
+               str(workdir["pack"]))
+    yield runs
+    runs.stop()
+
+
+def test_info_json_has_versions_device_mode_and_data(runs):
+    result = runs["info"]
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert set(info) >= {"versions", "device", "mode", "data"}
+    assert info["versions"]["agelib"] and info["versions"]["torch"]
+    assert info["versions"]["python"].count(".") == 2
+    assert info["mode"] == ("smoke" if settings.smoke_mode() else "full")
+    assert info["data"]["dataset"].startswith("synthetic")
+    assert info["device"] in ("cpu", "cuda", "mps")
+
+
+def test_data_json_matches_the_report(runs, workdir):
+    result = runs["data"]
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    files, report = utkface.scan_folder(workdir["quirky"])
+    utkface.deduplicate(files, report)
+    expected = json.loads(report.to_json())
+    assert {k: out[k] for k in expected} == expected
+    assert out["n_files"] == len(files) + len(report.skipped)
+    assert out["conflicting_groups"] == [{"files": list(AGE_CONFLICT), "ages": [40, 45]}]
+
+
+def test_data_on_a_missing_folder_exits_2_with_advice(runs):
+    result = runs["missing"]
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: No data folder at")
+    assert "python -m agelib download" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_links_prints_the_chapter_table(runs):
+    result = runs["links"]
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "| # | Chapter | What you will do | Open |"
+    assert len(lines) == 2 + len(course.CHAPTERS)
+    assert all(line.startswith(f"| {ch.file[:2]} | {ch.title} |")
+               for line, ch in zip(lines[2:], course.CHAPTERS))
+
+
+def test_pack_writes_a_loadable_pack(runs, workdir):
+    result = runs["pack"]
+    assert result.returncode == 0, result.stderr
+    assert "wrote x.tar: 2000 images at 32 px" in result.stdout
+    faces = sources.load_pack(workdir["pack"])
+    assert len(faces.samples) == sources.SYNTHETIC_N and faces.samples["sha1"].is_unique
+    assert not faces.real and faces.name == "synthetic"  # provenance travels inside the pack
+    assert faces.open_image(faces.samples["sha1"].iloc[0]).size == (32, 32)
+    assert not list(workdir["pack"].parent.glob("*.tmp"))
+
+
+def test_bad_arguments_are_refused_by_argparse():
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["nonsense"])
+    assert exit_.value.code == 2
+
+
+# --------------------------------------------------------------------------- environment_info
+def test_environment_info_names_a_folder_or_the_problem(quirky_folder, monkeypatch, home):
+    monkeypatch.setenv("AGELIB_DATA", str(quirky_folder))
+    assert cli.environment_info()["data"] == {"dataset": "UTKFace folder", "location": "quirky"}
+    monkeypatch.setenv("AGELIB_DATA", str(quirky_folder / "gone"))
+    data = cli.environment_info()["data"]
+    assert data["dataset"] == "missing" and "AGELIB_DATA" in data["error"]
+
+
+# --------------------------------------------------------------------------- README and notebooks
+def test_readme_chapter_table_is_up_to_date():
+    readme = ROOT / "README.md"
+    if not readme.exists():
+        pytest.skip("README.md is not written yet")
+    text = readme.read_text(encoding="utf-8")
+    assert course.TABLE_START in text and course.TABLE_END in text
+    table = text.split(course.TABLE_START, 1)[1].split(course.TABLE_END, 1)[0].strip()
+    assert table == course.chapter_table(), "run `python -m agelib links --write`"
+
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+REPOSITORY_LINE = re.compile(r'^REPOSITORY = "([^"]*)"', re.MULTILINE)
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[nb.name for nb in NOTEBOOKS])
+def test_notebook_install_cell_uses_settings_repository(notebook):
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    found = REPOSITORY_LINE.findall(code)
+    if not found:
+        pytest.skip(f"{notebook.name} has no REPOSITORY line")
+    assert set(found) == {settings.REPOSITORY}, "run `python -m agelib links --write`"
+
+
+def test_notebook_with_repo_rewrites_only_the_repository_line():
+    nb = {"cells": [{"cell_type": "code",
+                     "source": ['REPOSITORY = "old/name"  # edit\n', "x = 1\n"]},
+                    {"cell_type": "markdown", "source": ['REPOSITORY = "old/name"\n']}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    out = json.loads(course.notebook_with_repo(json.dumps(nb), "me/course"))
+    assert out["cells"][0]["source"] == ['REPOSITORY = "me/course"  # edit\n', "x = 1\n"]
+    assert out["cells"][1]["source"] == ['REPOSITORY = "old/name"\n']
+
+
+def test_readme_with_table_needs_the_markers():
+    with pytest.raises(ValueError, match="markers"):
+        course.readme_with_table("# no table here\n")
+    text = f"intro\n{course.TABLE_START}\nold\n{course.TABLE_END}\nrest\n"
+    assert course.readme_with_table(text) == (
+        f"intro\n{course.TABLE_START}\n{course.chapter_table()}\n{course.TABLE_END}\nrest\n")

@@ -1,0 +1,108 @@
+"""Fetching and checking UTKFace (agelib.data.download), offline with file:// URLs."""
+
+import io
+import tarfile
+
+import pytest
+from conftest import face_image, jpeg_bytes
+
+from agelib.data import download
+
+NAMES = [f"{20 + i}_{i % 2}_{i % 5}_2017011715000{i:04d}.jpg.chip.jpg" for i in range(6)]
+
+
+def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def make_archive(path, members: dict) -> str:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            add(tar, name, data)
+    return path.as_uri()
+
+
+@pytest.fixture
+def archive(tmp_path):
+    members = {f"UTKFace/{name}": jpeg_bytes(face_image(i, 24)) for i, name in enumerate(NAMES)}
+    members["UTKFace/README.txt"] = b"not labelled"
+    return make_archive(tmp_path / "UTKFace.tar.gz", members)
+
+
+def test_download_unpacks_into_dest_utkface(archive, tmp_path):
+    dest = tmp_path / "dest"
+    folder = download.download_utkface(dest, url=archive, min_images=5)
+    assert folder == dest / "UTKFace"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*NAMES, "README.txt"])
+    assert [p.name for p in dest.iterdir()] == ["UTKFace"]  # no temporary folder left behind
+    assert (folder / NAMES[0]).read_bytes() == jpeg_bytes(face_image(0, 24))
+
+
+def test_download_takes_an_archive_at_the_top_level(tmp_path):
+    members = {name: jpeg_bytes(face_image(i, 24)) for i, name in enumerate(NAMES)}
+    make_archive(tmp_path / "flat.tar.gz", members)
+    folder = download.download_utkface(tmp_path / "dest", archive=tmp_path / "flat.tar.gz",
+                                       min_images=6)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(NAMES)
+
+
+def test_download_of_a_web_page_points_to_the_project_page(tmp_path):
+    page = tmp_path / "page.html"
+    page.write_text("<!DOCTYPE html><html><body>Google Drive can't scan this file</body></html>")
+    dest = tmp_path / "dest"
+    with pytest.raises(RuntimeError, match="web page") as err:
+        download.download_utkface(dest, url=page.as_uri(), min_images=1)
+    assert download.PROJECT_PAGE in str(err.value) and "--archive" in str(err.value)
+    assert list(dest.iterdir()) == []
+
+
+def test_download_refuses_a_member_that_escapes_and_leaves_nothing(tmp_path):
+    members = {f"UTKFace/{name}": jpeg_bytes(face_image(i, 24)) for i, name in enumerate(NAMES)}
+    members["../evil"] = b"gotcha"
+    url = make_archive(tmp_path / "evil.tar.gz", members)
+    dest = tmp_path / "deep" / "dest"
+    with pytest.raises(RuntimeError, match="not a readable tar archive"):
+        download.download_utkface(dest, url=url, min_images=1)
+    assert list(dest.iterdir()) == []
+    assert not (tmp_path / "deep" / "evil").exists()
+
+
+def test_download_refuses_an_absolute_member(tmp_path):
+    url = make_archive(tmp_path / "abs.tar.gz", {str(tmp_path / "abs-evil"): b"x"})
+    with pytest.raises(RuntimeError):
+        download.download_utkface(tmp_path / "dest", url=url, min_images=1)
+    assert not (tmp_path / "abs-evil").exists()
+
+
+def test_download_refuses_an_archive_with_too_few_labelled_images(archive, tmp_path):
+    dest = tmp_path / "dest"
+    with pytest.raises(RuntimeError, match="6 labelled images \\(of 7 files\\)") as err:
+        download.download_utkface(dest, url=archive, min_images=100)
+    assert "incomplete" in str(err.value)
+    assert list(dest.iterdir()) == []
+
+
+def test_download_of_a_file_that_is_not_a_tar_says_so(tmp_path):
+    junk = tmp_path / "UTKFace.tar.gz"
+    junk.write_bytes(b"\x00\x01 definitely not gzip" * 50)
+    with pytest.raises(RuntimeError, match="not a readable tar archive"):
+        download.download_utkface(tmp_path / "dest", archive=junk, min_images=1)
+
+
+def test_unreachable_url_tells_the_user_to_use_archive(tmp_path):
+    dest = tmp_path / "dest"
+    with pytest.raises(RuntimeError, match="Could not download") as err:
+        download.download_utkface(dest, url="file:///nonexistent/UTKFace.tar.gz", min_images=1)
+    assert "--archive" in str(err.value) and download.PROJECT_PAGE in str(err.value)
+    assert list(dest.iterdir()) == []
+
+
+def test_present_data_is_not_downloaded_again(tmp_path, capsys):
+    folder = tmp_path / "dest" / "UTKFace"
+    folder.mkdir(parents=True)
+    (folder / NAMES[0]).write_bytes(b"kept")
+    result = download.download_utkface(tmp_path / "dest", url="file:///nonexistent/x.tar.gz")
+    assert result == folder and (folder / NAMES[0]).read_bytes() == b"kept"
+    assert "already present" in capsys.readouterr().out

@@ -1,0 +1,143 @@
+"""Run-wide settings (agelib.settings) and where the data is found (sources.find_data)."""
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agelib import settings
+from agelib.data import sources
+
+
+@pytest.mark.parametrize("value, smoke", [
+    ("1", True), ("true", True), ("YES", True), (" on ", True),
+    ("0", False), ("", False), ("no", False), ("false", False), ("2", False)])
+def test_smoke_mode_parses_the_variable(monkeypatch, value, smoke):
+    monkeypatch.setenv("AGELIB_SMOKE", value)
+    assert settings.smoke_mode() is smoke
+
+
+def test_smoke_mode_is_off_when_unset(monkeypatch):
+    monkeypatch.delenv("AGELIB_SMOKE", raising=False)
+    assert settings.smoke_mode() is False
+    assert settings.run_mode() == settings.FULL
+
+
+def test_run_mode_follows_smoke_and_takes_overrides(monkeypatch):
+    monkeypatch.setenv("AGELIB_SMOKE", "1")
+    assert settings.run_mode() == settings.SMOKE
+    mode = settings.run_mode(image_size=32, epochs=3)
+    assert (mode.name, mode.image_size, mode.epochs, mode.n_train) == ("smoke", 32, 3, 256)
+    assert settings.SMOKE.image_size == 64  # the preset itself is untouched
+
+
+def test_run_mode_rejects_unknown_fields_and_lists_the_valid_ones(monkeypatch):
+    monkeypatch.setenv("AGELIB_SMOKE", "1")
+    with pytest.raises(ValueError) as err:
+        settings.run_mode(img_size=32, epochs=2)
+    message = str(err.value)
+    assert "['img_size']" in message
+    for name in ("batch_size", "epochs", "image_size", "n_test", "n_train", "n_valid", "name"):
+        assert name in message
+
+
+def test_run_mode_describes_itself():
+    assert settings.SMOKE.describe().startswith("SMOKE mode: 256/64/64")
+    assert settings.FULL.describe().startswith("FULL mode: whole splits at 128 px")
+
+
+def test_data_home_honours_agelib_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("AGELIB_HOME", str(tmp_path / "h"))
+    assert settings.data_home() == tmp_path / "h"
+    monkeypatch.setenv("AGELIB_HOME", "~/agelib-test-home")
+    assert settings.data_home() == Path.home() / "agelib-test-home"
+
+
+def test_data_home_defaults_to_the_checkout_data_folder(monkeypatch):
+    monkeypatch.delenv("AGELIB_HOME", raising=False)
+    root = settings.repo_root()
+    assert settings.data_home() == (root / "data" if root else Path.home() / ".cache" / "agelib")
+
+
+# --------------------------------------------------------------------------- find_data
+def test_find_data_refuses_an_explicit_missing_path(monkeypatch, tmp_path, home):
+    monkeypatch.setenv("AGELIB_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="AGELIB_DATA") as err:
+        sources.find_data()
+    assert "nowhere" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="python -m agelib download"):
+        sources.find_data(tmp_path / "elsewhere")
+
+
+def test_find_data_steps_into_a_utkface_subfolder(monkeypatch, tmp_path, home):
+    (tmp_path / "UTKFace").mkdir()
+    assert sources.find_data(tmp_path) == tmp_path / "UTKFace"
+    monkeypatch.setenv("AGELIB_DATA", str(tmp_path))
+    assert sources.find_data() == tmp_path / "UTKFace"
+    assert sources.find_data(tmp_path / "UTKFace") == tmp_path / "UTKFace"
+
+
+def test_find_data_accepts_a_pack_file(tmp_path, home):
+    pack = tmp_path / "faces.tar"
+    pack.write_bytes(b"")
+    assert sources.find_data(pack) == pack
+
+
+def test_find_data_is_none_when_nothing_is_set_or_found(monkeypatch, home):
+    monkeypatch.delenv("AGELIB_DATA", raising=False)
+    assert sources.find_data() is None
+    (home / "UTKFace").mkdir()
+    assert sources.find_data() is None  # an empty default folder is no data
+
+
+def test_find_data_uses_the_default_folder_when_it_holds_files(monkeypatch, home):
+    monkeypatch.delenv("AGELIB_DATA", raising=False)
+    (home / "UTKFace").mkdir()
+    (home / "UTKFace" / "1_0_0_20170101000000000.jpg.chip.jpg").write_bytes(b"x")
+    assert sources.find_data() == home / "UTKFace"
+
+
+def test_load_faces_falls_back_to_synthetic_only_when_nothing_is_asked(monkeypatch, home,
+                                                                       tmp_path):
+    monkeypatch.setenv("AGELIB_DATA", str(tmp_path / "typo"))
+    with pytest.raises(FileNotFoundError):
+        sources.load_faces()
+
+
+# --------------------------------------------------------------------------- seeds and devices
+def test_seed_everything_makes_random_draws_repeatable(monkeypatch):
+    monkeypatch.setenv("PYTHONHASHSEED", "0")  # restored afterwards: seeding sets it
+    assert settings.seed_everything(7) == 7
+    first = (torch.rand(5), np.random.rand(3), random.random())
+    settings.seed_everything(7)
+    second = (torch.rand(5), np.random.rand(3), random.random())
+    assert torch.equal(first[0], second[0])
+    assert np.array_equal(first[1], second[1]) and first[2] == second[2]
+    settings.seed_everything(8)
+    assert not torch.equal(torch.rand(5), first[0])
+
+
+def test_get_device_picks_the_best_available(monkeypatch):
+    monkeypatch.delenv("AGELIB_DEVICE", raising=False)
+    if torch.cuda.is_available():
+        expected = "cuda"
+    elif torch.backends.mps.is_available():
+        expected = "mps"
+    else:
+        expected = "cpu"
+    assert settings.get_device().type == expected
+
+
+def test_get_device_is_cpu_without_an_accelerator(monkeypatch):
+    monkeypatch.delenv("AGELIB_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert settings.get_device() == torch.device("cpu")
+
+
+def test_get_device_honours_agelib_device_and_prefer(monkeypatch):
+    monkeypatch.setenv("AGELIB_DEVICE", "meta")
+    assert settings.get_device() == torch.device("meta")
+    assert settings.get_device("cpu") == torch.device("cpu")

@@ -1,0 +1,239 @@
+"""File names, folder checks and duplicates (agelib.data.utkface) on generated folders."""
+
+import os
+
+import pandas as pd
+import pytest
+from conftest import (AGE_CONFLICT, ATTR_CONFLICT, BAD, COPY_SAME, GOOD, IRREGULAR, ODD_MODES,
+                      REAL_IRREGULAR)
+
+from agelib.data import utkface
+from agelib.data.utkface import parse_name
+
+
+# --------------------------------------------------------------------------- parse_name
+def test_parse_name_reads_a_regular_name():
+    labels = parse_name("26_1_2_20170116184028385.jpg.chip.jpg")
+    assert (labels.age, labels.gender, labels.race) == (26, 1, 2)
+    assert labels.timestamp == "20170116184028385"
+    assert labels.irregular == ""
+
+
+@pytest.mark.parametrize("name", sorted(REAL_IRREGULAR))
+def test_parse_name_keeps_labels_of_irregular_real_names(name):
+    age, gender, race, note = REAL_IRREGULAR[name]
+    labels = parse_name(name)
+    assert (labels.age, labels.gender, labels.race) == (age, gender, race)
+    assert labels.irregular == note
+
+
+def test_parse_name_strips_the_stray_space_from_the_timestamp():
+    assert parse_name("24_0_1_20170116220224657 .jpg.chip.jpg").timestamp == "20170116220224657"
+
+
+def test_parse_name_notes_missing_race_and_timestamp():
+    labels = parse_name("7_0.jpg")
+    assert (labels.age, labels.gender, labels.race, labels.timestamp) == (7, 0, None, None)
+    assert labels.irregular == "race and timestamp missing"
+
+
+@pytest.mark.parametrize("name, why", [
+    ("photo.jpg", "found 1 field(s)"),
+    ("1_0_0_2017_extra.jpg", "found 5 field(s)"),
+    ("x_0_0_20170116174525125.jpg.chip.jpg", "age 'x' is not a whole number"),
+    ("-3_0_0_20170116174525125.jpg.chip.jpg", "age '-3' is not a whole number"),
+    ("130_0_0_20170101000000000.jpg.chip.jpg", "age 130 is above 116"),
+    ("30_2_0_20170116174525125.jpg.chip.jpg", "gender '2' is not 0 (male) or 1 (female)"),
+    ("30_0_7_20170116174525125.jpg.chip.jpg", "race '7' is not one of 0-4"),
+])
+def test_parse_name_says_what_is_wrong_with_a_bad_name(name, why):
+    with pytest.raises(ValueError) as err:
+        parse_name(name)
+    assert repr(name) in str(err.value)
+    assert why in str(err.value)
+
+
+# --------------------------------------------------------------------------- scan_folder
+def test_scan_accounts_for_every_file_exactly_once(quirky_folder):
+    files, report = utkface.scan_folder(quirky_folder)
+    skipped = [s["file"] for s in report.skipped]
+    assert len(set(skipped)) == len(skipped)
+    assert not set(skipped) & set(files["file"])
+    assert set(skipped) | set(files["file"]) == set(os.listdir(quirky_folder))
+    assert report.n_files == len(files) + len(report.skipped) == len(os.listdir(quirky_folder))
+    assert report.n_readable == len(files)
+
+
+def test_scan_skips_each_bad_file_with_its_reason(quirky_folder):
+    _, report = utkface.scan_folder(quirky_folder)
+    reasons = {s["file"]: s["reason"] for s in report.skipped}
+    assert set(reasons) == set(BAD)
+    for name, fragment in BAD.items():
+        assert fragment in reasons[name], (name, reasons[name])
+
+
+def test_scan_keeps_every_good_file(quirky_folder):
+    files, _ = utkface.scan_folder(quirky_folder)
+    good = {*GOOD, *IRREGULAR, *COPY_SAME, *AGE_CONFLICT, *ATTR_CONFLICT, *ODD_MODES}
+    assert set(files["file"]) == good
+
+
+def test_scan_reports_irregular_names_and_still_uses_them(quirky_folder):
+    files, report = utkface.scan_folder(quirky_folder)
+    assert {r["file"]: r["note"] for r in report.irregular_names} == IRREGULAR
+    row = files.set_index("file").loc["39_1_20170116174525125.jpg.chip.jpg"]
+    assert row["age"] == 39 and pd.isna(row["race"])
+
+
+def test_scan_reads_images_in_odd_modes(quirky_folder):
+    files, report = utkface.scan_folder(quirky_folder)
+    modes = files.set_index("file")["mode"]
+    for name, mode in ODD_MODES.items():
+        assert modes[name] == mode
+        assert report.modes[mode] == 1
+    assert sum(report.modes.values()) == len(files)
+
+
+def test_scan_records_hash_size_and_labels(quirky_folder):
+    files, _ = utkface.scan_folder(quirky_folder)
+    assert files["sha1"].str.fullmatch("[0-9a-f]{40}").all()
+    assert (files[["width", "height"]] == 48).all().all()
+    assert str(files["race"].dtype) == "Int64"
+    row = files.set_index("file").loc[GOOD[1]]
+    assert (row["age"], row["gender"], row["race"]) == (8, 1, 4)
+    assert row["bytes"] == (quirky_folder / GOOD[1]).stat().st_size
+
+
+def test_scan_ignores_hidden_files(quirky_folder):
+    (quirky_folder / ".DS_Store").write_bytes(b"\0\1")
+    _, report = utkface.scan_folder(quirky_folder)
+    assert report.n_files == len(os.listdir(quirky_folder)) - 1
+    assert ".DS_Store" not in [s["file"] for s in report.skipped]
+
+
+def test_scan_of_missing_folder_says_how_to_get_the_data(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        utkface.scan_folder(tmp_path / "nowhere")
+    assert "python -m agelib download" in str(err.value)
+    assert "AGELIB_DATA" in str(err.value)
+
+
+def test_scan_of_empty_folder_says_it_is_empty(tmp_path):
+    (tmp_path / ".hidden").write_text("x")
+    with pytest.raises(ValueError, match="is empty"):
+        utkface.scan_folder(tmp_path)
+
+
+def test_scan_of_folder_with_only_bad_files_fails_with_an_example(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "1_0_0_20170101000000000.jpg.chip.jpg").write_bytes(b"")
+    with pytest.raises(ValueError, match="No usable image") as err:
+        utkface.scan_folder(tmp_path)
+    assert "2 file(s) skipped" in str(err.value)
+
+
+def test_report_text_lists_skipped_and_irregular_files(quirky_folder):
+    files, report = utkface.scan_folder(quirky_folder)
+    utkface.deduplicate(files, report)
+    text = str(report)
+    for name in [*BAD, *IRREGULAR]:
+        assert name in text
+    assert utkface.DataReport(**report.to_dict()) == report
+
+
+# --------------------------------------------------------------------------- deduplicate
+@pytest.fixture
+def scanned(quirky_folder):
+    files, report = utkface.scan_folder(quirky_folder)
+    samples = utkface.deduplicate(files, report)
+    return files, report, samples
+
+
+def test_deduplicate_keeps_one_sample_per_image(scanned):
+    files, _, samples = scanned
+    assert samples["sha1"].is_unique
+    conflict_sha1 = set(files.loc[files.file.isin(AGE_CONFLICT), "sha1"])
+    assert set(samples["sha1"]) == set(files["sha1"]) - conflict_sha1
+    assert samples["file"].is_monotonic_increasing
+
+
+def test_deduplicate_merges_exact_copies(scanned):
+    _, _, samples = scanned
+    row = samples.set_index("file").loc[COPY_SAME[0]]
+    assert row["n_files"] == 2
+    assert row["files"] == "|".join(COPY_SAME)
+    assert (row["age"], row["gender"], row["race"]) == (30, 0, 0)
+    assert COPY_SAME[1] not in set(samples["file"])
+
+
+def test_deduplicate_leaves_out_copies_that_disagree_on_age(scanned):
+    _, report, samples = scanned
+    used = "|".join(samples["files"])
+    assert not any(name in used for name in AGE_CONFLICT)
+    assert report.n_age_conflicts == 1
+
+
+def test_deduplicate_keeps_attribute_conflict_with_the_tied_attribute_missing(scanned):
+    _, report, samples = scanned
+    row = samples.set_index("file").loc[ATTR_CONFLICT[0]]
+    assert row["age"] == 50 and row["gender"] == 0
+    assert pd.isna(row["race"])
+    assert row["n_files"] == 2
+    assert report.n_attribute_conflicts == 1
+
+
+def test_deduplicate_takes_the_majority_attribute():
+    files = pd.DataFrame({"file": ["a", "b", "c"], "sha1": ["x"] * 3, "age": [20] * 3,
+                          "gender": [1, 1, 0], "race": pd.array([2, 3, 3], dtype="Int64")})
+    sample = utkface.deduplicate(files).iloc[0]
+    assert (sample["gender"], sample["race"], sample["n_files"]) == (1, 3, 3)
+
+
+def test_deduplicate_counts_in_the_report(scanned):
+    files, report, samples = scanned
+    n_readable = len(GOOD) + len(IRREGULAR) + 6 + len(ODD_MODES)
+    assert report.n_readable == len(files) == n_readable
+    assert report.n_images == files["sha1"].nunique() == n_readable - 3
+    assert report.n_duplicate_groups == 3 and report.n_duplicate_files == 3
+    assert report.n_used == len(samples) == report.n_images - 1
+    assert samples["n_files"].sum() == n_readable - 2  # the two age-conflicting files
+    assert (report.age_min, report.age_max) == (samples.age.min(), samples.age.max())
+
+
+def test_deduplicate_dtypes():
+    files = pd.DataFrame({"file": ["a", "b"], "sha1": ["x", "x"], "age": [3, 3],
+                          "gender": [0, 1], "race": pd.array([1, None], dtype="Int64")})
+    samples = utkface.deduplicate(files)
+    assert samples.dtypes.astype(str)[["age", "gender", "race", "n_files"]].tolist() == [
+        "int64", "Int64", "Int64", "int64"]
+    assert pd.isna(samples.loc[0, "gender"]) and samples.loc[0, "race"] == 1
+
+
+# --------------------------------------------------------------------------- duplicate_groups
+GROUP_COLUMNS = ["sha1", "files", "ages", "genders", "races", "age_spread", "age_conflict",
+                 "attribute_conflict"]
+
+
+def test_duplicate_groups_lists_each_group_with_its_labels(scanned):
+    files, _, _ = scanned
+    groups = utkface.duplicate_groups(files)
+    assert list(groups.columns) == GROUP_COLUMNS
+    assert len(groups) == 3
+    by_first = {g.files[0]: g for g in groups.itertuples()}
+    age = by_first[AGE_CONFLICT[0]]
+    assert age.files == list(AGE_CONFLICT) and age.ages == [40, 45] and age.age_spread == 5
+    assert age.age_conflict and not age.attribute_conflict
+    attr = by_first[ATTR_CONFLICT[0]]
+    assert attr.races == [1, 2] and attr.attribute_conflict and not attr.age_conflict
+    same = by_first[COPY_SAME[0]]
+    assert not same.age_conflict and not same.attribute_conflict
+    assert groups["age_spread"].is_monotonic_decreasing
+
+
+def test_duplicate_groups_of_a_folder_without_copies_is_empty_but_filterable():
+    files = pd.DataFrame({"file": ["a", "b"], "sha1": ["x", "y"], "age": [1, 2],
+                          "gender": [0, 1], "race": pd.array([1, None], dtype="Int64")})
+    groups = utkface.duplicate_groups(files)
+    assert groups.empty and list(groups.columns) == GROUP_COLUMNS
+    assert list(groups[groups.attribute_conflict].columns) == GROUP_COLUMNS
+    assert list(groups[groups.age_conflict].columns) == GROUP_COLUMNS
