@@ -6,6 +6,9 @@ Commands:
 * ``data DIR``: the parse/deduplication report of a UTKFace-style folder (``--json``);
 * ``download``: fetch and check UTKFace (or unpack an archive you downloaded);
 * ``pack``: write the decoded dataset as one small ``.tar`` to carry elsewhere;
+* ``train``: train a model on the standard split, write a checkpoint and a run record;
+* ``evaluate``: n, MAE and CS@5 of a checkpoint on any folder of UTKFace-named images;
+* ``report``: the results tables, made from the run records;
 * ``links``: show or rewrite the Colab links and install cells from ``settings.REPOSITORY``.
 """
 
@@ -114,6 +117,57 @@ def cmd_links(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from . import models, training
+
+    model = models.ModelConfig(backbone=args.model, head=args.head, pretrained=args.pretrained)
+    config = training.TrainConfig(model=model, loss=args.loss, epochs=args.epochs, lr=args.lr,
+                                  batch_size=args.batch_size, image_size=args.image_size,
+                                  schedule=args.schedule, seed=args.seed, tag=args.tag)
+    sizes = {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size}
+    mode = settings.run_mode(**{k: v for k, v in sizes.items() if v})  # describe what runs
+    print(mode.describe())
+    result = training.train_age_model(config, mode=mode, checkpoint=args.out)
+    r = result.record
+    print(f"{r['backbone']} + {r['head']} head, {r['loss']} loss, {r['epochs']} epochs on "
+          f"{r['data']} ({r['mode']}): valid MAE {r['valid_mae']:.2f}, test MAE "
+          f"{r['test_mae']:.2f}, CS@5 {r['test_cs5']:.3f}, {r['seconds']:.0f} s on {r['device']}")
+    if result.checkpoint:
+        print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from . import inference
+
+    scores = inference.evaluate_folder(args.checkpoint, args.images)
+    if args.json:
+        print(json.dumps({k: scores[k] for k in ("n", "mae", "cs5")}))
+    else:
+        print(f"n {scores['n']}  MAE {scores['mae']:.3f}  CS@5 {scores['cs5']:.3f}")
+        for s in scores["skipped"]:
+            print(f"  skipped {s['file']}: {s['reason']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from . import records
+
+    if args.write_readme:
+        readme = settings.repo_root() / "README.md"
+        readme.write_text(records.readme_with_results(readme.read_text(encoding="utf-8"),
+                                                      records.load_records(args.results)),
+                          encoding="utf-8")
+        print("README.md results updated from the run records")
+        return 0
+    table = records.report_table(records.load_records(args.results), tag=args.tag)
+    if args.mode:
+        table = table[table["mode"] == args.mode]
+    print(records.to_markdown(table) if not args.json
+          else table.to_json(orient="records", indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m agelib", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -139,6 +193,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int, default=90, help="WebP quality (default 90)")
     p.add_argument("--out", help="output file (default: data/packs/NAME-SIZEpx.tar)")
     p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("train", help="train an age model on the standard split")
+    p.add_argument("--model", default="resnet18", help="timm backbone name (default resnet18)")
+    p.add_argument("--head", default="regression", help="regression|classification|coral|corn")
+    p.add_argument("--loss", default="l1", help="a loss from agelib.losses (default l1)")
+    p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
+    p.add_argument("--epochs", type=int, help="default: the run mode's")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, help="default: the run mode's")
+    p.add_argument("--image-size", type=int, help="default: the run mode's")
+    p.add_argument("--schedule", default="one_cycle", help="one_cycle|warmup_cosine|constant")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="cli", help="label for reports")
+    p.add_argument("--out", help="checkpoint to write")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="n, MAE and CS@5 of a checkpoint on a labelled folder")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--images", required=True, help="folder of UTKFace-named images")
+    p.add_argument("--json", action="store_true", help="print {n, mae, cs5}")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="tables of results from the run records")
+    p.add_argument("--results", help="records folder (default results/)")
+    p.add_argument("--tag", help="only runs with this tag")
+    p.add_argument("--mode", choices=["smoke", "full"], help="only this mode")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--write-readme", action="store_true",
+                   help="regenerate README.md's results block from the records")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("links", help="Colab links from settings.REPOSITORY")
     p.add_argument("--write", action="store_true", help="rewrite README.md and notebooks")

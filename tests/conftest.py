@@ -11,8 +11,16 @@ import os
 import shutil
 from pathlib import Path
 
+import tempfile  # noqa: E402
+
 os.environ.setdefault("AGELIB_SMOKE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Test runs (notebooks included) write their run records to a scratch folder, never to the
+# committed results/; a relative AGELIB_DATA is made absolute so notebooks, which run in
+# notebooks/, find it too.
+os.environ.setdefault("AGELIB_RESULTS", tempfile.mkdtemp(prefix="agelib-results-"))
+if os.environ.get("AGELIB_DATA"):
+    os.environ["AGELIB_DATA"] = os.path.abspath(os.environ["AGELIB_DATA"])
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

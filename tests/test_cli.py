@@ -179,3 +179,18 @@ def test_readme_with_table_needs_the_markers():
     text = f"intro\n{course.TABLE_START}\nold\n{course.TABLE_END}\nrest\n"
     assert course.readme_with_table(text) == (
         f"intro\n{course.TABLE_START}\n{course.chapter_table()}\n{course.TABLE_END}\nrest\n")
+
+
+def test_readme_results_block_is_generated_from_the_committed_records():
+    """README's numbers come from results/ only: regenerate and compare."""
+    from agelib import records
+
+    root = settings.repo_root()
+    readme = root / "README.md"
+    if not readme.exists():
+        pytest.skip("README.md is absent")
+    text = readme.read_text(encoding="utf-8")
+    table = records.load_records(root / "results")
+    assert records.readme_with_results(text, table) == text, (
+        "README's results block differs from the records: run "
+        "`python -m agelib report --write-readme`")

@@ -171,11 +171,14 @@ def split_tables(samples: pd.DataFrame, split: pd.Series, mode: settings.RunMode
 
 def face_dataloaders(faces, split: pd.Series | None = None, mode: settings.RunMode | None = None,
                      size: int | None = None, batch_size: int | None = None, seed: int = 0,
-                     device=None, with_test: bool = True, **augment):
+                     device=None, with_test: bool = True, subset_seed: int = 0, **augment):
     """fastai ``DataLoaders`` (train, valid[, test]) for a dataset from ``load_faces``.
 
-    ``size`` is what the model sees; images are cached at that size. ``augment``
-    goes to the training :class:`BatchTransform` (``scale``, ``flip``).
+    ``split`` defaults to the standard protocol split (seed 0), whatever the
+    training ``seed`` (which only shuffles and augments); smoke-mode subsets are
+    drawn with ``subset_seed`` so runs with different training seeds see the
+    same faces. ``size`` is what the model sees; images are cached at that size.
+    ``augment`` goes to the training :class:`BatchTransform` (``scale``, ``flip``).
     """
     with warnings.catch_warnings():  # fastai's import warns about torch.jit; not ours to fix
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script")
@@ -185,7 +188,8 @@ def face_dataloaders(faces, split: pd.Series | None = None, mode: settings.RunMo
     size = size or mode.image_size
     batch_size = batch_size or mode.batch_size
     device = device or settings.get_device()
-    tables = split_tables(faces.samples, faces.split(seed) if split is None else split, mode, seed)
+    tables = split_tables(faces.samples, faces.split(0) if split is None else split, mode,
+                          subset_seed)
     wanted = [sha1 for _, table in tables for sha1 in table["sha1"]]
     images = faces.images(size, wanted)  # (N, size, size, 3), decoded once
     position = {sha1: i for i, sha1 in enumerate(wanted)}

@@ -124,8 +124,14 @@ def load_faces(source: str | os.PathLike | None = None, verbose: bool = True) ->
 
 
 def load_folder(folder: str | os.PathLike, name: str = "UTKFace", real: bool = True) -> Faces:
-    """Scan (or reuse the cached scan of) a UTKFace-style folder and deduplicate it."""
+    """Scan (or reuse the cached scan of) a UTKFace-style folder and deduplicate it.
+
+    A folder the synthetic generator wrote (it leaves a marker file) is always
+    labelled synthetic, wherever it is and however it was reached.
+    """
     folder = Path(folder)
+    if (folder / synthetic.MARKER_NAME).exists():
+        name, real = "synthetic", False
     files, report = _cached_scan(folder)
     samples = utkface.deduplicate(files, report)
     if samples.empty:

@@ -1,0 +1,63 @@
+"""Checkpoints that rebuild their own model: weights plus the config that made them.
+
+A checkpoint holds only tensors and plain Python values (dicts, lists, strings,
+numbers), so it loads with ``torch.load(weights_only=True)``, which refuses to
+run code hidden in a file downloaded from somewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from . import models
+
+FORMAT = "agelib-checkpoint-1"
+
+
+def save_checkpoint(model: models.AgeModel, path: str | Path, train_config: dict | None = None,
+                    record: dict | None = None) -> Path:
+    """Write ``model`` with its config (and optionally how it was trained and scored)."""
+    if model.config is None:
+        raise ValueError("the model has no config: build it with models.create_model")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "model_config": model.config.to_dict(),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "train_config": train_config or {}, "record": record or {}}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # never leave half a checkpoint under the real name
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
+                    ) -> tuple[models.AgeModel, dict]:
+    """Rebuild the model of a checkpoint; return it (in eval mode) and the whole payload.
+
+    Raises ValueError, saying what is wrong, for a file that is not an agelib
+    checkpoint or whose weights do not fit its config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at '{path}'. Train one with "
+                                "`python -m agelib train --out PATH`.")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # pickle, zip and unpickling-policy errors all mean "unreadable"
+        raise ValueError(f"'{path.name}' is not a readable checkpoint ({type(err).__name__}: "
+                         f"{str(err)[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"'{path.name}' is not an agelib checkpoint (no '{FORMAT}' marker); "
+                         "train one with `python -m agelib train`.")
+    config = models.ModelConfig.from_dict(payload["model_config"])
+    model = models.create_model(config, pretrained=False)  # the weights come from the file
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"'{path.name}': the weights do not fit the saved config "
+                         f"({str(err).splitlines()[0]})") from None
+    model.config.pretrained = config.pretrained  # how it started, for the record
+    return model.eval(), payload

@@ -1,0 +1,52 @@
+"""Using a trained model: ages for images, and scores on any labelled folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import checkpoints, metrics, models, settings
+from .data import cache, loaders, utkface
+
+
+@torch.no_grad()
+def predict_ages(model: models.AgeModel, images: np.ndarray | torch.Tensor, size: int,
+                 batch_size: int = 64, device=None) -> np.ndarray:
+    """Ages for uint8 ``(N, H, W, 3)`` images, resized and normalised as in evaluation."""
+    device = torch.device(device) if device else settings.get_device()
+    model = model.to(device).eval()
+    transform = loaders.BatchTransform(size, train=False).to(device)
+    pixels = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2)  # (N, 3, H, W)
+    out = [model.head.to_age(model(transform(pixels[i:i + batch_size].to(device)))).float().cpu()
+           for i in range(0, len(pixels), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def evaluate_folder(checkpoint: str | Path, folder: str | Path, batch_size: int = 64,
+                    device=None) -> dict:
+    """n, MAE and CS@5 of a checkpoint on every labelled image of a UTKFace-style folder.
+
+    Ages are read from the file names; files that cannot be read are listed
+    under ``skipped`` rather than failing the whole evaluation.
+    """
+    model, payload = checkpoints.load_checkpoint(checkpoint)
+    size = int(payload.get("train_config", {}).get("image_size") or
+               payload.get("record", {}).get("image_size") or 0)
+    if not size:
+        raise ValueError(f"'{Path(checkpoint).name}' does not say its image size; "
+                         "was it written by agelib.checkpoints.save_checkpoint?")
+    files, report = utkface.scan_folder(folder)
+    folder = Path(folder)
+    images = np.stack([_read(folder / name, size) for name in files["file"]])
+    pred = predict_ages(model, images, size, batch_size, device)
+    true = files["age"].to_numpy(dtype=np.float32)
+    return {"n": int(len(files)), "mae": round(metrics.mae(pred, true), 4),
+            "cs5": round(metrics.cs_at(pred, true, 5), 4), "skipped": report.skipped}
+
+
+def _read(path: Path, size: int) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(cache.square_resize(im, size))

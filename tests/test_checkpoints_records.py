@@ -1,0 +1,226 @@
+"""Checkpoints (agelib.checkpoints) and run records (agelib.records), without training.
+
+A checkpoint must rebuild its model exactly and load only plain data; records are
+the only source of reported numbers, so the report's grouping is checked by hand.
+"""
+
+import json
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import agelib
+from agelib import checkpoints, models, records
+from agelib.checkpoints import FORMAT, load_checkpoint, save_checkpoint
+
+TINY = "test_resnet"
+
+
+def tiny_model(**overrides) -> models.AgeModel:
+    """A model whose every tensor (batch-norm statistics too) differs from a fresh one."""
+    torch.manual_seed(1)
+    model = models.create_model(models.ModelConfig(TINY, **overrides))
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand_like(tensor) * 0.2 + (0.9 if "var" in name else -0.1))
+    return model
+
+
+def batch(n: int = 3) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+# --------------------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize("overrides", [{"head": "regression", "hidden": 8, "age_range": (1, 90)},
+                                       {"head": "coral", "num_classes": 20, "min_age": 1,
+                                        "decode": "label"}])
+def test_a_checkpoint_rebuilds_the_same_model(tmp_path, overrides):
+    model = tiny_model(**overrides).eval()
+    path = save_checkpoint(model, tmp_path / "sub" / "model.pt", train_config={"image_size": 32},
+                           record={"test_mae": 7.5})
+    assert path == tmp_path / "sub" / "model.pt" and path.is_file()
+    assert not list(path.parent.glob("*.tmp"))  # written whole, then renamed
+
+    loaded, payload = load_checkpoint(path)
+    assert not loaded.training  # ready to predict
+    assert loaded.config == model.config
+    assert payload["format"] == FORMAT and payload["train_config"] == {"image_size": 32}
+    assert payload["record"] == {"test_mae": 7.5}
+    state, again = model.state_dict(), loaded.state_dict()
+    assert state.keys() == again.keys() and all(torch.equal(state[k], again[k]) for k in state)
+    with torch.no_grad():
+        assert torch.equal(loaded(batch()), model(batch()))
+    assert torch.equal(loaded.predict_age(batch()), model.predict_age(batch()))
+
+
+def test_a_pretrained_checkpoint_loads_offline_and_still_says_pretrained(tmp_path, monkeypatch):
+    model = tiny_model()
+    model.config.pretrained = True  # as if it had started from ImageNet weights
+    path = save_checkpoint(model, tmp_path / "model.pt")
+    monkeypatch.setenv("AGELIB_SMOKE", "0")  # no fallback: a download attempt would raise
+    loaded, _ = load_checkpoint(path)
+    assert loaded.config.pretrained is True
+    assert torch.equal(loaded.state_dict()["head.net.0.weight"],
+                       model.state_dict()["head.net.0.weight"])
+
+
+def test_save_checkpoint_needs_a_model_with_a_config(tmp_path):
+    model = tiny_model()
+    bare = models.AgeModel(model.backbone, model.head)
+    with pytest.raises(ValueError, match="no config.*create_model"):
+        save_checkpoint(bare, tmp_path / "model.pt")
+
+
+def _touch(path):
+    """What a malicious pickle would run on loading; here it only leaves a trace."""
+    open(path, "w").close()
+    return {}
+
+
+class Payload:
+    def __init__(self, trace):
+        self.trace = trace
+
+    def __reduce__(self):
+        return _touch, (self.trace,)
+
+
+def test_loading_refuses_pickled_objects(tmp_path):
+    trace = tmp_path / "code-ran"
+    path = tmp_path / "evil.pt"
+    good = tiny_model()
+    torch.save({"format": FORMAT, "model_config": good.config.to_dict(),
+                "state_dict": good.state_dict(), "extra": Payload(trace)}, path)
+    with pytest.raises(ValueError, match="'evil.pt' is not a readable checkpoint"):
+        load_checkpoint(path)
+    assert not trace.exists(), "loading ran code from the file (weights_only was not used)"
+
+
+def test_loading_a_file_that_is_not_a_checkpoint_says_so(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint\n")
+    with pytest.raises(ValueError, match="'notes.pt' is not a readable checkpoint"):
+        load_checkpoint(text)
+    weights = tmp_path / "weights.pt"
+    torch.save(tiny_model().state_dict(), weights)  # a bare state dict: readable, but no config
+    with pytest.raises(ValueError, match="'weights.pt' is not an agelib checkpoint.*agelib train"):
+        load_checkpoint(weights)
+
+
+def test_loading_a_missing_checkpoint_says_how_to_make_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No checkpoint at .*missing.pt.*--out"):
+        load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path)  # a folder is not a checkpoint either
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
+    path = save_checkpoint(tiny_model(head="classification", num_classes=20), tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["model_config"]["num_classes"] = 30  # the config no longer matches the weights
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="'m.pt': the weights do not fit the saved config"):
+        load_checkpoint(path)
+    payload["model_config"] = {**payload["model_config"], "num_classes": 20, "colour": "red"}
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="unknown model config field"):
+        load_checkpoint(path)
+
+
+# --------------------------------------------------------------------------- records
+def record(seed: int = 0, test_mae: float = 6.0, date: str = "2025-01-01T00:00:00+00:00",
+           **overrides) -> dict:
+    """A run record as ``records.make_record`` writes it (the fields reports use)."""
+    r = {"id": f"run-{seed}-{test_mae}-{date[:10]}", "tag": "ch02", "backbone": "resnet18",
+         "head": "regression", "loss": "l1", "pretrained": False, "data": "synthetic",
+         "mode": "smoke", "epochs": 1, "image_size": 64, "seed": seed, "params": 11_000_000,
+         "valid_mae": test_mae + 0.5, "test_mae": test_mae, "test_cs5": 0.4, "device": "cpu (x)",
+         "seconds": 3.0, "date": date, "config": {"model": {"age_range": (1.0, 90.0)}}}
+    r.update(overrides)
+    assert set(records.COLUMNS) <= set(r)
+    return r
+
+
+def test_records_round_trip_through_json_files(tmp_path):
+    first, second = record(0, 6.0, np_value=np.float32(0.5)), record(1, 8.0)
+    for r in (first, second):
+        records.save_record(r, tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(
+        f"{r['id']}.json" for r in (first, second))
+    table = records.load_records(tmp_path)
+    assert len(table) == 2 and set(records.COLUMNS) <= set(table.columns)
+    row = table.set_index("seed").loc[1]
+    assert row["test_mae"] == 8.0 and row["backbone"] == "resnet18"
+    saved = json.loads((tmp_path / f"{first['id']}.json").read_text())
+    assert saved["np_value"] == 0.5 and saved["config"]["model"]["age_range"] == [1.0, 90.0]
+
+
+def test_save_record_goes_to_agelib_results_and_refuses_what_json_cannot_hold(tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setenv("AGELIB_RESULTS", str(tmp_path / "results"))
+    assert records.results_dir() == tmp_path / "results"
+    path = records.save_record(record())
+    assert path.parent == tmp_path / "results" and path.is_file()
+    with pytest.raises(TypeError, match="cannot store"):
+        records.save_record(record(seed=5, bad=object()))
+
+
+def test_load_records_of_a_missing_folder_is_an_empty_table(tmp_path):
+    table = records.load_records(tmp_path / "nothing-here")
+    assert table.empty and list(table.columns) == records.COLUMNS
+    assert records.report_table(table).empty
+    assert "no run records yet" in records.to_markdown(records.report_table(table))
+
+
+def test_report_table_averages_seeds_and_keeps_the_latest_run_of_each_seed():
+    table = pd.DataFrame([
+        record(0, 9.0, "2025-01-01T00:00:00+00:00"),  # replaced by the re-run below
+        record(0, 6.0, "2025-01-02T00:00:00+00:00"),
+        record(1, 8.0, "2025-01-01T12:00:00+00:00"),
+        record(2, 7.0, "2025-01-01T06:00:00+00:00"),
+        record(0, 4.0, "2025-01-01T00:00:00+00:00", backbone="vit_small"),  # another model
+        record(0, 5.0, "2025-01-01T00:00:00+00:00", tag="ch03"),  # another chapter
+    ])
+    report = records.report_table(table)
+    assert len(report) == 3
+    row = report[(report.backbone == "resnet18") & (report.tag == "ch02")].iloc[0]
+    assert row["runs"] == 3
+    assert row["test_mae"] == pytest.approx(7.0)  # mean of 6, 8, 7: the 9 was replaced
+    assert row["test_mae_std"] == pytest.approx(1.0)  # sample std of 6, 8, 7
+    assert row["valid_mae"] == pytest.approx(7.5) and row["date"] == "2025-01-02T00:00:00+00:00"
+    vit = report[report.backbone == "vit_small"].iloc[0]
+    assert vit["runs"] == 1 and math.isnan(vit["test_mae_std"])
+
+    every = records.report_table(table, latest_only=False)
+    assert every[(every.backbone == "resnet18") & (every.tag == "ch02")].iloc[0]["runs"] == 4
+
+    only = records.report_table(table, tag="ch03")
+    assert len(only) == 1 and only.iloc[0]["test_mae"] == 5.0
+
+
+def test_to_markdown_shows_one_line_per_setting_with_mean_and_std():
+    table = pd.DataFrame([record(0, 6.0), record(1, 8.0), record(0, 4.0, backbone="vit_small",
+                                                                 pretrained=True)])
+    text = records.to_markdown(records.report_table(table))
+    lines = text.splitlines()
+    assert lines[0].startswith("| data | mode | model |") and set(lines[1]) == {"|", "-"}
+    assert len(lines) == 4
+    resnet = next(line for line in lines if "resnet18" in line)
+    cells = [c.strip() for c in resnet.strip("|").split("|")]
+    assert cells[:9] == ["synthetic", "smoke", "resnet18", "regression", "l1", "no", "64", "1", "2"]
+    assert cells[9] == "7.00 ± 1.41" and cells[10] == "0.400" and cells[11] == "7.50"
+    vit = next(line for line in lines if "vit_small" in line)
+    assert "| yes |" in vit and "| 4.00 |" in vit and "±" not in vit  # one run: no spread
+    assert records.to_markdown(records.report_table(pd.DataFrame(columns=records.COLUMNS))) == \
+        "_no run records yet_"
+
+
+def test_code_version_names_agelibs_version_and_the_commit():
+    version = records.code_version()
+    # "0.1.0", or from a git checkout "0.1.0+1a2b3c4" ("+1a2b3c4.dirty" with edits)
+    assert re.fullmatch(re.escape(agelib.__version__) + r"(\+[0-9a-f]{4,40}(\.dirty)?)?", version)

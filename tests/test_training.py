@@ -1,0 +1,297 @@
+"""Training (agelib.training): configs, the whole recipe, schedules, model selection, repeatability.
+
+Every run uses the session's synthetic faces, 64/32/32 train/valid/test images at
+32 px and timm's tiny ``test_resnet``, so a run takes about a second on a CPU.
+"""
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from agelib import checkpoints, data, losses, metrics, models, records, settings, training
+from agelib.training import KeepBestEpoch, TrainConfig
+
+TINY = "test_resnet"
+MODE = settings.RunMode("smoke", image_size=32, n_train=64, n_valid=32, n_test=32, epochs=1,
+                        batch_size=16)
+PAIRS = [("regression", "l1"), ("classification", "cross_entropy"), ("coral", "coral"),
+         ("corn", "corn")]
+
+with warnings.catch_warnings():  # fastai's import warns about torch.jit
+    warnings.simplefilter("ignore", FutureWarning)
+    from fastai.callback.core import Callback
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    """A private AGELIB_RESULTS folder."""
+    path = tmp_path / "results"
+    monkeypatch.setenv("AGELIB_RESULTS", str(path))
+    return path
+
+
+def config(head: str = "regression", loss: str = "l1", **kwargs) -> TrainConfig:
+    return TrainConfig(model=models.ModelConfig(TINY, head=head), loss=loss, **kwargs)
+
+
+def train(faces, cfg: TrainConfig, mode: settings.RunMode = MODE, **kwargs):
+    kwargs.setdefault("save_record", False)
+    return training.train_age_model(cfg, faces, mode=mode, device="cpu", verbose=False, **kwargs)
+
+
+def learner(faces, head: str = "regression", loss: str = "l1", batch_size: int = 16,
+            lr: float = 1e-3, seed: int = 0):
+    """A Learner built the way chapters build one, on the tiny data."""
+    settings.seed_everything(seed)
+    dls = data.face_dataloaders(faces, mode=MODE, size=32, batch_size=batch_size, device="cpu")
+    model = models.create_model(models.ModelConfig(TINY, head=head))
+    return training.make_learner(dls, model, loss, lr=lr)
+
+
+def mae_column(learn) -> int:
+    return list(learn.recorder.metric_names[1:-1]).index("mae")  # after train/valid loss
+
+
+# --------------------------------------------------------------------------- TrainConfig
+def test_train_config_rejects_an_unknown_schedule_listing_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown schedule 'cosine'") as err:
+        config(schedule="cosine")
+    assert all(s in str(err.value) for s in training.SCHEDULES)
+
+
+def test_train_config_rejects_an_unknown_loss_listing_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown loss 'l2'") as err:
+        config(loss="l2")
+    assert all(name in str(err.value) for name in losses.LOSSES)
+
+
+@pytest.mark.parametrize("head, loss", [("regression", "coral"), ("coral", "corn"),
+                                        ("classification", "l1"), ("corn", "ldl")])
+def test_train_config_rejects_a_loss_that_does_not_suit_the_head(head, loss):
+    kind = losses.loss_output_kind(loss)
+    with pytest.raises(ValueError, match=f"loss '{loss}' needs a {kind} head.*{head} head"):
+        config(head, loss)
+
+
+def test_train_config_takes_a_model_dict_and_gives_plain_values_back():
+    cfg = TrainConfig(model={"backbone": TINY, "head": "coral"}, loss="coral")
+    assert isinstance(cfg.model, models.ModelConfig) and cfg.model.head == "coral"
+    d = cfg.to_dict()
+    assert d["model"] == cfg.model.to_dict() and d["loss"] == "coral"
+    json.dumps(d, default=list)  # plain values only (tuples become lists in a record)
+    with pytest.raises(ValueError, match="unknown model config field"):
+        TrainConfig(model={"backbone": TINY, "heads": "coral"})
+
+
+def test_make_learner_refuses_a_mismatched_loss(synthetic_faces):
+    dls = data.face_dataloaders(synthetic_faces, mode=MODE, size=32, device="cpu")
+    model = models.create_model(models.ModelConfig(TINY, head="coral"))
+    with pytest.raises(ValueError, match="loss 'l1' does not suit a coral head"):
+        training.make_learner(dls, model, "l1")
+
+
+# --------------------------------------------------------------------------- the whole recipe
+@pytest.mark.parametrize("head, loss", PAIRS)
+def test_train_age_model_runs_every_head_and_records_what_ran(synthetic_faces, results, tmp_path,
+                                                              head, loss):
+    cfg = config(head, loss, tag="test")
+    result = train(synthetic_faces, cfg, checkpoint=tmp_path / "model.pt", save_record=True)
+    r = result.record
+
+    assert set(records.COLUMNS) <= set(r)
+    assert (r["head"], r["loss"], r["backbone"], r["tag"]) == (head, loss, TINY, "test")
+    assert (r["mode"], r["epochs"], r["image_size"], r["batch_size"]) == ("smoke", 1, 32, 16)
+    assert (r["data"], r["data_real"], r["pretrained"]) == ("synthetic", False, False)
+    assert (r["n_train"], r["n_valid"], r["n_test"]) == (MODE.n_train, MODE.n_valid, MODE.n_test)
+    assert r["config"]["epochs"] == 1 and r["config"]["image_size"] == 32  # resolved, not None
+    assert r["best_epoch"] == 0 and r["params"] == models.count_parameters(result.learn.model)
+    for key in ("valid_mae", "test_mae", "test_cs5"):
+        assert math.isfinite(r[key]), key
+    assert 0 <= r["test_cs5"] <= 1 and r["test_mae"] >= 0
+
+    assert result.test_pred.shape == result.test_true.shape == (MODE.n_test,)
+    assert np.isfinite(result.test_pred).all()
+    assert r["test_mae"] == round(metrics.mae(result.test_pred, result.test_true), 3)
+    assert r["test_cs5"] == round(metrics.cs_at(result.test_pred, result.test_true, 5), 4)
+
+    saved = list(results.glob("*.json"))  # the record went to AGELIB_RESULTS
+    assert [p.name for p in saved] == [f"{r['id']}.json"]
+    assert json.loads(saved[0].read_text()) == json.loads(json.dumps(r, default=list))
+
+    model, payload = checkpoints.load_checkpoint(result.checkpoint)
+    assert payload["record"]["test_mae"] == r["test_mae"]
+    assert payload["train_config"]["image_size"] == 32 and model.config.head == head
+
+
+def test_a_run_is_repeatable_with_its_seed_and_changes_with_another(synthetic_faces):
+    first = train(synthetic_faces, config(seed=0))
+    again = train(synthetic_faces, config(seed=0))
+    other = train(synthetic_faces, config(seed=1))
+    assert np.array_equal(first.test_pred, again.test_pred)
+    assert first.record["test_mae"] == again.record["test_mae"]
+    assert not np.allclose(first.test_pred, other.test_pred)
+    # the same valid and test faces, whatever the training seed (smoke subsets included)
+    assert np.array_equal(first.test_true, other.test_true)
+    assert first.record["valid_mae"] != other.record["valid_mae"]
+
+
+def test_the_best_validation_epoch_is_the_one_kept(synthetic_faces):
+    result = train(synthetic_faces, config(epochs=3, lr=3e-3))
+    # the history survives the predictions made after training
+    maes = [row[mae_column(result.learn)] for row in result.learn.recorder.values]
+    assert len(maes) == 3 and len(result.learn.recorder.losses) == 3 * 4  # 64 / 16 batches
+    assert result.record["best_epoch"] == int(np.argmin(maes))
+    assert result.record["valid_mae"] == pytest.approx(min(maes), abs=1e-3)
+
+
+# --------------------------------------------------------------------------- KeepBestEpoch
+class Snapshots(Callback):
+    """The weights at the end of every epoch (after KeepBestEpoch has looked at them)."""
+
+    order = KeepBestEpoch.order + 1
+
+    def before_fit(self):
+        self.states = []
+
+    def after_epoch(self):
+        self.states.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+
+
+class SpoilEpochs(Callback):
+    """Push the regression bias far off before validating the given epochs."""
+
+    def __init__(self, epochs):
+        self.epochs = set(epochs)
+
+    def before_validate(self):
+        if self.epoch in self.epochs:
+            with torch.no_grad():
+                self.model.head.net[-1].bias.fill_(1000.0)
+
+
+def test_keep_best_epoch_restores_the_weights_of_the_best_validation_epoch(synthetic_faces):
+    learn = learner(synthetic_faces)
+    keep, snaps = KeepBestEpoch(), Snapshots()
+    with learn.no_bar(), learn.no_logging():
+        training.fit(learn, 3, 1e-3, "constant", cbs=[keep, snaps, SpoilEpochs({2})])
+    maes = [row[mae_column(learn)] for row in learn.recorder.values]
+    assert maes[2] > 900 and keep.best_epoch == int(np.argmin(maes)) < 2
+    state = learn.model.state_dict()
+    assert all(torch.equal(state[k], snaps.states[keep.best_epoch][k]) for k in state)
+    assert not torch.equal(state["head.net.0.bias"], snaps.states[2]["head.net.0.bias"])
+    pred, true = training.predict_ages(learn, learn.dls.valid)
+    assert metrics.mae(pred, true) == pytest.approx(maes[keep.best_epoch], rel=1e-5)
+
+
+def test_keep_best_epoch_stops_after_patience_epochs_without_progress(synthetic_faces):
+    learn = learner(synthetic_faces)
+    keep, snaps = KeepBestEpoch(patience=2), Snapshots()
+    with learn.no_bar(), learn.no_logging():
+        training.fit(learn, 6, 1e-3, "constant", cbs=[keep, snaps, SpoilEpochs({1, 2, 3, 4, 5})])
+    assert len(learn.recorder.values) == 3 and keep.best_epoch == 0  # epochs 0, 1, 2 ran
+    state = learn.model.state_dict()
+    assert all(torch.equal(state[k], snaps.states[0][k]) for k in state)
+
+
+# --------------------------------------------------------------------------- schedules
+class LearningRates(Callback):
+    """The learning rate (and Adam's beta1) the torch optimizer used at each training batch."""
+
+    def before_fit(self):
+        self.lrs, self.beta1s, self.wds = [], [], []
+
+    def after_batch(self):
+        if self.training:
+            groups = self.learn.opt.opt.param_groups  # torch's AdamW under fastai's wrapper
+            assert len({g["lr"] for g in groups}) == 1
+            self.lrs.append(groups[0]["lr"])
+            self.beta1s.append(groups[0]["betas"][0])
+            self.wds.append(groups[0]["weight_decay"])
+
+
+def record_schedule(faces, schedule: str, epochs: int = 2, lr: float = 1e-2, **kwargs):
+    learn = learner(faces, batch_size=8, lr=lr)  # 64 / 8 = 8 batches an epoch
+    rates = LearningRates()
+    with learn.no_bar(), learn.no_logging():
+        training.fit(learn, epochs, lr, schedule, cbs=[rates], **kwargs)
+    assert len(rates.lrs) == 8 * epochs
+    assert set(rates.wds) == {0.05}  # AdamW's decoupled weight decay really applies
+    return np.array(rates.lrs), np.array(rates.beta1s)
+
+
+def cos_between(start: float, end: float, pos: np.ndarray) -> np.ndarray:
+    return start + (1 + np.cos(np.pi * (1 - pos))) * (end - start) / 2
+
+
+def test_warmup_cosine_warms_up_linearly_then_decays_along_a_cosine_to_zero(synthetic_faces):
+    lr, warmup = 1e-2, 0.25
+    lrs, _ = record_schedule(synthetic_faces, "warmup_cosine", lr=lr, warmup=warmup)
+    pct = np.arange(len(lrs)) / len(lrs)  # fastai's pct_train at each batch
+    expected = np.where(pct < warmup, lr * 1e-3 + (lr - lr * 1e-3) * pct / warmup,
+                        lr * (1 + np.cos(np.pi * (pct - warmup) / (1 - warmup))) / 2)
+    np.testing.assert_allclose(lrs, expected, rtol=1e-6)
+    peak = int(np.argmax(lrs))
+    assert lrs[0] == pytest.approx(lr * 1e-3) and lrs[peak] == pytest.approx(lr)
+    assert peak == 4  # a quarter of 16 batches
+    assert (np.diff(lrs[:peak + 1]) > 0).all() and (np.diff(lrs[peak:]) < 0).all()
+    assert lrs[-1] < 0.02 * lr  # last batch: almost zero
+
+
+def test_one_cycle_cycles_learning_rate_and_momentum(synthetic_faces):
+    lr = 1e-2
+    lrs, moms = record_schedule(synthetic_faces, "one_cycle", lr=lr)
+    pct = np.arange(len(lrs)) / len(lrs)
+    up, down = pct / 0.25, (pct - 0.25) / 0.75
+    expected = np.where(pct < 0.25, cos_between(lr / 25, lr, up), cos_between(lr, lr / 1e5, down))
+    np.testing.assert_allclose(lrs, expected, rtol=1e-6)
+    assert lrs[0] == pytest.approx(lr / 25) and lrs.max() == pytest.approx(lr)
+    assert lrs[-1] < 0.02 * lr  # last of 16 batches: almost zero
+    assert moms[0] == pytest.approx(0.95) and moms.min() == pytest.approx(0.85)
+    assert int(np.argmin(moms)) == int(np.argmax(lrs)) == 4
+
+
+def test_constant_schedule_keeps_the_learning_rate(synthetic_faces):
+    lrs, _ = record_schedule(synthetic_faces, "constant", epochs=1, lr=3e-3)
+    assert np.allclose(lrs, 3e-3)
+
+
+# --------------------------------------------------------------------------- pieces
+def test_start_at_mean_sets_the_output_bias_to_the_mean_training_age():
+    model = models.create_model(models.ModelConfig(TINY, hidden=8))
+    hidden_bias = model.head.net[0].bias.clone()
+    ages = torch.tensor([10.0, 20.0, 60.0])
+    training.start_at_mean(model, ages)
+    assert model.head.net[-1].bias.item() == pytest.approx(30.0)
+    assert torch.equal(model.head.net[0].bias, hidden_bias)  # only the output layer
+
+
+def test_train_age_model_starts_a_regression_head_at_the_train_mean(synthetic_faces, monkeypatch):
+    monkeypatch.setattr(training, "fit", lambda *args, **kwargs: None)  # look before any step
+    result = train(synthetic_faces, config())
+    mean = result.learn.dls.train.dataset.ages.mean().item()
+    assert 10 < mean < 60
+    assert result.learn.model.head.net[-1].bias.item() == pytest.approx(mean, rel=1e-6)
+    assert result.record["best_epoch"] == -1  # nothing trained, nothing selected
+
+
+def test_raw_outputs_and_predict_ages_give_one_row_per_sample_in_order(synthetic_faces):
+    learn = learner(synthetic_faces, "classification", "cross_entropy", batch_size=12)
+    dl = learn.dls.valid  # 32 faces: batches of 12, 12 and 8
+    out, true = training.raw_outputs(learn, dl)
+    assert out.shape == (MODE.n_valid, 117) and true.shape == (MODE.n_valid,)
+    assert torch.equal(true, dl.dataset.ages)
+
+    model = learn.model.eval()
+    transform = data.BatchTransform(32, train=False)
+    with torch.no_grad():
+        direct = model(transform(dl.dataset.images))  # every face at once, in dataset order
+    torch.testing.assert_close(out, direct, rtol=1e-4, atol=1e-4)
+
+    pred, ages = training.predict_ages(learn, dl)
+    assert pred.shape == ages.shape == (MODE.n_valid,) and pred.dtype == np.float32
+    np.testing.assert_allclose(pred, losses.expected_age(out).numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(ages, dl.dataset.ages.numpy())
