@@ -9,6 +9,7 @@ Commands:
 * ``train``: train a model on the standard split, write a checkpoint and a run record;
 * ``evaluate``: n, MAE and CS@5 of a checkpoint on any folder of UTKFace-named images;
 * ``report``: the results tables, made from the run records;
+* ``models``: the registered model configurations and their parameter counts;
 * ``links``: show or rewrite the Colab links and install cells from ``settings.REPOSITORY``.
 """
 
@@ -108,6 +109,21 @@ def cmd_pack(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from . import models
+
+    rows = models.registry_table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<22}{'backbone':<22}{'head':<12}{'params':>14}")
+    for r in rows:
+        note = (f"  ({r['params_as_paper_counts'] / 1e6:.2f}M as the paper counts)"
+                if "params_as_paper_counts" in r else "")
+        print(f"{r['name']:<22}{r['backbone']:<22}{r['head']:<12}{r['params'] / 1e6:>13.2f}M{note}")
+    return 0
+
+
 def cmd_links(args) -> int:
     if args.write:
         changed = course.write_links()
@@ -120,7 +136,11 @@ def cmd_links(args) -> int:
 def cmd_train(args) -> int:
     from . import models, training
 
-    model = models.ModelConfig(backbone=args.model, head=args.head, pretrained=args.pretrained)
+    extra = dict(_key_value(a) for a in args.backbone_arg or [])
+    fields = {"head": args.head, "pretrained": args.pretrained,
+              "backbone_args": extra or None}
+    model = (models.named_config(args.model, **fields) if args.model in models.REGISTRY
+             else models.ModelConfig(backbone=args.model, **fields))
     config = training.TrainConfig(model=model, loss=args.loss, epochs=args.epochs, lr=args.lr,
                                   batch_size=args.batch_size, image_size=args.image_size,
                                   schedule=args.schedule, seed=args.seed, tag=args.tag)
@@ -135,6 +155,17 @@ def cmd_train(args) -> int:
     if result.checkpoint:
         print(f"checkpoint: {result.checkpoint}")
     return 0
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as JSON when it can be (numbers, true/false), else text."""
+    if "=" not in text:
+        raise ValueError(f"--backbone-arg expects KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def cmd_evaluate(args) -> int:
@@ -195,7 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("train", help="train an age model on the standard split")
-    p.add_argument("--model", default="resnet18", help="timm backbone name (default resnet18)")
+    p.add_argument("--model", default="resnet18",
+                   help="a registered configuration (see `models`) or any timm name")
+    p.add_argument("--backbone-arg", action="append", metavar="KEY=VALUE",
+                   help="backbone setting, e.g. bridge=project or vit_depth=4 (repeatable)")
     p.add_argument("--head", default="regression", help="regression|classification|coral|corn")
     p.add_argument("--loss", default="l1", help="a loss from agelib.losses (default l1)")
     p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
@@ -223,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-readme", action="store_true",
                    help="regenerate README.md's results block from the records")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("models", help="registered model configurations and their sizes")
+    p.add_argument("--json", action="store_true", help="a list of {name, params, ...}")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("links", help="Colab links from settings.REPOSITORY")
     p.add_argument("--write", action="store_true", help="rewrite README.md and notebooks")

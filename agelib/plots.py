@@ -52,6 +52,11 @@ def face_grid(images: np.ndarray, titles: Sequence[str] | None = None, ncols: in
               size: float = 1.4, row_labels: Sequence[str] | None = None) -> plt.Figure:
     """A grid of uint8 ``(N, H, W, 3)`` faces with optional titles and row labels."""
     n = len(images)
+    if n == 0:  # e.g. no conflicting labels in this dataset: say so instead of failing
+        fig, ax = plt.subplots(figsize=(ncols * size, size))
+        ax.text(0.5, 0.5, "nothing to show", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
     nrows = -(-n // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.15),
                              squeeze=False)

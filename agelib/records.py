@@ -77,7 +77,7 @@ def make_record(config, faces, mode, device, epochs: int, image_size: int, batch
     m = config.model
     return {
         "id": f"{now:%Y%m%d-%H%M%S}-{m.backbone}-{m.head}-{config.loss}-s{config.seed}-{mode.name}",
-        "tag": config.tag, "backbone": m.backbone, "head": m.head, "loss": config.loss,
+        "tag": config.tag, "variant": config.variant, "backbone": m.backbone, "head": m.head, "loss": config.loss,
         "pretrained": bool(m.pretrained),
         "data": faces.name, "data_real": bool(faces.real), "data_fingerprint": faces.fingerprint,
         "split": f"standard seed {config.split_seed} (70/10/20, age-stratified, deduplicated)",
@@ -96,7 +96,11 @@ def make_record(config, faces, mode, device, epochs: int, image_size: int, batch
 def save_record(record: dict, folder: str | Path | None = None) -> Path:
     folder = Path(folder) if folder else results_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{record['id']}.json"
+    path, n = folder / f"{record['id']}.json", 1
+    while path.exists():  # two runs in the same second (ablation grids): never overwrite
+        n += 1
+        path = folder / f"{record['id']}-{n}.json"
+    record["id"] = path.stem
     path.write_text(json.dumps(record, indent=2, default=_plain))
     return path
 
@@ -123,7 +127,11 @@ def report_table(table: pd.DataFrame, tag: str | None = None, latest_only: bool 
         table = table[table["tag"] == tag]
     if table.empty:
         return pd.DataFrame(columns=["runs", "test_mae", "test_cs5", "valid_mae"])
-    keys = ["tag", "data", "mode", "backbone", "head", "loss", "pretrained", "image_size", "epochs"]
+    if "variant" not in table:
+        table = table.assign(variant="")
+    table = table.assign(variant=table["variant"].fillna(""))
+    keys = ["tag", "variant", "data", "mode", "backbone", "head", "loss", "pretrained",
+            "image_size", "epochs"]
     if latest_only:  # a re-run replaces the older run with the same settings and seed
         table = table.sort_values("date").drop_duplicates(keys + ["seed"], keep="last")
     grouped = table.groupby(keys, dropna=False)

@@ -51,8 +51,10 @@ class TrainConfig:
     mixed_precision: bool = True  # bf16 (or fp16) autocast on CUDA; ignored on CPU
     augment_scale: tuple[float, float] = (0.8, 1.0)  # random crop side range
     flip: bool = True
+    grayscale: float = 0.0  # share of training images shown in grey
     patience: int | None = None  # stop after this many epochs without a better valid MAE
     tag: str = ""  # free label for reports, e.g. "ch02"
+    variant: str = ""  # what this run changes, for ablation tables, e.g. "projection bridge"
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -95,6 +97,24 @@ class KeepBestEpoch(TrackerCallback):
     def after_fit(self):
         if self.best_state is not None:
             self.learn.model.load_state_dict(self.best_state)
+
+
+class EpochLine(Callback):
+    """One plain line per epoch, for logs and terminals where a progress bar is noise."""
+
+    order = 60  # after the Recorder has written the epoch's values
+
+    def after_epoch(self):
+        names = self.recorder.metric_names[1:-1]  # drop "epoch" and "time"
+        values = "  ".join(f"{n} {v:.3f}" for n, v in zip(names, self.recorder.values[-1]))
+        print(f"epoch {self.epoch + 1}/{self.n_epoch}  {values}", flush=True)
+
+
+def _interactive() -> bool:
+    """True in a notebook or a terminal, where fastai's live progress bar helps."""
+    import sys
+
+    return "ipykernel" in sys.modules or sys.stdout.isatty()
 
 
 def make_learner(dls, model: models.AgeModel, loss: str, lr: float = 1e-3,
@@ -186,7 +206,9 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
     # shuffling and augmentation follow the training seed
     dls = data_.face_dataloaders(faces, split, mode=mode, size=size, batch_size=batch_size,
                                  seed=config.seed, subset_seed=config.split_seed, device=device,
-                                 scale=config.augment_scale, flip=config.flip)
+                                 scale=config.augment_scale, flip=config.flip,
+                                 grayscale=config.grayscale)
+    config.model.img_size = size  # ViTs and hybrids are built for the run's image size
     model = models.create_model(config.model)
     config.model = model.config  # pretrained may have been switched off in smoke mode
     learn = make_learner(dls, model, config.loss, config.lr, config.weight_decay,
@@ -194,10 +216,14 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
     if model.head.kind == "regression" and config.model.age_range is None:
         start_at_mean(model, dls.train.dataset.ages)
     keep = KeepBestEpoch(patience=config.patience)
+    cbs = [keep]
+    live = verbose and _interactive()  # headless (logs, CI): one text line per epoch instead
+    if verbose and not live:
+        cbs.append(EpochLine())
     start = time.perf_counter()
-    with (contextlib.nullcontext() if verbose else learn.no_bar()), \
-         (contextlib.nullcontext() if verbose else learn.no_logging()):
-        fit(learn, epochs, config.lr, config.schedule, config.warmup, cbs=[keep])
+    with (contextlib.nullcontext() if live else learn.no_bar()), \
+         (contextlib.nullcontext() if live else learn.no_logging()):
+        fit(learn, epochs, config.lr, config.schedule, config.warmup, cbs=cbs)
     seconds = time.perf_counter() - start
     valid_pred, valid_true = predict_ages(learn, dls.valid)
     test_pred, test_true = predict_ages(learn, dls[2])

@@ -1,8 +1,7 @@
 """Shared fixtures of agelib's tests.
 
-The environment defaults below are set at import time, before any test (or
-notebook run by nbval, which inherits this process's environment) starts:
-tests run tiny and never reach the network for model weights.
+The run-wide defaults (smoke mode, offline hub, scratch results) live in the root
+conftest.py, so they hold for the notebooks too, however pytest is started.
 """
 
 from __future__ import annotations
@@ -11,20 +10,9 @@ import os
 import shutil
 from pathlib import Path
 
-import tempfile  # noqa: E402
-
-os.environ.setdefault("AGELIB_SMOKE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Test runs (notebooks included) write their run records to a scratch folder, never to the
-# committed results/; a relative AGELIB_DATA is made absolute so notebooks, which run in
-# notebooks/, find it too.
-os.environ.setdefault("AGELIB_RESULTS", tempfile.mkdtemp(prefix="agelib-results-"))
-if os.environ.get("AGELIB_DATA"):
-    os.environ["AGELIB_DATA"] = os.path.abspath(os.environ["AGELIB_DATA"])
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
 
 # --------------------------------------------------------------------------- the quirky folder
 #: Every irregular name of the real folder (see ../shared/data/README.md): (age, gender, race, note)

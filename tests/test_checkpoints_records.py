@@ -224,3 +224,12 @@ def test_code_version_names_agelibs_version_and_the_commit():
     version = records.code_version()
     # "0.1.0", or from a git checkout "0.1.0+1a2b3c4" ("+1a2b3c4.dirty" with edits)
     assert re.fullmatch(re.escape(agelib.__version__) + r"(\+[0-9a-f]{4,40}(\.dirty)?)?", version)
+
+
+def test_two_records_with_the_same_id_are_both_kept(tmp_path):
+    from agelib import records
+
+    first = records.save_record({"id": "same", "test_mae": 1.0}, tmp_path)
+    second = records.save_record({"id": "same", "test_mae": 2.0}, tmp_path)
+    assert first != second and len(list(tmp_path.glob("*.json"))) == 2
+    assert sorted(records.load_records(tmp_path)["test_mae"]) == [1.0, 2.0]

@@ -81,6 +81,9 @@ def runs(work):
     runs.start("unlabelled", "evaluate", "--checkpoint", work["other"],
                "--images", work["unlabelled"])
     runs.start("bad_head", "train", "--head", "ordinal", "--epochs", "1")
+    runs.start("hybrid", "train", "--model", "hybrid_atto", "--backbone-arg", "bridge=project",
+               "--head", "coral", "--loss", "coral", "--epochs", "1", "--image-size", "32",
+               "--batch-size", "16", "--tag", "cli-hybrid", "--out", work["base"] / "out" / "hybrid.pt")
     yield runs
     runs.stop()
 
@@ -92,7 +95,7 @@ def trained(runs, work):
     assert result.returncode == 0, result.stderr
     runs.start("evaluate", "evaluate", "--checkpoint", work["ck"], "--images", work["faces"],
                "--json")
-    runs.start("report", "report", "--results", work["results"])
+    runs.start("report", "report", "--results", work["results"], "--tag", "cli")
     return result
 
 
@@ -112,7 +115,7 @@ def test_train_writes_a_checkpoint_and_a_run_record(trained, work):
     assert f"checkpoint: {work['ck']}" in out
     assert re.search(r"resnet18 \+ regression head, l1 loss, 1 epochs on synthetic \(smoke\): "
                      r"valid MAE [\d.]+, test MAE [\d.]+", out), out
-    saved = list(work["results"].glob("*.json"))
+    saved = list(work["results"].glob("*-resnet18-*.json"))  # the hybrid run writes its own
     assert len(saved) == 1
     r = json.loads(saved[0].read_text())
     assert (r["backbone"], r["head"], r["loss"], r["tag"]) == ("resnet18", "regression", "l1", "cli")
@@ -161,13 +164,23 @@ def test_report_prints_the_markdown_table_of_the_run(trained, runs, work):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("| data | mode | model | head | loss |") and len(lines) == 3
-    r = json.loads(next(work["results"].glob("*.json")).read_text())
+    r = json.loads(next(work["results"].glob("*-resnet18-*.json")).read_text())
     assert lines[2].startswith("| synthetic | smoke | resnet18 | regression | l1 | no | 32 | 1 | 1 |")
     assert f"| {r['test_mae']:.2f} |" in lines[2] and f"| {r['valid_mae']:.2f} |" in lines[2]
-    table = records.report_table(records.load_records(work["results"]))
+    table = records.report_table(records.load_records(work["results"]), tag="cli")
     assert result.stdout.strip() == records.to_markdown(table)
 
 
 def test_report_without_records_says_so(tmp_path, capsys):
     assert cli.main(["report", "--results", str(tmp_path / "none")]) == 0
     assert capsys.readouterr().out.strip() == "_no run records yet_"
+
+
+def test_train_builds_a_registered_hybrid_with_backbone_settings(runs, work):
+    result = runs["hybrid"]
+    assert result.returncode == 0, result.stderr
+    model, payload = checkpoints.load_checkpoint(work["base"] / "out" / "hybrid.pt")
+    assert model.config.backbone == "hybrid_atto" and model.config.head == "coral"
+    assert model.config.backbone_args == {"bridge": "project"}
+    assert model.backbone.config.bridge == "project" and model.backbone.token_grid == (1, 1)
+    assert payload["record"]["backbone"] == "hybrid_atto"

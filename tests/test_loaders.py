@@ -250,3 +250,12 @@ def test_fastai_learner_fits_and_predicts_in_validation_order(smoke_dls):
     torch.testing.assert_close(targets, ages)
     expected = torch.cat([model(x) for x, _ in smoke_dls.valid.new(shuffle=False)]).detach()
     torch.testing.assert_close(preds, expected)
+
+
+def test_face_grid_of_nothing_says_so_instead_of_failing():
+    import numpy as np
+
+    from agelib import plots
+
+    fig = plots.face_grid(np.zeros((0, 8, 8, 3), dtype=np.uint8), [], ncols=4)
+    assert "nothing to show" in [t.get_text() for t in fig.axes[0].texts]

@@ -206,7 +206,7 @@ def test_create_model_takes_keyword_overrides_and_never_changes_the_given_config
                                               ("convnext-tiny", "convnext_tiny"),
                                               ("efficientnet_lite9", "efficientnet_lite0")])
 def test_create_backbone_refuses_unknown_names_with_suggestions(name, suggestion):
-    with pytest.raises(ValueError, match=f"unknown timm model '{name}'") as err:
+    with pytest.raises(ValueError, match=f"unknown model '{name}'") as err:
         models.create_backbone(name)
     assert f"'{suggestion}'" in str(err.value)
 

@@ -63,9 +63,12 @@ class BatchTransform(nn.Module):
     """
 
     def __init__(self, size: int, train: bool, scale: tuple[float, float] = (0.8, 1.0),
-                 flip: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 flip: bool = True, grayscale: float = 0.0, mean=IMAGENET_MEAN,
+                 std=IMAGENET_STD):
         super().__init__()
         self.size, self.train_mode, self.scale, self.flip = size, train, scale, flip
+        self.grayscale = grayscale  # share of training images turned grey (colour is a weak,
+        # lighting-dependent age cue; dropping it sometimes forces shape cues)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
@@ -73,6 +76,11 @@ class BatchTransform(nn.Module):
         x = x.float().div_(255)  # (B, 3, H, W) in [0, 1]
         if self.train_mode:
             x = self._random_crop_flip(x, generator)
+            if self.grayscale:
+                grey = torch.rand(x.shape[0], generator=generator).to(x.device) < self.grayscale
+                luma = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
+                        ).sum(1, keepdim=True)  # (B, 1, S, S)
+                x = torch.where(grey.view(-1, 1, 1, 1), luma.expand_as(x), x)
         elif x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear",
                               antialias=True, align_corners=False)

@@ -1,0 +1,207 @@
+"""The ConvNeXt-ViT hybrid (Maroun et al., CVIU 2025) and the variants the course compares.
+
+A ConvNeXt turns the face into a grid of features; a ViT encoder then lets
+every part of that grid attend to every other part, and its class token
+becomes the face's features. The model is a *backbone* in timm's sense
+(``forward_features``, ``forward_head(pre_logits=True)``, ``num_features``), so
+:class:`agelib.models.AgeModel` puts any head on it, exactly as on a CNN.
+
+The **bridge** between the two is where the variants differ:
+
+``reshape`` (the paper's code)
+    The stage-4 map ``(B, 768, 7, 7)`` is reshaped, with no learned layer, into
+    196 "tokens" of 192 values. Token ``t`` then holds every fourth channel of
+    the single spatial cell ``t % 49``: it is *not* an image patch, so the 14x14
+    position embeddings it receives, and attention maps drawn on a 14x14 grid,
+    have no spatial meaning.
+``project`` (spatially honest)
+    A 1x1 convolution maps 768 channels to 192 at each of the 49 cells: 49
+    tokens, one per place in the face, with a 7x7 position embedding.
+
+Two more ideas from the paper's text (not in its code) are switchable:
+``multiscale`` fuses ConvNeXt stages 2-4 linearly before the bridge, and
+``cross_attention`` adds a light attention block between the CNN cells and the
+transformer tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+from torch import nn
+
+BRIDGES = ("reshape", "project")
+CROSS_ATTENTION = ("none", "cells_to_tokens", "tokens_to_cells")
+
+
+@dataclass(frozen=True)
+class HybridConfig:
+    """One hybrid. Field comments say what each switch changes."""
+
+    cnn: str = "convnext_tiny"  # timm ConvNeXt that makes the feature grid
+    vit: str = "vit_tiny_patch16_224"  # timm ViT whose encoder blocks, class token and
+    # position embeddings are reused (its patch embedding is not: the CNN replaces it)
+    bridge: str = "reshape"  # "reshape" (the paper's code) or "project" (1x1 conv, one token per cell)
+    multiscale: bool = False  # fuse ConvNeXt stages 2-4 (linear fusion) before the bridge
+    cross_attention: str = "none"  # "cells_to_tokens": CNN cells query the encoded tokens;
+    # "tokens_to_cells": tokens query the CNN cells before the encoder
+    img_size: int = 224  # input side; position embeddings are resized to the grid it gives
+    vit_depth: int | None = None  # encoder blocks (None: the ViT's own, 12 for ViT-Ti)
+    vit_width: int | None = None  # token width (None: the ViT's own, 192 for ViT-Ti)
+    vit_heads: int | None = None  # attention heads (None: the ViT's own, 3 for ViT-Ti)
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self):
+        if self.bridge not in BRIDGES:
+            raise ValueError(f"unknown bridge {self.bridge!r}; choose one of {BRIDGES}")
+        if self.cross_attention not in CROSS_ATTENTION:
+            raise ValueError(f"unknown cross_attention {self.cross_attention!r}; "
+                             f"choose one of {CROSS_ATTENTION}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: Named configurations: ``models.ModelConfig(backbone="hybrid_paper")`` builds one.
+HYBRIDS: dict[str, HybridConfig] = {
+    "hybrid_paper": HybridConfig(),
+    "hybrid_project": HybridConfig(bridge="project"),
+    "hybrid_multiscale": HybridConfig(multiscale=True),
+    "hybrid_xattn": HybridConfig(cross_attention="cells_to_tokens"),
+    "hybrid_project_multiscale_xattn": HybridConfig(bridge="project", multiscale=True,
+                                                    cross_attention="cells_to_tokens"),
+    # tiny variants with the same ratios (4 channels per token), for tests and smoke runs
+    "hybrid_atto": HybridConfig(cnn="convnext_atto", vit_width=80, vit_heads=2, vit_depth=2),
+    "hybrid_atto_project": HybridConfig(cnn="convnext_atto", bridge="project", vit_width=80,
+                                        vit_heads=2, vit_depth=2),
+}
+
+
+def get_config(name: str, **overrides) -> HybridConfig:
+    """A registered hybrid, optionally with some fields changed."""
+    if name not in HYBRIDS:
+        raise ValueError(f"unknown hybrid {name!r}; registered: {sorted(HYBRIDS)}")
+    return replace(HYBRIDS[name], **overrides)
+
+
+class CrossAttention(nn.Module):
+    """Pre-norm multi-head cross-attention with a residual: ``x + attn(norm(x), norm(context))``.
+
+    ``nn.MultiheadAttention`` runs PyTorch's fused ``scaled_dot_product_attention``.
+    """
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm_q, self.norm_kv = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        kv = self.norm_kv(context)
+        out, _ = self.attn(self.norm_q(x), kv, kv, need_weights=False)
+        return x + out
+
+
+class ConvNeXtViT(nn.Module):
+    """ConvNeXt feature grid -> bridge -> ViT encoder -> class token ``(B, D)``."""
+
+    def __init__(self, config: HybridConfig = HybridConfig(), pretrained: bool = False):
+        super().__init__()
+        self.config = c = config
+        stages = (1, 2, 3) if c.multiscale else (3,)
+        self.cnn = timm.create_model(c.cnn, pretrained=pretrained, features_only=True,
+                                     out_indices=stages, drop_path_rate=c.drop_path_rate)
+        vit_kwargs = {k: v for k, v in {"depth": c.vit_depth, "embed_dim": c.vit_width,
+                                        "num_heads": c.vit_heads}.items() if v is not None}
+        vit = timm.create_model(c.vit, pretrained=pretrained, num_classes=0,
+                                drop_path_rate=c.drop_path_rate, **vit_kwargs)
+        channels = self.cnn.feature_info.channels()  # e.g. [192, 384, 768]
+        reductions = self.cnn.feature_info.reduction()  # e.g. [8, 16, 32]
+        self.width = width = vit.embed_dim
+        self.num_features = self.head_hidden_size = width
+        side = math.ceil(c.img_size / reductions[-1])  # stage-4 grid side, 7 at 224 px
+        self.cnn_grid = (side, side)
+        if c.multiscale:  # linear fusion: each earlier stage, pooled and projected, is added
+            self.fuse = nn.ModuleList(nn.Conv2d(ch, channels[-1], 1) for ch in channels[:-1])
+        if c.bridge == "reshape":
+            if channels[-1] % width:
+                raise ValueError(f"the reshape bridge needs CNN channels ({channels[-1]}) to be "
+                                 f"a multiple of the token width ({width})")
+            ratio = channels[-1] // width
+            grid = _factor_grid(ratio * side * side)  # 4 * 49 = 196 -> (14, 14)
+        else:
+            self.project = nn.Conv2d(channels[-1], width, 1)
+            grid = self.cnn_grid
+        self.token_grid = grid  # (14, 14) for the paper's reshape, (7, 7) for the projection
+        self.cls_token = vit.cls_token  # (1, 1, D)
+        self.pos_embed = nn.Parameter(resample_abs_pos_embed(
+            vit.pos_embed.detach(), new_size=grid, num_prefix_tokens=1))  # (1, 1 + N, D)
+        self.blocks, self.norm = vit.blocks, vit.norm
+        self.num_prefix_tokens = 1
+        if c.cross_attention != "none":
+            self.cell_proj = nn.Conv2d(channels[-1], width, 1)
+            self.cross = CrossAttention(width, vit.blocks[0].attn.num_heads)
+
+    def cnn_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The (fused) last ConvNeXt map ``(B, C, h, w)``: Grad-CAM's spatial target."""
+        maps = self.cnn(x)
+        out = maps[-1]  # (B, 768, 7, 7) at 224 px
+        if self.config.multiscale:
+            for conv, m in zip(self.fuse, maps[:-1]):
+                out = out + conv(F.adaptive_avg_pool2d(m, out.shape[-2:]))
+        return out
+
+    def tokens(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The bridge: a CNN map to a token sequence ``(B, N, D)``."""
+        b = fmap.shape[0]
+        if self.config.bridge == "reshape":  # the paper's: no learned layer, not spatial
+            return fmap.reshape(b, self.width, -1).transpose(1, 2)  # (B, 196, 192)
+        return self.project(fmap).flatten(2).transpose(1, 2)  # (B, 49, 192)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        fmap = self.cnn_map(x)
+        tokens = self.tokens(fmap)
+        if tokens.shape[1] + 1 != self.pos_embed.shape[1]:
+            raise ValueError(f"input of {tuple(x.shape[-2:])} px gives {tokens.shape[1]} tokens, "
+                             f"but the model was built for img_size={self.config.img_size}")
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        tokens = torch.cat([cls, tokens], dim=1) + self.pos_embed  # (B, 1 + N, D)
+        if self.config.cross_attention == "tokens_to_cells":
+            tokens = self.cross(tokens, self._cells(fmap))
+        tokens = self.norm(self.blocks(tokens))
+        if self.config.cross_attention == "cells_to_tokens":
+            cells = self.cross(self._cells(fmap), tokens)  # (B, h*w, D)
+            tokens = torch.cat([tokens[:, :1] + cells.mean(1, keepdim=True), tokens[:, 1:]], 1)
+        return tokens
+
+    def _cells(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.cell_proj(fmap).flatten(2).transpose(1, 2)  # (B, h*w, D)
+
+    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = True) -> torch.Tensor:
+        return tokens[:, 0]  # the class token (B, D); the age head comes from AgeModel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _factor_grid(n: int) -> tuple[int, int]:
+    """The most square (rows, cols) with rows * cols = n."""
+    rows = int(math.isqrt(n))
+    while n % rows:
+        rows -= 1
+    return rows, n // rows
+
+
+def create(name: str, pretrained: bool = False, img_size: int = 224, **overrides) -> ConvNeXtViT:
+    """A registered hybrid backbone for inputs of ``img_size`` pixels."""
+    return ConvNeXtViT(get_config(name, img_size=img_size, **overrides), pretrained=pretrained)
+
+
+#: Parameters the paper's published code carries but never uses: ViT-Ti's ImageNet
+#: classifier (192 x 1000 + 1000) and ConvNeXt-T's head LayerNorm (2 x 768). The
+#: paper's 33.42M counts them; this course's model does not build them.
+PAPER_UNUSED_PARAMETERS = 192 * 1000 + 1000 + 2 * 768

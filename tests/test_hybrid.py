@@ -1,0 +1,125 @@
+"""The ConvNeXt-ViT hybrid: the paper's size, every variant's wiring, the bridges' meaning."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import numpy as np
+
+from agelib import hybrid, models, settings, training
+
+
+def build_on_meta(config: models.ModelConfig) -> models.AgeModel:
+    with torch.device("meta"):  # shapes and counts without filling 33M weights
+        return models.create_model(config)
+
+
+def test_paper_configuration_has_the_papers_parameter_count():
+    model = build_on_meta(models.named_config("hybrid_paper"))
+    assert round(models.paper_parameter_count(model) / 1e6, 2) == 33.42
+    # ours builds neither unused piece, so it is smaller by exactly those
+    assert models.paper_parameter_count(model) - models.count_parameters(model) == 194_536
+
+
+def test_paper_head_is_layernorm_then_two_linear_layers():
+    head = build_on_meta(models.named_config("hybrid_paper")).head.net
+    kinds = [type(m).__name__ for m in head]
+    assert kinds == ["LayerNorm", "Linear", "Linear"]
+    assert (head[1].in_features, head[1].out_features, head[2].out_features) == (192, 128, 1)
+    fc256 = build_on_meta(models.named_config("hybrid_paper_fc256")).head.net
+    assert fc256[1].out_features == 256
+
+
+def test_paper_shapes_at_224_px():
+    model = build_on_meta(models.named_config("hybrid_paper"))
+    x = torch.empty(2, 3, 224, 224, device="meta")
+    fmap = model.backbone.cnn_map(x)
+    assert tuple(fmap.shape) == (2, 768, 7, 7)
+    assert tuple(model.backbone.tokens(fmap).shape) == (2, 196, 192)
+    assert tuple(model.forward_features(x).shape) == (2, 197, 192)  # class token + 196
+    assert tuple(model(x).shape) == (2,)
+    assert model.backbone.token_grid == (14, 14)
+
+
+def test_projection_bridge_gives_one_token_per_cell():
+    model = build_on_meta(models.named_config("hybrid_project"))
+    x = torch.empty(1, 3, 224, 224, device="meta")
+    assert tuple(model.forward_features(x).shape) == (1, 50, 192)
+    assert model.backbone.token_grid == model.backbone.cnn_grid == (7, 7)
+
+
+def test_reshape_token_is_every_fourth_channel_of_one_cell():
+    """Why the paper's tokens are not patches: what token t actually holds."""
+    b, c, h, w, d = 1, 768, 7, 7, 192
+    fmap = torch.arange(c * h * w, dtype=torch.float32).view(b, c, h, w)
+    tokens = fmap.reshape(b, d, -1).transpose(1, 2)  # the paper's bridge, (1, 196, 192)
+    for t in (0, 48, 49, 100, 195):
+        channels = torch.arange(d) * 4 + t // 49
+        cell = t % 49
+        expected = fmap[0, channels].flatten(1)[:, cell]
+        assert torch.equal(tokens[0, t], expected)
+
+
+@pytest.mark.parametrize("name", sorted(hybrid.HYBRIDS))
+def test_every_variant_trains_every_parameter(name):
+    config = models.ModelConfig(backbone=name, hidden=32, head_norm=True, img_size=64)
+    model = models.create_model(config)
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2,) and torch.isfinite(out).all()
+    out.sum().backward()
+    silent = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not silent, f"parameters without gradient (a disconnected branch): {silent[:5]}"
+
+
+@pytest.mark.parametrize("head", ["classification", "coral", "corn"])
+def test_any_head_fits_on_the_hybrid(head):
+    model = models.create_model(models.ModelConfig("hybrid_atto", head=head, img_size=32))
+    logits = model(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 117 if head == "classification" else 116)
+
+
+def test_wrong_input_size_is_refused_with_the_reason():
+    model = models.create_model(models.ModelConfig("hybrid_atto", img_size=64))
+    with pytest.raises(ValueError, match="img_size=64"):
+        model(torch.randn(1, 3, 96, 96))
+
+
+def test_unknown_names_list_the_choices():
+    with pytest.raises(ValueError, match="reshape"):
+        hybrid.HybridConfig(bridge="flatten")
+    with pytest.raises(ValueError, match="cells_to_tokens"):
+        hybrid.HybridConfig(cross_attention="both")
+    with pytest.raises(ValueError, match="hybrid_paper"):
+        hybrid.get_config("hybrid_big")
+    with pytest.raises(ValueError, match="registered"):
+        models.named_config("resnet-18")
+
+
+def test_models_command_lists_every_configuration_with_its_size():
+    out = subprocess.run([sys.executable, "-m", "agelib", "models", "--json"], text=True,
+                         capture_output=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    assert set(rows) == set(models.REGISTRY)
+    assert rows["hybrid_paper"]["params_as_paper_counts"] == 33_415_113
+    assert rows["resnet18"]["params"] == 11_177_025
+
+
+TINY = settings.RunMode("smoke", image_size=32, n_train=32, n_valid=16, n_test=16, epochs=1,
+                        batch_size=16)
+
+
+@pytest.mark.parametrize("name", sorted(hybrid.HYBRIDS))
+def test_every_registered_hybrid_trains_with_the_papers_recipe(name, synthetic_faces):
+    config = training.TrainConfig(
+        model=models.ModelConfig(name, hidden=16, head_norm=True, hidden_act=False),
+        loss="adaptive", lr=5e-4, schedule="warmup_cosine", tag="test")
+    result = training.train_age_model(config, faces=synthetic_faces, mode=TINY, device="cpu",
+                                      save_record=False, verbose=False)
+    assert result.record["backbone"] == name and np.isfinite(result.record["test_mae"])
+    assert len(result.test_pred) == TINY.n_test
