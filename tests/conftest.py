@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +193,30 @@ def synthetic_faces(home, synthetic_home):
 
     link_synthetic(home, synthetic_home)
     return sources.load_faces("synthetic", verbose=False)
+
+
+# --------------------------------------------------------------------------- CLI runs
+class Runs:
+    """``python -m agelib`` runs started in the background, each waited for when a test first
+    needs it: the CLI tests pay the ~5 s import cost once, in parallel."""
+
+    def __init__(self, env: dict):
+        self.env, self.procs, self.done = env, {}, {}
+
+    def start(self, key: str, *args: str) -> None:
+        self.procs[key] = subprocess.Popen(
+            [sys.executable, "-m", "agelib", *map(str, args)], env=self.env, cwd=Path(__file__).resolve().parents[1],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def __getitem__(self, key: str) -> subprocess.CompletedProcess:
+        if key not in self.done:
+            proc = self.procs[key]
+            out, err = proc.communicate(timeout=300)
+            self.done[key] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        return self.done[key]
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()

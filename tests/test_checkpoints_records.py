@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import agelib
-from agelib import checkpoints, models, records
+from agelib import models, records
 from agelib.checkpoints import FORMAT, load_checkpoint, save_checkpoint
 
 TINY = "test_resnet"

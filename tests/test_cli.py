@@ -7,42 +7,15 @@ runs of this module are started together once and each test checks its own.
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import AGE_CONFLICT, link_synthetic, write_quirky_folder
+from conftest import AGE_CONFLICT, Runs, link_synthetic, write_quirky_folder
 
 from agelib import cli, course, settings
-from agelib.data import cache, sources, utkface
+from agelib.data import sources, utkface
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Runs:
-    """The CLI runs of this module, started at once, each waited for when first needed."""
-
-    def __init__(self, env: dict):
-        self.env, self.procs, self.done = env, {}, {}
-
-    def start(self, key: str, *args: str) -> None:
-        self.procs[key] = subprocess.Popen(
-            [sys.executable, "-m", "agelib", *args], env=self.env, cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def __getitem__(self, key: str) -> subprocess.CompletedProcess:
-        if key not in self.done:
-            proc = self.procs[key]
-            out, err = proc.communicate(timeout=120)
-            self.done[key] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-        return self.done[key]
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
 
 
 @pytest.fixture(scope="module")

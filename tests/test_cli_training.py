@@ -10,41 +10,16 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from agelib import checkpoints, cli, inference, models, records
 from agelib.data import synthetic
+from conftest import Runs
 
 ROOT = Path(__file__).resolve().parents[1]
 N_FACES = 40
-
-
-class Runs:
-    """CLI runs started in the background, each waited for when a test first needs it."""
-
-    def __init__(self, env: dict):
-        self.env, self.procs, self.done = env, {}, {}
-
-    def start(self, key: str, *args: str) -> None:
-        self.procs[key] = subprocess.Popen(
-            [sys.executable, "-m", "agelib", *map(str, args)], env=self.env, cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def __getitem__(self, key: str) -> subprocess.CompletedProcess:
-        if key not in self.done:
-            proc = self.procs[key]
-            out, err = proc.communicate(timeout=300)
-            self.done[key] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-        return self.done[key]
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
 
 
 @pytest.fixture(scope="module")
