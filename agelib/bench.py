@@ -1,18 +1,52 @@
 """Measuring speed honestly: warm-up excluded, medians of repeated timed windows.
 
 A single timing is noise: the first calls pay for memory allocation, kernel
-selection and caches, and GPU work is asynchronous. :func:`latency` therefore
-runs warm-up calls first, synchronises the device around each timed call,
-repeats, and reports the median.
+selection, ``torch.compile`` and caches, and GPU work is asynchronous. Every
+measurement here therefore runs warm-up calls first, synchronises the device
+around each timed stretch, repeats, and reports the median:
+
+* :func:`latency`: seconds for one forward pass (inference), batch 1 or 64;
+* :func:`throughput`: images per second of any ``step()`` that returns how many
+  images it handled, timed in ``windows`` windows of ``steps`` calls;
+* :func:`training_throughput`: that, for a training step (forward, loss,
+  backward, AdamW step), with mixed precision, ``channels_last``, a fused
+  optimiser and ``torch.compile`` each switchable;
+* :func:`data_throughput`: the data path alone, so one sees where time goes.
+
+Two data pipelines are compared side by side in one run by :func:`run_bench`:
+
+``typical``
+    What most training scripts do: a ``torch.utils.data.DataLoader`` whose
+    worker processes open each JPEG with PIL, apply torchvision's
+    ``RandomResizedCrop``, flip, ``ToTensor`` and ``Normalize`` per image, then
+    pinned memory and a copy to the device.
+``resident``
+    The course's way: the images are decoded once (see
+    :mod:`agelib.data.cache`), moved to the device once as a uint8 tensor, and a
+    batch is an index into it, augmented on the device for the whole batch by
+    :class:`agelib.data.loaders.BatchTransform`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import platform
 import statistics
 import time
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
+
+from . import settings
+
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]  # endless (images, ages) on the device
+PIPELINES = ("typical", "resident")
+#: The loss each head kind trains with in a benchmark (speed does not depend on the choice).
+LOSS_FOR_HEAD = {"regression": "l1", "classification": "cross_entropy", "coral": "coral",
+                 "corn": "corn"}
+VERSIONED = ("agelib", "torch", "torchvision", "timm", "fastai", "numpy", "pillow")
 
 
 def _sync(device: torch.device) -> None:
@@ -22,17 +56,38 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def amp_dtype(device: torch.device | str) -> torch.dtype:
+    """The mixed-precision type to use: bfloat16 where the device supports it, else float16.
+
+    bfloat16 keeps float32's range, so it needs no loss scaling; float16 does.
+
+    >>> amp_dtype("cpu")
+    torch.bfloat16
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16 if device.type == "mps" else torch.bfloat16  # CPU autocast: bf16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return (torch.autocast(device.type, dtype=dtype) if dtype is not None
+            else torch.autocast(device.type, enabled=False))
+
+
 @torch.inference_mode()
 def latency(model: nn.Module, batch: int = 1, size: int = 224, device="cpu", warmup: int = 3,
-            repeats: int = 10, dtype: torch.dtype | None = None) -> float:
+            repeats: int = 10, dtype: torch.dtype | None = None,
+            channels_last: bool = False) -> float:
     """Median seconds for one forward pass of ``batch`` images of ``size`` pixels."""
     device = torch.device(device)
     model = model.to(device).eval()
     x = torch.randn(batch, 3, size, size, device=device)
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None
-                else torch.autocast(device.type, enabled=False))
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(
+            memory_format=torch.channels_last)
     times = []
-    with autocast:
+    with _autocast(device, dtype):
         for i in range(warmup + repeats):
             _sync(device)
             start = time.perf_counter()
@@ -41,3 +96,320 @@ def latency(model: nn.Module, batch: int = 1, size: int = 224, device="cpu", war
             if i >= warmup:
                 times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def throughput(step: Callable[[], int], steps: int = 10, warmup: int = 3, windows: int = 3,
+               device="cpu") -> dict:
+    """Images per second of ``step`` (which returns how many images it handled).
+
+    ``warmup`` calls run first and are not timed; then ``windows`` windows of
+    ``steps`` calls are timed, the device synchronised at both ends of each. The
+    median window is the answer: one slow window (a garbage collection, another
+    process) does not move it. Returns ``{"img_per_s": median, "windows": [...]}``.
+
+    >>> result = throughput(lambda: 32, steps=5, warmup=2, windows=3)  # a "step" of 32 images
+    >>> len(result["windows"]), result["img_per_s"] == sorted(result["windows"])[1]
+    (3, True)
+    """
+    if steps < 1 or windows < 1 or warmup < 0:
+        raise ValueError(f"need steps >= 1, windows >= 1 and warmup >= 0; got steps={steps}, "
+                         f"windows={windows}, warmup={warmup}")
+    device = torch.device(device)
+    for _ in range(warmup):
+        step()
+    rates = []
+    for _ in range(windows):
+        _sync(device)
+        start, images = time.perf_counter(), 0
+        for _ in range(steps):
+            images += step()
+        _sync(device)
+        rates.append(images / (time.perf_counter() - start))
+    return {"img_per_s": statistics.median(rates), "windows": rates}
+
+
+def _loss_for(model: nn.Module) -> Callable:
+    from . import losses
+
+    head = getattr(model, "head", None)
+    kind = getattr(head, "kind", "regression")
+    kwargs = {} if kind == "regression" else {"min_age": getattr(head, "min_age", 0)}
+    return losses.get_loss(LOSS_FOR_HEAD[kind], **kwargs)
+
+
+def training_throughput(model: nn.Module, batches: Batches, steps: int = 10, warmup: int = 3,
+                        windows: int = 3, amp: bool | None = None, channels_last: bool = False,
+                        compile: bool | str = False, fused: bool | None = None,
+                        loss: Callable | None = None, lr: float = 1e-3, device=None) -> dict:
+    """Training images per second: forward, loss, backward and an AdamW step per batch.
+
+    ``amp``: autocast in :func:`amp_dtype` (None: on for CUDA only); ``channels_last``:
+    NHWC layout for model and batches; ``fused``: AdamW's fused kernel (None: on for
+    CUDA); ``compile``: ``torch.compile`` the model (``True`` or a mode such as
+    ``"reduce-overhead"``, which replays CUDA graphs). Compilation happens in the
+    warm-up, so give it a few warm-up steps. The result adds the settings used.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model = model.to(device).train()
+    dtype = amp_dtype(device) if (amp if amp is not None else device.type == "cuda") else None
+    fused = device.type == "cuda" if fused is None else fused
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    run = torch.compile(model, mode=None if compile is True else compile) if compile else model
+    loss_fn = loss or _loss_for(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, fused=fused)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def step() -> int:
+        images, ages = next(batches)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, dtype):
+            out = run(images)
+        value = loss_fn(out.float(), ages)  # losses in float32, whatever autocast did
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(value).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return images.shape[0]
+
+    result = throughput(step, steps, warmup, windows, device)
+    result["settings"] = {"amp": str(dtype).replace("torch.", "") if dtype else None,
+                          "channels_last": channels_last, "fused": fused,
+                          "compile": compile or False}
+    return result
+
+
+def data_throughput(batches: Batches, steps: int = 10, warmup: int = 3, windows: int = 3,
+                    device="cpu") -> dict:
+    """Images per second of the data path alone: batches made and on the device, no model."""
+    return throughput(lambda: next(batches)[0].shape[0], steps, warmup, windows, device)
+
+
+# --------------------------------------------------------------------------- the two pipelines
+class JpegFaces(torch.utils.data.Dataset):
+    """The typical dataset: open and decode one image file per item, transform it with PIL."""
+
+    def __init__(self, faces, sha1s: list[str], transform: Callable):
+        self.faces, self.sha1s, self.transform = faces, list(sha1s), transform
+        ages = faces.samples.set_index("sha1")["age"]
+        self.ages = torch.tensor(ages.loc[self.sha1s].to_numpy(), dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.sha1s)
+
+    def __getitem__(self, i: int):
+        from .data import cache
+
+        with self.faces.open_image(self.sha1s[i]) as im:
+            image = cache.to_rgb(im)
+            image.load()
+        return self.transform(image), self.ages[i]
+
+
+def typical_loader(faces, size: int, batch_size: int, num_workers: int = 4,
+                   sha1s: list[str] | None = None, device=None,
+                   seed: int = 0) -> torch.utils.data.DataLoader:
+    """A ``DataLoader`` as most scripts write it: per-image PIL decode and torchvision
+    augmentation in ``num_workers`` processes, shuffled, pinned memory on CUDA.
+
+    The workers are forked (Linux); elsewhere they are spawned and must pickle
+    ``faces``, so use ``num_workers=0`` there if that fails.
+    """
+    from torchvision import transforms as T
+
+    from .data.loaders import IMAGENET_MEAN, IMAGENET_STD
+
+    sha1s = _check_count(faces, sha1s, batch_size)
+    augment = T.Compose([T.RandomResizedCrop(size, scale=(0.8, 1.0)), T.RandomHorizontalFlip(),
+                         T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return torch.utils.data.DataLoader(
+        JpegFaces(faces, sha1s, augment), batch_size=batch_size, shuffle=True,
+        num_workers=num_workers, pin_memory=device.type == "cuda", drop_last=True,
+        persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
+
+
+def _check_count(faces, sha1s: list[str] | None, batch_size: int) -> list[str]:
+    sha1s = list(faces.samples["sha1"] if sha1s is None else sha1s)
+    if len(sha1s) < batch_size:
+        raise ValueError(f"only {len(sha1s)} images for a batch of {batch_size}: use a smaller "
+                         "--batch-size or more images")
+    return sha1s
+
+
+def typical_batches(faces, size: int, batch_size: int, num_workers: int = 4,
+                    sha1s: list[str] | None = None, device=None, seed: int = 0) -> Batches:
+    """Endless batches from :func:`typical_loader`, copied to ``device`` (non-blocking)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    loader = typical_loader(faces, size, batch_size, num_workers, sha1s, device, seed)
+    while True:
+        for images, ages in loader:
+            yield images.to(device, non_blocking=True), ages.to(device, non_blocking=True)
+
+
+def resident_batches(faces, size: int, batch_size: int, sha1s: list[str] | None = None,
+                     device=None, seed: int = 0) -> Batches:
+    """Endless batches indexed from images held on ``device``, augmented there per batch.
+
+    The images are decoded (or read from the cache) and moved to the device once,
+    when the first batch is asked for; that one-off cost is not part of a window.
+    """
+    from .data.loaders import BatchTransform
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    sha1s = _check_count(faces, sha1s, batch_size)
+    pixels = torch.tensor(faces.images(size, sha1s))  # a copy of the read-only cache
+    pixels = pixels.permute(0, 3, 1, 2).contiguous().to(device)  # (N, 3, S, S) uint8: 4x
+    # smaller than float32, moved to the device once
+    ages = faces.samples.set_index("sha1")["age"].loc[sha1s].to_numpy()
+    ages = torch.tensor(ages, dtype=torch.float32, device=device)
+    transform = BatchTransform(size, train=True).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(sha1s)
+    while True:
+        order = torch.randperm(n, generator=gen).to(device)
+        for start in range(0, n - batch_size + 1, batch_size):  # drop the last partial batch
+            idx = order[start:start + batch_size]
+            yield transform(pixels[idx], gen), ages[idx]
+
+
+def make_batches(pipeline: str, faces, size: int, batch_size: int, device=None,
+                 num_workers: int = 4, sha1s: list[str] | None = None, seed: int = 0) -> Batches:
+    """The batch source a pipeline name stands for (one of :data:`PIPELINES`)."""
+    if pipeline == "typical":
+        return typical_batches(faces, size, batch_size, num_workers, sha1s, device, seed)
+    if pipeline == "resident":
+        return resident_batches(faces, size, batch_size, sha1s, device, seed)
+    raise ValueError(f"unknown pipeline {pipeline!r}; choose from {PIPELINES}")
+
+
+# --------------------------------------------------------------------------- the whole bench
+def environment(device: torch.device) -> dict:
+    """Device and library versions, so a number is never read without its context."""
+    versions = settings.package_versions(VERSIONED)
+    versions["cuda"] = torch.version.cuda
+    versions["cudnn"] = torch.backends.cudnn.version() if torch.cuda.is_available() else None
+    info = {"type": device.type, "name": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+        info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+    return {"device": info, "versions": versions}
+
+
+@contextlib.contextmanager
+def fused_attention(enabled: bool):
+    """Build timm attention blocks with (or without) ``scaled_dot_product_attention``.
+
+    timm reads the switch when a block is created, so models must be made inside.
+    """
+    from timm.layers import set_fused_attn, use_fused_attn
+
+    before = use_fused_attn()
+    set_fused_attn(enabled)
+    try:
+        yield
+    finally:
+        set_fused_attn(before)
+
+
+def bench_model(name: str, size: int, sdpa: bool = True) -> nn.Module:
+    """A randomly initialised model for timing: a registered configuration or a timm name."""
+    from . import models
+
+    with fused_attention(sdpa):
+        config = (models.named_config(name, img_size=size, pretrained=False)
+                  if name in models.REGISTRY else models.ModelConfig(name, img_size=size))
+        return models.create_model(config)
+
+
+def bench_images(faces, n_images: int | None = None, seed: int = 0) -> list[str]:
+    """The training split's images (the first ``n_images`` of them in a fixed order)."""
+    split = faces.split(0)
+    train = [s for s in faces.samples["sha1"] if split.get(s) == "train"]
+    if n_images is not None:
+        gen = torch.Generator().manual_seed(seed)
+        train = [train[i] for i in torch.randperm(len(train), generator=gen)[:n_images]]
+    return train
+
+
+def run_bench(models: list[str] = ("resnet18",), sizes: list[int] = (128,),
+              pipelines: list[str] = PIPELINES, batch_size: int = 256, steps: int = 20,
+              warmup: int = 5, windows: int = 5, num_workers: int = 8, amp: bool | None = None,
+              channels_last: bool = False, compile: bool | str = False,
+              fused: bool | None = None, sdpa: bool = True, data_only: bool = True,
+              latency_batches: list[int] = (1, 64), latency_repeats: int = 20, faces=None,
+              n_images: int | None = None, device=None, log: Callable[[str], None] | None = None
+              ) -> dict:
+    """Train and data throughput per (model, size, pipeline), latency per (model, size, batch).
+
+    Everything that shaped the numbers is in the result: device, versions,
+    settings, the dataset and every window, so a JSON file is a complete record.
+    """
+    from . import data
+
+    unknown = sorted(set(pipelines) - set(PIPELINES))
+    if unknown:
+        raise ValueError(f"unknown pipeline(s) {unknown}; choose from {PIPELINES}")
+    device = torch.device(device) if device is not None else settings.get_device()
+    faces = faces if faces is not None else data.load_faces(verbose=False)
+    sha1s = bench_images(faces, n_images)
+    log = log or (lambda line: None)
+    train_settings = {"amp": amp, "channels_last": channels_last, "compile": compile,
+                      "fused": fused}
+    out = {**environment(device), "mode": settings.run_mode().name,
+           "data": {"name": faces.name, "real": faces.real, "n_images": len(sha1s)},
+           "settings": {"batch_size": batch_size, "steps": steps, "warmup": warmup,
+                        "windows": windows, "num_workers": num_workers, "sdpa": sdpa,
+                        "latency_repeats": latency_repeats, **train_settings},
+           "results": [], "latency": []}
+    for name in models:
+        for size in sizes:
+            model = bench_model(name, size, sdpa)
+            for pipeline in pipelines:
+                batches = make_batches(pipeline, faces, size, batch_size, device, num_workers,
+                                       sha1s)
+                row, used = _bench_pipeline(model, batches, steps, warmup, windows, device,
+                                            data_only, train_settings)
+                out["settings"].update(used)  # what "auto" resolved to (amp, fused)
+                out["results"].append({"model": name, "size": size, "pipeline": pipeline, **row})
+                log(f"{name} {size}px {pipeline:<9} train {row['train_img_per_s']:8.1f} img/s"
+                    + (f"  data alone {row['data_img_per_s']:8.1f} img/s" if data_only else ""))
+            out["latency"] += _latencies(model, name, size, latency_batches, warmup,
+                                         latency_repeats, device, out["settings"], compile, log)
+    return out
+
+
+def _bench_pipeline(model, batches: Batches, steps, warmup, windows, device, data_only,
+                    train_settings) -> tuple[dict, dict]:
+    """One (model, size, pipeline) row: set-up time, data alone, training; then the
+    batch source is closed (which ends a DataLoader's worker processes)."""
+    start = time.perf_counter()
+    next(batches)  # the one-off set-up (resident: decode and upload) happens here
+    row = {"setup_s": time.perf_counter() - start}
+    try:
+        if data_only:
+            d = data_throughput(batches, steps, warmup, windows, device)
+            row["data_img_per_s"], row["data_windows"] = d["img_per_s"], d["windows"]
+        t = training_throughput(model, batches, steps, warmup, windows, device=device,
+                                **train_settings)
+        row["train_img_per_s"], row["train_windows"] = t["img_per_s"], t["windows"]
+    finally:
+        batches.close()
+    return row, t["settings"]
+
+
+def _latencies(model, name, size, batches, warmup, repeats, device, used, compile, log) -> list:
+    """Inference latency rows, with the precision and layout training used (and compiled
+    when training was, since CUDA graphs matter most for small batches)."""
+    dtype = getattr(torch, used["amp"]) if used.get("amp") else None
+    model = model.eval()
+    run = torch.compile(model, mode=None if compile is True else compile) if compile else model
+    rows = []
+    for batch in batches:
+        seconds = latency(run, batch, size, device, max(warmup, 1), repeats, dtype,
+                          used.get("channels_last", False))
+        rows.append({"model": name, "size": size, "batch": batch, "ms": 1000 * seconds})
+        log(f"{name} {size}px latency at batch {batch}: {1000 * seconds:.2f} ms")
+    return rows

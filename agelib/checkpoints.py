@@ -18,15 +18,19 @@ FORMAT = "agelib-checkpoint-1"
 
 
 def save_checkpoint(model: models.AgeModel, path: str | Path, train_config: dict | None = None,
-                    record: dict | None = None) -> Path:
-    """Write ``model`` with its config (and optionally how it was trained and scored)."""
+                    record: dict | None = None, extra: dict | None = None) -> Path:
+    """Write ``model`` with its config (and optionally how it was trained and scored).
+
+    ``extra`` holds any other plain values to keep with the weights (for example
+    the test predictions, so a reloaded model can be analysed without re-running).
+    """
     if model.config is None:
         raise ValueError("the model has no config: build it with models.create_model")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "model_config": model.config.to_dict(),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-               "train_config": train_config or {}, "record": record or {}}
+               "train_config": train_config or {}, "record": record or {}, "extra": extra or {}}
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)  # never leave half a checkpoint under the real name
@@ -60,4 +64,5 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
         raise ValueError(f"'{path.name}': the weights do not fit the saved config "
                          f"({str(err).splitlines()[0]})") from None
     model.config.pretrained = config.pretrained  # how it started, for the record
+    payload.setdefault("extra", {})
     return model.eval(), payload

@@ -8,8 +8,12 @@ Commands:
 * ``pack``: write the decoded dataset as one small ``.tar`` to carry elsewhere;
 * ``train``: train a model on the standard split, write a checkpoint and a run record;
 * ``evaluate``: n, MAE and CS@5 of a checkpoint on any folder of UTKFace-named images;
+* ``predict``: find the faces in photos; box, age and interval for each (``--json``);
 * ``report``: the results tables, made from the run records;
+* ``course``: execute the chapters in place (smoke or full mode), timing each;
 * ``models``: the registered model configurations and their parameter counts;
+* ``export``: a checkpoint as an ONNX or TorchScript file that outputs ages (``--check``);
+* ``bench``: training img/s and inference latency, typical vs GPU-resident data (``--json``);
 * ``links``: show or rewrite the Colab links and install cells from ``settings.REPOSITORY``.
 """
 
@@ -17,9 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import sys
-from importlib import metadata
 from pathlib import Path
 
 from . import course, settings
@@ -30,12 +33,7 @@ PACKAGES = ("agelib", "torch", "torchvision", "timm", "fastai", "numpy", "pandas
 
 def environment_info() -> dict:
     """Versions, device, mode and data, as shown by ``info`` and stated in run records."""
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+    versions = settings.package_versions(PACKAGES)
     from .data import sources
 
     try:
@@ -124,6 +122,54 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from . import export
+
+    out = export.export_checkpoint(args.checkpoint, args.out, args.format, size=args.size,
+                                   input=args.input, check=args.check)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"wrote {Path(out['path']).name} ({out['format']}): {out['input_description']} "
+          f"-> {out['output']}")
+    if args.check:
+        print(f"parity with the checkpoint (batch 1 and 5): max |age difference| "
+              f"{out['max_abs_diff_years']:.2e} years")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from . import bench, data
+
+    smoke = settings.smoke_mode()  # tiny defaults: a check that the bench runs, not numbers
+
+    def pick(value, tiny, full):
+        return value if value is not None else (tiny if smoke else full)
+
+    mode = settings.run_mode()
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    faces = data.load_faces(args.source, verbose=not args.json)
+    result = bench.run_bench(
+        models=args.model or ["resnet18"], sizes=args.size or [mode.image_size],
+        pipelines=args.pipeline or list(bench.PIPELINES),
+        batch_size=pick(args.batch_size, 8, 256), steps=pick(args.steps, 2, 20),
+        warmup=pick(args.warmup, 1, 5), windows=pick(args.windows, 2, 5),
+        num_workers=pick(args.workers, 0, min(8, os.cpu_count() or 1)),
+        amp=args.amp, channels_last=args.channels_last, compile=args.compile or False,
+        fused=args.fused, sdpa=not args.no_sdpa, data_only=not args.no_data_only,
+        latency_batches=args.latency_batch or [1, 64],
+        latency_repeats=pick(args.latency_repeats, 3, 20),
+        faces=faces, n_images=pick(args.images, 64, None), device=args.device, log=log)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        print(f"wrote {out.name}", file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_links(args) -> int:
     if args.write:
         changed = course.write_links()
@@ -143,7 +189,11 @@ def cmd_train(args) -> int:
              else models.ModelConfig(backbone=args.model, **fields))
     config = training.TrainConfig(model=model, loss=args.loss, epochs=args.epochs, lr=args.lr,
                                   batch_size=args.batch_size, image_size=args.image_size,
-                                  schedule=args.schedule, seed=args.seed, tag=args.tag)
+                                  schedule=args.schedule, seed=args.seed, tag=args.tag,
+                                  balance=args.balance, distill_from=args.distill_from,
+                                  distill_alpha=args.distill_alpha, compile=args.compile,
+                                  init_from={k: v for k, v in (("cnn", args.init_cnn),
+                                                               ("vit", args.init_vit)) if v} or None)
     sizes = {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size}
     mode = settings.run_mode(**{k: v for k, v in sizes.items() if v})  # describe what runs
     print(mode.describe())
@@ -181,15 +231,66 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    """Exit code 0 when every photo was read (faces or not), 1 when some could not be."""
+    from . import faces, predict
+
+    photos = [(p, Path(p)) for p in args.images]  # (what to call it, file)
+    photos += list(faces.shipped_portraits().items()) if args.portraits else []
+    if not photos:
+        raise ValueError("no photo given: name image files, or pass --portraits")
+    estimators = predict.load_estimators(args.checkpoint)
+    results, unreadable = [], 0
+    for label, path in photos:
+        entry = {"image": label}
+        try:
+            photo = faces.open_photo(path)
+            found = predict.predict_faces(estimators, photo, level=args.level,
+                                          min_prob=args.min_prob)
+        except faces.UnreadablePhoto as err:
+            print(f"error: {err}", file=sys.stderr)
+            unreadable += 1
+            results.append({**entry, "error": str(err)})
+            continue
+        entry.update(width=photo.width, height=photo.height,
+                     faces=[p.to_dict() for p in found])
+        if max(photo.size) > faces.MAX_SIDE:
+            print(f"note: {path.name} is {photo.width}x{photo.height}; faces were searched for "
+                  f"on a copy at most {faces.MAX_SIDE} px a side, boxes are in the original's "
+                  "pixels", file=sys.stderr)
+        if not found:
+            print(f"note: {faces.no_face_message(path.name, args.min_prob)}", file=sys.stderr)
+        results.append(entry)
+        if not args.json:
+            _print_faces(path.name, found, args.level)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if unreadable else 0
+
+
+def _print_faces(name: str, found: list, level: float) -> None:
+    from .predict import INTERVAL_KINDS
+
+    print(f"{name}: {len(found)} face(s)")
+    for i, p in enumerate(found, 1):
+        box = ", ".join(f"{v:.0f}" for v in p.box)
+        print(f"  face {i}: box ({box})  {p.label()}  (detector {p.probability:.2f})")
+    if found:
+        kind = found[0].interval_kind
+        print(f"  no interval: {INTERVAL_KINDS[kind]}" if kind == "none" else
+              f"  ({level:.0%} intervals: {INTERVAL_KINDS[kind]})")
+
+
 def cmd_report(args) -> int:
     from . import records
 
     if args.write_readme:
         readme = settings.repo_root() / "README.md"
-        readme.write_text(records.readme_with_results(readme.read_text(encoding="utf-8"),
-                                                      records.load_records(args.results)),
-                          encoding="utf-8")
-        print("README.md results updated from the run records")
+        text = records.readme_with_results(readme.read_text(encoding="utf-8"),
+                                           records.load_records(args.results))
+        runs = course.load_course_runs(Path(args.results) / "course" if args.results else None)
+        readme.write_text(course.readme_with_course_runs(text, runs), encoding="utf-8")
+        print("README.md results and course-run tables updated from the records")
         return 0
     table = records.report_table(records.load_records(args.results), tag=args.tag)
     if args.mode:
@@ -197,6 +298,17 @@ def cmd_report(args) -> int:
     print(records.to_markdown(table) if not args.json
           else table.to_json(orient="records", indent=2))
     return 0
+
+
+def cmd_course(args) -> int:
+    run = course.run_chapters(args.only, full=args.full, timeout=args.timeout)
+    failed = [c["notebook"] for c in run["chapters"] if not c["ok"]]
+    print(f"{len(run['chapters'])} chapters in {run['total_seconds'] / 60:.1f} min "
+          f"({run['mode']} mode, {run['device']})" + (f"; FAILED: {failed}" if failed else ""))
+    for c in run["chapters"]:
+        if c["error"]:
+            print(f"--- {c['notebook']}\n{c['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", default="one_cycle", help="one_cycle|warmup_cosine|constant")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="cli", help="label for reports")
+    p.add_argument("--balance", type=float, default=0.0,
+                   help="draw training faces by age band: 0 as they come, 1 every band equally")
+    p.add_argument("--init-cnn", metavar="CKPT", help="hybrids: start the ConvNeXt from a trained one")
+    p.add_argument("--init-vit", metavar="CKPT", help="hybrids: start the ViT from a trained one")
+    p.add_argument("--distill-from", metavar="CKPT", help="a trained teacher whose ages guide training")
+    p.add_argument("--distill-alpha", type=float, default=0.5, help="weight of the teacher term")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     p.add_argument("--out", help="checkpoint to write")
     p.set_defaults(func=cmd_train)
 
@@ -248,6 +367,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="folder of UTKFace-named images")
     p.add_argument("--json", action="store_true", help="print {n, mae, cs5}")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="faces in photos: box, age and interval for each")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="photo files")
+    p.add_argument("--checkpoint", action="append", required=True,
+                   help="a trained model; repeat for an ensemble")
+    p.add_argument("--portraits", action="store_true",
+                   help="also the public-domain portraits shipped with matplotlib/scikit-image")
+    p.add_argument("--level", type=float, default=0.8, help="interval coverage (default 0.8)")
+    p.add_argument("--min-prob", type=float, default=0.9,
+                   help="smallest face-detector probability kept (default 0.9)")
+    p.add_argument("--json", action="store_true", help="one JSON list, an entry per image")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("report", help="tables of results from the run records")
     p.add_argument("--results", help="records folder (default results/)")
@@ -258,9 +389,57 @@ def build_parser() -> argparse.ArgumentParser:
                    help="regenerate README.md's results block from the records")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("course", help="execute the chapters in place, timing each (a course-run record)")
+    p.add_argument("--full", action="store_true", help="full mode (default: smoke)")
+    p.add_argument("--only", nargs="+", metavar="NN", help="chapters whose file starts so, e.g. 02 07")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    p.set_defaults(func=cmd_course)
+
     p = sub.add_parser("models", help="registered model configurations and their sizes")
     p.add_argument("--json", action="store_true", help="a list of {name, params, ...}")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("export", help="a checkpoint as an ONNX or TorchScript file of ages")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--format", choices=["onnx", "torchscript"],
+                   help="default: from --out's suffix (.onnx, .pt)")
+    p.add_argument("--out", required=True, help="file to write")
+    p.add_argument("--size", type=int, help="image side (default: the checkpoint's)")
+    p.add_argument("--input", choices=["float", "uint8"], default="float",
+                   help="normalised float images (default) or uint8 pixels normalised inside")
+    p.add_argument("--check", action="store_true",
+                   help="compare the file's ages with the checkpoint's (onnxruntime / torch.jit)")
+    p.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="training img/s and latency, typical vs resident data")
+    p.add_argument("--model", action="append", help="registered name or timm name (repeatable)")
+    p.add_argument("--size", type=int, action="append", help="image side (repeatable)")
+    p.add_argument("--pipeline", action="append", choices=["typical", "resident"],
+                   help="data pipeline (repeatable; default both)")
+    p.add_argument("--batch-size", type=int, help="training batch (default 256; smoke 8)")
+    p.add_argument("--steps", type=int, help="steps per timed window (default 20; smoke 2)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 5; smoke 1)")
+    p.add_argument("--windows", type=int, help="timed windows, median kept (default 5; smoke 2)")
+    p.add_argument("--workers", type=int, help="typical DataLoader workers (default up to 8)")
+    p.add_argument("--images", type=int, help="training images used (default all; smoke 64)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision, bf16 or fp16 (default: on for CUDA)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory layout")
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
+                   help="fused AdamW (default: on for CUDA)")
+    p.add_argument("--compile", nargs="?", const=True, default=None, metavar="MODE",
+                   help="torch.compile; a MODE such as reduce-overhead uses CUDA graphs")
+    p.add_argument("--no-sdpa", action="store_true", help="timm attention without SDPA")
+    p.add_argument("--no-data-only", action="store_true", help="skip the data-alone timing")
+    p.add_argument("--latency-batch", type=int, action="append",
+                   help="inference batch sizes (default 1 and 64)")
+    p.add_argument("--latency-repeats", type=int, help="timed forward passes (default 20)")
+    p.add_argument("--source", help="data: folder, pack or 'synthetic' (default AGELIB_DATA)")
+    p.add_argument("--device", help="cuda, cpu or mps (default: the best available)")
+    p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    p.add_argument("--out", help="also write the JSON here, e.g. results/bench/h100.json")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("links", help="Colab links from settings.REPOSITORY")
     p.add_argument("--write", action="store_true", help="rewrite README.md and notebooks")

@@ -107,3 +107,106 @@ def write_links(repo: str | None = None) -> list[str]:
             path.write_text(new, encoding="utf-8")
             changed.append(path.name)
     return changed
+
+
+# --------------------------------------------------------------------------- running the course
+COURSE_START, COURSE_END = "<!-- course-run:start -->", "<!-- course-run:end -->"
+
+
+# one chapter in a fresh kernel, outputs written back in place (nbclient: what nbval uses too)
+_EXECUTE = """
+import sys, nbformat
+from nbclient import NotebookClient
+path, timeout = sys.argv[1], int(sys.argv[2])
+nb = nbformat.read(path, as_version=4)
+try:
+    NotebookClient(nb, timeout=timeout, kernel_name="python3").execute()
+finally:
+    nbformat.write(nb, path)
+"""
+
+
+def run_chapters(files: list[str] | None = None, full: bool = False, timeout: int = 1800,
+                 save: bool = True) -> dict:
+    """Execute chapters in order, in place, timing each; write a course-run record.
+
+    Each chapter runs in a fresh kernel (``nbclient``, as nbval does) with
+    ``AGELIB_SMOKE`` set for the mode, so its outputs are those of a real run of
+    the mode it states. The record (``results/course/<date>-<mode>.json``)
+    holds the wall time of every chapter, the device and the date: README's
+    "course run" table is made from it.
+    """
+    import datetime as dt
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from . import records
+
+    folder = notebooks_dir()
+    wanted = [ch.file for ch in CHAPTERS if (folder / ch.file).exists()]
+    if files:
+        unknown = [f for f in files if not any(w.startswith(f) for w in wanted)]
+        if unknown:
+            raise ValueError(f"no chapter matches {unknown}; chapters: {wanted}")
+        wanted = [w for w in wanted if any(w.startswith(f) for f in files)]
+    env = {**os.environ, "AGELIB_SMOKE": "0" if full else "1"}
+    env.pop("MPLBACKEND", None)  # "Agg" would keep every figure out of the saved outputs
+    rows = []
+    for name in wanted:
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", _EXECUTE, name, str(timeout)], cwd=folder,
+                              env=env, capture_output=True, text=True)
+        seconds = round(time.perf_counter() - start, 1)
+        rows.append({"notebook": name, "seconds": seconds, "ok": done.returncode == 0,
+                     "error": None if done.returncode == 0 else done.stderr.strip()[-600:]})
+        print(f"{name:<34} {seconds:7.1f} s  {'ok' if done.returncode == 0 else 'FAILED'}",
+              flush=True)
+    now = dt.datetime.now(dt.timezone.utc)
+    run = {"mode": "full" if full else "smoke", "device": records.device_name(settings.get_device()),
+           "date": now.isoformat(timespec="seconds"), "code": records.code_version(),
+           "total_seconds": round(sum(r["seconds"] for r in rows), 1), "chapters": rows}
+    if save:
+        out = records.results_dir() / "course"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{now:%Y%m%d-%H%M%S}-{run['mode']}.json").write_text(json.dumps(run, indent=2))
+    return run
+
+
+def load_course_runs(folder: Path | None = None) -> list[dict]:
+    """Every course-run record, oldest first."""
+    from . import records
+
+    folder = folder or records.results_dir() / "course"
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def course_run_table(runs: list[dict]) -> str:
+    """README's table of the latest run of each mode: wall time per chapter, from the records."""
+    latest = {r["mode"]: r for r in runs}  # later runs replace earlier ones of the same mode
+    if not latest:
+        return "_no course run recorded yet (`python -m agelib course`)_"
+    modes = [m for m in ("full", "smoke") if m in latest]
+    head = "| chapter | " + " | ".join(
+        f"{m} mode, {latest[m]['device']}, {latest[m]['date'][:10]}" for m in modes) + " |"
+    lines = [head, "|---|" + "---:|" * len(modes)]
+    names = list(dict.fromkeys(c["notebook"] for m in modes for c in latest[m]["chapters"]))
+    for name in names:
+        cells = []
+        for m in modes:
+            row = next((c for c in latest[m]["chapters"] if c["notebook"] == name), None)
+            cells.append("" if row is None else f"{row['seconds']:.0f} s" + ("" if row["ok"] else " (failed)"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{latest[m]['total_seconds'] / 60:.1f} min**"
+                                                for m in modes) + " |")
+    return "\n".join(lines)
+
+
+def readme_with_course_runs(text: str, runs: list[dict]) -> str:
+    """README text with the course-run block between its markers regenerated."""
+    if COURSE_START not in text or COURSE_END not in text:
+        raise ValueError(f"README.md needs the markers {COURSE_START} and {COURSE_END}")
+    head, rest = text.split(COURSE_START, 1)
+    _, tail = rest.split(COURSE_END, 1)
+    return f"{head}{COURSE_START}\n{course_run_table(runs)}\n{COURSE_END}{tail}"

@@ -205,3 +205,171 @@ def create(name: str, pretrained: bool = False, img_size: int = 224, **overrides
 #: classifier (192 x 1000 + 1000) and ConvNeXt-T's head LayerNorm (2 x 768). The
 #: paper's 33.42M counts them; this course's model does not build them.
 PAPER_UNUSED_PARAMETERS = 192 * 1000 + 1000 + 2 * 768
+
+
+# --------------------------------------------------------------------------- three-stage recipe
+# The paper's recipe: train a ConvNeXt, train a ViT, then start the hybrid from both
+# (the ConvNeXt's stem and stages, the ViT's encoder). The hybrid's own parts (bridge
+# projection, fusion, cross-attention) and the age head start fresh.
+
+import typing  # noqa: E402  (this section's names for annotations only)
+
+if typing.TYPE_CHECKING:  # agelib.models builds hybrids; import it lazily at run time
+    from . import models
+
+
+def part_configs(config: models.ModelConfig) -> tuple[models.ModelConfig, models.ModelConfig]:
+    """The ``(cnn, vit)`` model configs to train in stages 1 and 2 for a hybrid ``config``.
+
+    Both keep the hybrid's head settings, so the three runs differ only in the
+    backbone; the ViT gets the hybrid's token width, heads and depth:
+
+    >>> from agelib import models
+    >>> cnn_cfg, vit_cfg = part_configs(models.named_config("hybrid_atto"))
+    >>> cnn_cfg.backbone, vit_cfg.backbone, vit_cfg.backbone_args
+    ('convnext_atto', 'vit_tiny_patch16_224', {'embed_dim': 80, 'num_heads': 2, 'depth': 2})
+    """
+    from . import models
+
+    c = _hybrid_config_of(config)
+    vit_args = {k: v for k, v in {"embed_dim": c.vit_width, "num_heads": c.vit_heads,
+                                  "depth": c.vit_depth}.items() if v is not None}
+    base = config.to_dict()
+    cnn = models.ModelConfig(**{**base, "backbone": c.cnn, "backbone_args": None})
+    vit = models.ModelConfig(**{**base, "backbone": c.vit, "backbone_args": vit_args or None})
+    return cnn, vit
+
+
+def _hybrid_config_of(config: models.ModelConfig) -> HybridConfig:
+    """The :class:`HybridConfig` a ``models.ModelConfig`` of a hybrid builds."""
+    if config.backbone not in HYBRIDS:
+        raise ValueError(f"{config.backbone!r} is not a hybrid; registered: {sorted(HYBRIDS)}")
+    return get_config(config.backbone, **(config.backbone_args or {}))
+
+
+def init_from_parts(hybrid_model: models.AgeModel, cnn: models.AgeModel | str | None = None,
+                    vit: models.AgeModel | str | None = None) -> dict:
+    """Copy a trained ConvNeXt and/or ViT into a hybrid ``AgeModel`` (stage 3 of the recipe).
+
+    ``cnn`` and ``vit`` are trained ``AgeModel`` s or paths to their checkpoints.
+    From the ConvNeXt: the stem and the four stages (its head LayerNorm is unused).
+    From the ViT: its first ``vit_depth`` blocks, final norm, class token and position
+    embeddings, resized to the hybrid's token grid when the grids differ (with the
+    reshape bridge, that grid is not spatial: the embeddings are a starting point,
+    not a map). The ViT's patch embedding is unused: the ConvNeXt replaces it.
+
+    Nothing is copied unless everything fits; a mismatch raises ``ValueError``
+    naming the configs that would fit (see :func:`part_configs`). Returns a report:
+    ``copied`` (hybrid key -> source key), ``resized`` (hybrid keys),
+    ``left_at_init`` (hybrid keys) and ``unused`` (source keys).
+    """
+    backbone = getattr(hybrid_model, "backbone", None)
+    if not isinstance(backbone, ConvNeXtViT):
+        raise ValueError("init_from_parts needs an AgeModel whose backbone is a ConvNeXtViT; "
+                         "build one with models.create_model(models.named_config('hybrid_atto'))")
+    if cnn is None and vit is None:
+        raise ValueError("give a trained cnn, a trained vit, or both")
+    pairs, unused, problems = {}, [], []
+    for part, source, mapper in (("cnn", cnn, _cnn_pairs), ("vit", vit, _vit_pairs)):
+        if source is None:
+            continue
+        source = _as_age_model(source)
+        found, missing_or_bad = mapper(backbone, source.backbone)
+        pairs.update({f"backbone.{t}": (f"{part}:backbone.{s}", v) for t, (s, v) in found.items()})
+        problems += [f"{part}: {p}" for p in missing_or_bad]
+        used = {f"backbone.{s}" for s, _ in found.values()}
+        unused += [f"{part}:{k}" for k in source.state_dict() if k not in used]
+    target = hybrid_model.state_dict()  # tensors that share storage with the parameters
+    resized = _fit_pos_embed(pairs, target, backbone.token_grid)
+    problems += [f"{name} {tuple(value.shape)} does not fit {key} {tuple(target[key].shape)}"
+                 for key, (name, value) in pairs.items() if value.shape != target[key].shape]
+    if problems:
+        shown = "; ".join(problems[:4]) + (" ..." if len(problems) > 4 else "")
+        raise ValueError(f"cannot initialise this hybrid from these models: {shown}. "
+                         f"{_what_fits(backbone.config)}")
+    with torch.no_grad():
+        for key, (_, value) in pairs.items():
+            target[key].copy_(value)
+    return {"copied": {k: name for k, (name, _) in pairs.items()}, "resized": resized,
+            "left_at_init": [k for k in target if k not in pairs], "unused": unused}
+
+
+def _fit_pos_embed(pairs: dict, target: dict, grid: tuple[int, int]) -> list[str]:
+    """Resize, in ``pairs``, a ViT's position embeddings to the hybrid's token grid."""
+    resized = []
+    for key, (name, value) in pairs.items():
+        if key.endswith("pos_embed") and value.shape != target[key].shape:
+            value = resample_abs_pos_embed(value, new_size=grid, num_prefix_tokens=1)  # (1, 1+N, D)
+            pairs[key] = (name, value)
+            resized.append(key)
+    return resized
+
+
+def _as_age_model(source):
+    """An ``AgeModel`` from itself or from a checkpoint path."""
+    from . import checkpoints
+
+    if isinstance(source, str) or hasattr(source, "__fspath__"):
+        return checkpoints.load_checkpoint(source)[0]
+    if not hasattr(source, "backbone"):
+        raise ValueError(f"expected a trained AgeModel or a checkpoint path, got "
+                         f"{type(source).__name__}")
+    return source
+
+
+def _flat_children(module: nn.Module):
+    """A model's parts named the way timm's ``features_only`` wrapper names them:
+    the children of a top-level ``nn.Sequential`` are flattened (``stages.0`` -> ``stages_0``)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Sequential):
+            for sub, grandchild in child.named_children():
+                yield f"{name}_{sub}", f"{name}.{sub}", grandchild
+        else:
+            yield name, name, child
+
+
+def _cnn_pairs(hybrid: ConvNeXtViT, source: nn.Module) -> tuple[dict, list[str]]:
+    """``{hybrid key (under backbone.): (source key, tensor)}`` for the ConvNeXt, and problems."""
+    parts = {flat: (path, child) for flat, path, child in _flat_children(source)}
+    pairs, problems = {}, []
+    for name in hybrid.cnn.keys():  # e.g. stem_0, stem_1, stages_0, ..., stages_3
+        if name not in parts:
+            problems.append(f"has no part {name!r} (is it a timm ConvNeXt?)")
+            continue
+        path, child = parts[name]
+        for key, value in child.state_dict().items():
+            pairs[f"cnn.{name}.{key}"] = (f"{path}.{key}", value)
+    return pairs, problems
+
+
+def _vit_pairs(hybrid: ConvNeXtViT, source: nn.Module) -> tuple[dict, list[str]]:
+    """``{hybrid key (under backbone.): (source key, tensor)}`` for the ViT, and problems."""
+    needed = ("blocks", "norm", "cls_token", "pos_embed")
+    if not all(hasattr(source, n) for n in needed):
+        return {}, [f"is not a timm VisionTransformer (needs {needed})"]
+    problems = []
+    if getattr(source, "num_prefix_tokens", 1) != 1:
+        problems.append(f"has {source.num_prefix_tokens} prefix tokens; the hybrid has one "
+                        "(a class token, no register tokens)")
+    if len(source.blocks) < len(hybrid.blocks):
+        problems.append(f"has {len(source.blocks)} blocks; the hybrid needs {len(hybrid.blocks)}")
+    elif source.blocks[0].attn.num_heads != hybrid.blocks[0].attn.num_heads:
+        problems.append(f"has {source.blocks[0].attn.num_heads} heads; the hybrid has "
+                        f"{hybrid.blocks[0].attn.num_heads}")
+    src = source.state_dict()
+    pairs = {}
+    for key in hybrid.state_dict():
+        if key.split(".")[0] in needed:  # same names in both: blocks.0.attn.qkv.weight, ...
+            if key in src:
+                pairs[key] = (key, src[key])
+            else:
+                problems.append(f"has no {key!r}")
+    return pairs, problems
+
+
+def _what_fits(c: HybridConfig) -> str:
+    vit_args = {k: v for k, v in {"embed_dim": c.vit_width, "num_heads": c.vit_heads,
+                                  "depth": c.vit_depth}.items() if v is not None}
+    return (f"Models that fit: cnn = ModelConfig({c.cnn!r}), vit = ModelConfig({c.vit!r}"
+            + (f", backbone_args={vit_args}" if vit_args else "") + ") (the ViT may be deeper; "
+            "its first blocks are used); hybrid.part_configs(config) builds both.")

@@ -93,7 +93,19 @@ def make_record(config, faces, mode, device, epochs: int, image_size: int, batch
     }
 
 
-def save_record(record: dict, folder: str | Path | None = None) -> Path:
+SHA1_CHARS = 12  # enough to tell 21,000 faces apart, short enough to keep files small
+
+
+def predictions_table(sha1s, true, pred) -> pd.DataFrame:
+    """Per-face test predictions: what error and fairness analyses are made from."""
+    return pd.DataFrame({"sha1": [str(s)[:SHA1_CHARS] for s in sha1s],
+                         "age": np.asarray(true, dtype=np.float32).round(1),
+                         "pred": np.asarray(pred, dtype=np.float32).round(2)})
+
+
+def save_record(record: dict, folder: str | Path | None = None,
+                predictions: pd.DataFrame | None = None) -> Path:
+    """Write a record as ``<id>.json`` (and its test predictions as ``predictions/<id>.csv``)."""
     folder = Path(folder) if folder else results_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path, n = folder / f"{record['id']}.json", 1
@@ -101,8 +113,25 @@ def save_record(record: dict, folder: str | Path | None = None) -> Path:
         n += 1
         path = folder / f"{record['id']}-{n}.json"
     record["id"] = path.stem
+    if predictions is not None:
+        record["predictions"] = f"predictions/{path.stem}.csv"
+        (folder / "predictions").mkdir(exist_ok=True)
+        predictions.to_csv(folder / record["predictions"], index=False)
     path.write_text(json.dumps(record, indent=2, default=_plain))
     return path
+
+
+def load_predictions(record: dict | pd.Series, folder: str | Path | None = None) -> pd.DataFrame:
+    """The per-face test predictions of a record (columns sha1, age, pred).
+
+    Raises FileNotFoundError for a record written before predictions were kept.
+    """
+    folder = Path(folder) if folder else results_dir()
+    name = record.get("predictions") if hasattr(record, "get") else None
+    if not isinstance(name, str) or not (folder / name).is_file():
+        raise FileNotFoundError(f"record {record.get('id')!r} has no per-face predictions; "
+                                "re-run it to get them")
+    return pd.read_csv(folder / name, dtype={"sha1": str})
 
 
 def _plain(value):

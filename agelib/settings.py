@@ -119,3 +119,17 @@ def seed_everything(seed: int = 0) -> int:
     torch.manual_seed(seed)  # also seeds every CUDA device
     os.environ["PYTHONHASHSEED"] = str(seed)
     return seed
+
+
+def package_versions(names) -> dict:
+    """Python's and each named package's version (None when absent): what a number ran on."""
+    import platform
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions

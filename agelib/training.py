@@ -11,6 +11,8 @@ run record. Chapters that teach a piece of it (a loss, a head) build the
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoints, losses, metrics, models, records, settings
+from . import checkpoints, distill, hybrid, losses, metrics, models, records, settings
 from . import data as data_
 
 with warnings.catch_warnings():  # fastai's import warns about torch.jit; not ours to fix
@@ -53,6 +55,13 @@ class TrainConfig:
     flip: bool = True
     grayscale: float = 0.0  # share of training images shown in grey
     patience: int | None = None  # stop after this many epochs without a better valid MAE
+    balance: float = 0.0  # draw training faces by age band: 0 as they come, 1 every band equally
+    channels_last: bool = True  # NHWC memory layout for convolutions on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the model (pays only for long GPU runs)
+    # the hybrid paper's three-stage recipe: {"cnn": ckpt, "vit": ckpt} trained parts to start from
+    init_from: dict | None = None
+    distill_from: str | None = None  # checkpoint of a trained teacher whose ages guide training
+    distill_alpha: float = 0.5  # weight of |student age - teacher age| in the training loss
     tag: str = ""  # free label for reports, e.g. "ch02"
     variant: str = ""  # what this run changes, for ablation tables, e.g. "projection bridge"
 
@@ -61,6 +70,12 @@ class TrainConfig:
             self.model = models.ModelConfig.from_dict(self.model)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
+        if self.init_from is not None and (not self.init_from or set(self.init_from) - {"cnn", "vit"}):
+            raise ValueError(f"init_from takes 'cnn' and/or 'vit' checkpoints, not {self.init_from}")
+        if self.init_from and self.model.backbone not in hybrid.HYBRIDS:
+            raise ValueError(f"init_from needs a hybrid backbone; registered: {sorted(hybrid.HYBRIDS)}")
+        if self.distill_alpha < 0:
+            raise ValueError(f"distill_alpha must be >= 0, not {self.distill_alpha}")
         losses.get_loss(self.loss)  # unknown loss names fail here, listing the valid ones
         kind = losses.loss_output_kind(self.loss)
         if kind != self.model.head:
@@ -137,6 +152,21 @@ def make_learner(dls, model: models.AgeModel, loss: str, lr: float = 1e-3,
     return learn
 
 
+def speed_up(model: models.AgeModel, device: torch.device, channels_last: bool = True,
+             compile: bool = False) -> torch.nn.Module:
+    """The GPU switches that do not change the maths: NHWC layout and ``torch.compile``.
+
+    Both are skipped on the CPU, where they cost more than they save at course sizes.
+    """
+    if device.type != "cuda":
+        return model
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model.compile()  # in place: state_dict keys and checkpoints stay unchanged
+    return model
+
+
 def fit(learn: Learner, epochs: int, lr: float, schedule: str = "one_cycle",
         warmup: float = 0.1, cbs: list | None = None) -> None:
     """Train with one of the course's schedules, stepped per batch."""
@@ -183,17 +213,24 @@ def start_at_mean(model: models.AgeModel, train_ages: torch.Tensor) -> None:
 
 @dataclass
 class TrainResult:
-    learn: Learner
+    learn: Learner | None  # None when the model came from a cached checkpoint
     record: dict
     checkpoint: Path | None
     test_pred: np.ndarray
     test_true: np.ndarray
+    model: models.AgeModel | None = None
+    test_sha1: list[str] | None = None  # which face each test prediction is for
 
 
 def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | None = None,
                     checkpoint: str | Path | None = None, save_record: bool = True,
-                    device=None, verbose: bool = True) -> TrainResult:
-    """Train, select on validation, test once, save a checkpoint and a run record."""
+                    device=None, verbose: bool = True, init=None, cbs: list | None = None
+                    ) -> TrainResult:
+    """Train, select on validation, test once, save a checkpoint and a run record.
+
+    ``init(model)`` runs on the fresh model before training (e.g. initialising a
+    hybrid from trained parts); ``cbs`` are extra fastai callbacks (e.g. distillation).
+    """
     mode = mode or settings.run_mode()
     epochs = config.epochs = config.epochs or mode.epochs  # resolved, so records say what ran
     size = config.image_size = config.image_size or mode.image_size
@@ -206,17 +243,25 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
     # shuffling and augmentation follow the training seed
     dls = data_.face_dataloaders(faces, split, mode=mode, size=size, batch_size=batch_size,
                                  seed=config.seed, subset_seed=config.split_seed, device=device,
-                                 scale=config.augment_scale, flip=config.flip,
-                                 grayscale=config.grayscale)
+                                 balance=config.balance, scale=config.augment_scale,
+                                 flip=config.flip, grayscale=config.grayscale)
     config.model.img_size = size  # ViTs and hybrids are built for the run's image size
     model = models.create_model(config.model)
     config.model = model.config  # pretrained may have been switched off in smoke mode
-    learn = make_learner(dls, model, config.loss, config.lr, config.weight_decay,
-                         config.mixed_precision)
     if model.head.kind == "regression" and config.model.age_range is None:
         start_at_mean(model, dls.train.dataset.ages)
+    if config.init_from:  # the three-stage recipe: start from trained parts
+        hybrid.init_from_parts(model, **{k: checkpoint_path(v) for k, v in config.init_from.items()})
+    if init is not None:
+        init(model)
+    model = speed_up(model, device, config.channels_last, config.compile)
+    learn = make_learner(dls, model, config.loss, config.lr, config.weight_decay,
+                         config.mixed_precision)
     keep = KeepBestEpoch(patience=config.patience)
-    cbs = [keep]
+    cbs = [keep] + list(cbs or [])
+    if config.distill_from:
+        cbs.append(distill.DistillFromTeacher(checkpoint_path(config.distill_from),
+                                              config.distill_alpha))
     live = verbose and _interactive()  # headless (logs, CI): one text line per epoch instead
     if verbose and not live:
         cbs.append(EpochLine())
@@ -232,10 +277,72 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
         batch_size=batch_size, best_epoch=keep.best_epoch, seconds=seconds,
         params=models.count_parameters(model), n_train=len(dls.train.dataset),
         valid=(valid_pred, valid_true), test=(test_pred, test_true))
+    test_sha1 = dls[2].dataset.table["sha1"].tolist()
+    predictions = records.predictions_table(test_sha1, test_true, test_pred)
     path = None
-    if checkpoint is not None:
+    if checkpoint is not None:  # the test predictions travel with the weights, full keys
+        test = {"sha1": test_sha1, "age": test_true.tolist(), "pred": test_pred.tolist()}
         path = checkpoints.save_checkpoint(model, checkpoint, train_config=config.to_dict(),
-                                           record=record)
+                                           record=record, extra={"test": test})
     if save_record:
-        records.save_record(record)
-    return TrainResult(learn, record, path, test_pred, test_true)
+        records.save_record(record, predictions=predictions)
+    return TrainResult(learn, record, path, test_pred, test_true, learn.model.eval(), test_sha1)
+
+
+def checkpoint_path(name: str | Path) -> Path:
+    """A checkpoint named in a config: a bare name lives in ``<data home>/checkpoints``.
+
+    Configs (and so run records) name cached checkpoints by file name only, so
+    no machine's folder layout ends up in a record.
+    """
+    path = Path(name)
+    return path if path.is_absolute() or path.parent != Path(".") else (
+        settings.data_home() / "checkpoints" / path)
+
+
+def _resolved(config: TrainConfig, mode: settings.RunMode) -> TrainConfig:
+    """The config with the run mode's defaults filled in, as the run will record it."""
+    config.epochs = config.epochs or mode.epochs
+    config.image_size = config.image_size or mode.image_size
+    config.batch_size = config.batch_size or mode.batch_size
+    config.model.img_size = config.image_size
+    return config
+
+
+def cached_checkpoint(config: TrainConfig, faces, mode: settings.RunMode) -> Path:
+    """Where :func:`load_or_train` keeps the model of this config, mode and data."""
+    key = json.dumps({"config": _resolved(config, mode).to_dict(), "mode": mode.name,
+                      "data": faces.fingerprint}, sort_keys=True, default=str)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+    m = config.model
+    name = f"{config.tag or 'run'}-{m.backbone}-{m.head}-{config.loss}-{mode.name}-{digest}.pt"
+    return settings.data_home() / "checkpoints" / name
+
+
+def load_or_train(config: TrainConfig, faces=None, mode: settings.RunMode | None = None,
+                  verbose: bool = False, device=None) -> TrainResult:
+    """The trained model of ``config``: loaded if this exact run was done before, else trained.
+
+    Later chapters (Grad-CAM, errors, the demo) reuse the models of earlier ones
+    without paying for training again. The cache key is the whole config, the run
+    mode and the data's fingerprint, so a changed setting trains a new model;
+    delete ``<data home>/checkpoints/`` to start over. A cache hit writes no new
+    run record: the run was recorded when it was trained.
+    """
+    mode = mode or settings.run_mode()
+    faces = faces if faces is not None else data_.load_faces(verbose=verbose)
+    path = cached_checkpoint(config, faces, mode)
+    if path.is_file():
+        try:
+            model, payload = checkpoints.load_checkpoint(path)
+        except ValueError as err:  # written by an older agelib: train again
+            warnings.warn(f"retraining: {err}")
+        else:
+            test = payload.get("extra", {}).get("test", {})
+            device = torch.device(device) if device is not None else settings.get_device()
+            return TrainResult(None, payload["record"], path,
+                               np.asarray(test.get("pred", []), dtype=np.float32),
+                               np.asarray(test.get("age", []), dtype=np.float32),
+                               model.to(device).eval(), list(test.get("sha1", [])))
+    return train_age_model(config, faces=faces, mode=mode, checkpoint=path, verbose=verbose,
+                           device=device)

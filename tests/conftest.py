@@ -139,6 +139,22 @@ def quirky_folder(tmp_path) -> Path:
 
 
 # --------------------------------------------------------------------------- settings, data
+def tiny_mode():
+    """A run mode in which a training run takes about a second on a CPU (32 px, 64 faces)."""
+    from agelib import settings
+
+    return settings.RunMode("smoke", image_size=32, n_train=64, n_valid=32, n_test=32, epochs=1,
+                            batch_size=16)
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch) -> Path:
+    """A private AGELIB_RESULTS folder."""
+    path = tmp_path / "results"
+    monkeypatch.setenv("AGELIB_RESULTS", str(path))
+    return path
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """A private AGELIB_HOME, so caches and splits never touch the repository's data/."""

@@ -154,16 +154,28 @@ def test_readme_with_table_needs_the_markers():
         f"intro\n{course.TABLE_START}\n{course.chapter_table()}\n{course.TABLE_END}\nrest\n")
 
 
-def test_readme_results_block_is_generated_from_the_committed_records():
-    """README's numbers come from results/ only: regenerate and compare."""
-    from agelib import records
-
+def committed_readme() -> tuple[str, Path]:
+    """README's text and the committed results folder, or a skip on a plain install."""
     root = settings.repo_root()
     readme = root / "README.md"
     if not readme.exists():
         pytest.skip("README.md is absent")
-    text = readme.read_text(encoding="utf-8")
-    table = records.load_records(root / "results")
-    assert records.readme_with_results(text, table) == text, (
+    return readme.read_text(encoding="utf-8"), root / "results"
+
+
+def test_readme_results_block_is_generated_from_the_committed_records():
+    """README's numbers come from results/ only: regenerate and compare."""
+    from agelib import records
+
+    text, results = committed_readme()
+    assert records.readme_with_results(text, records.load_records(results)) == text, (
         "README's results block differs from the records: run "
+        "`python -m agelib report --write-readme`")
+
+
+def test_readme_course_run_table_matches_the_course_records():
+    text, results = committed_readme()
+    runs = course.load_course_runs(results / "course")
+    assert course.readme_with_course_runs(text, runs) == text, (
+        "README's course-run table differs from the records: run "
         "`python -m agelib report --write-readme`")

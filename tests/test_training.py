@@ -12,26 +12,19 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_mode
+
 from agelib import checkpoints, data, losses, metrics, models, records, settings, training
 from agelib.training import KeepBestEpoch, TrainConfig
 
 TINY = "test_resnet"
-MODE = settings.RunMode("smoke", image_size=32, n_train=64, n_valid=32, n_test=32, epochs=1,
-                        batch_size=16)
+MODE = tiny_mode()
 PAIRS = [("regression", "l1"), ("classification", "cross_entropy"), ("coral", "coral"),
          ("corn", "corn")]
 
 with warnings.catch_warnings():  # fastai's import warns about torch.jit
     warnings.simplefilter("ignore", FutureWarning)
     from fastai.callback.core import Callback
-
-
-@pytest.fixture
-def results(tmp_path, monkeypatch):
-    """A private AGELIB_RESULTS folder."""
-    path = tmp_path / "results"
-    monkeypatch.setenv("AGELIB_RESULTS", str(path))
-    return path
 
 
 def config(head: str = "regression", loss: str = "l1", **kwargs) -> TrainConfig:

@@ -1,0 +1,120 @@
+"""Who a model fails for: per-face errors joined with labels, from the run records.
+
+Every training run keeps its per-face test predictions next to its record
+(``results/predictions/<id>.csv``). :func:`model_predictions` joins them with
+the faces' labels, so error tables by age band, gender and race, CS curves and
+galleries of the worst errors are made from what the runs actually predicted,
+never re-typed or re-run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import metrics, plots, records
+from .data import utkface
+
+
+def labelled(faces) -> pd.DataFrame:
+    """The faces' labels keyed as the predictions are: sha1 prefix, age, gender and race names."""
+    s = faces.samples
+    return pd.DataFrame({
+        "sha1": s["sha1"].str[:records.SHA1_CHARS], "full_sha1": s["sha1"],
+        "gender": s["gender"].map(utkface.GENDERS).fillna("unknown"),
+        "race": s["race"].map(utkface.RACES).fillna("unknown"),
+        "n_files": s["n_files"]})
+
+
+def run_label(record) -> str:
+    """A short name for a run in tables and legends: its variant, else tag and model."""
+    variant = record.get("variant") or ""
+    model = f"{record['backbone']} · {record['head']} · {record['loss']}"
+    return f"{record.get('tag', '')} {variant or model}".strip()
+
+
+def model_predictions(table: pd.DataFrame, faces, mode: str | None = None,
+                      folder=None) -> dict[str, pd.DataFrame]:
+    """Per-face test predictions, with labels, of every run on these faces (latest per setting).
+
+    ``table`` is :func:`agelib.records.load_records`; runs on other data, in
+    another mode, or recorded before predictions were kept are left out.
+    """
+    if table.empty:
+        return {}
+    keep = table[table["data_fingerprint"] == faces.fingerprint] if "data_fingerprint" in table else table
+    if mode is not None:
+        keep = keep[keep["mode"] == mode]
+    if "predictions" not in keep:
+        return {}
+    keep = keep[keep["predictions"].notna()].sort_values("date", kind="stable")
+    labels = labelled(faces)
+    out: dict[str, pd.DataFrame] = {}
+    for _, record in keep.iterrows():
+        try:
+            preds = records.load_predictions(record, folder)
+        except FileNotFoundError:
+            continue
+        joined = preds.merge(labels, on="sha1", how="left", validate="one_to_one")
+        joined["age band"] = pd.Categorical(plots.age_band(joined["age"]),
+                                            categories=plots.band_labels(), ordered=True)
+        out[run_label(record)] = joined.assign(error=(joined["pred"] - joined["age"]).abs())
+    return out
+
+
+def group_table(predictions: dict[str, pd.DataFrame], by: str, value: str = "MAE",
+                k: float = 5) -> pd.DataFrame:
+    """One column per model, one row per group (``by``): its MAE (or ``CS@k``, or ``n``)."""
+    columns = {name: metrics.errors_by_group(p, "pred", "age", by, k)[value]
+               for name, p in predictions.items()}
+    out = pd.DataFrame(columns)
+    first = next(iter(predictions.values()), None)
+    if first is not None:  # how many faces each row rests on: small groups are noisy
+        out.insert(0, "faces", metrics.errors_by_group(first, "pred", "age", by, k)["n"])
+    return out
+
+
+def summary(predictions: dict[str, pd.DataFrame], k: float = 5) -> pd.DataFrame:
+    """MAE, CS@k and the worst group's MAE (by race, gender, age band) for every model."""
+    rows = []
+    for name, p in predictions.items():
+        worst = {by: metrics.errors_by_group(p, "pred", "age", by, k)["MAE"].max()
+                 for by in ("age band", "gender", "race")}
+        rows.append({"model": name, "faces": len(p), "MAE": metrics.mae(p["pred"], p["age"]),
+                     f"CS@{k:g}": metrics.cs_at(p["pred"], p["age"], k),
+                     "worst age band": worst["age band"], "worst race": worst["race"],
+                     "worst gender": worst["gender"],
+                     "slope": regression_to_mean(p["pred"], p["age"])[0]})
+    return pd.DataFrame(rows).set_index("model").sort_values("MAE")
+
+
+def regression_to_mean(pred, true) -> tuple[float, float]:
+    """Slope and intercept of the least-squares line ``pred ~ true``.
+
+    A perfect model has slope 1. A model that hedges towards the typical age has
+    a slope below 1: it over-estimates the young and under-estimates the old,
+    which is where the errors by age band come from.
+
+    >>> [round(v, 3) for v in regression_to_mean([30, 35, 40], [20, 35, 50])]
+    [0.333, 23.333]
+    """
+    slope, intercept = np.polyfit(np.asarray(true, float), np.asarray(pred, float), 1)
+    return float(slope), float(intercept)
+
+
+def worst_errors(predictions: pd.DataFrame, n: int = 12) -> pd.DataFrame:
+    """The ``n`` faces with the largest absolute error, largest first."""
+    return predictions.sort_values("error", ascending=False).head(n).reset_index(drop=True)
+
+
+def label_conflicts(faces) -> pd.DataFrame:
+    """Identical images whose file names give different ages: measured label noise.
+
+    The data layer leaves these out of training and testing (no rule can tell
+    which label is right); here they show how far apart two annotations of the
+    *same* photo can be, a floor under any model's error on this dataset.
+    """
+    if faces.files is None:
+        return pd.DataFrame(columns=["sha1", "ages", "age_spread"])
+    groups = utkface.duplicate_groups(faces.files)
+    return groups[groups["age_conflict"]].reset_index(drop=True)

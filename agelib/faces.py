@@ -1,0 +1,245 @@
+"""Faces in any photo: open it safely, find every face, and crop each one like UTKFace's.
+
+A model trained on UTKFace has only ever seen its *aligned and cropped* faces:
+eyes level, near the top of a 200x200 square, mouth about two thirds down, little
+forehead. Shown a whole photo, or a loosely cut face, it is asked a question it
+was never trained on. So a photo goes through three steps before any age:
+
+1. :func:`open_photo`: any file, upload or array as an upright RGB image (EXIF
+   rotation applied, odd Pillow modes converted), with a clear error for files
+   that are not pictures and for decompression bombs;
+2. :func:`detect_faces`: MTCNN (Zhang et al. 2016, from ``facenet-pytorch``,
+   whose weights ship inside the package, so it works offline) finds each face
+   with a box and five landmarks (eyes, nose, mouth corners);
+3. :func:`align_face`: a similarity transform (rotation, scale, shift) moves
+   those five points onto where the same detector finds them on UTKFace's own
+   crops (:data:`UTKFACE_LANDMARKS`), so the crop is framed like the training data.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .data import cache
+
+CROP_SIZE = 200  # side of an aligned crop: UTKFace's
+
+#: Where MTCNN's five landmarks sit on UTKFace's aligned crops, as fractions of the side:
+#: (x, y) of the eye on the image's left, the other eye, the nose tip, and the mouth corners.
+#: Medians over 397 random UTKFace images (``landmark_template`` re-measures them): the
+#: eyes are level, 0.21 from the top and 0.45 of the side apart.
+UTKFACE_LANDMARKS = np.array([[0.249, 0.208], [0.697, 0.206], [0.476, 0.476],
+                              [0.271, 0.670], [0.671, 0.673]])
+
+#: Faces are searched for on a copy whose long side is at most this many pixels: MTCNN's
+#: cost grows with the pixel count, and at 1024 px it still finds faces down to 20 px
+#: (2% of the long side). Crops are then cut from the full-resolution photo.
+MAX_SIDE = 1024
+MIN_FACE = 20  # MTCNN's smallest face, in pixels of the searched copy
+
+
+class UnreadablePhoto(ValueError):
+    """A file or upload that cannot be used as a photo; the message says why and what to do."""
+
+
+@dataclass
+class DetectedFace:
+    """One face found in a photo, in the photo's own pixel coordinates."""
+
+    box: tuple[float, float, float, float]  # (x0, y0, x1, y1) of MTCNN's box
+    probability: float  # MTCNN's confidence that this is a face
+    landmarks: np.ndarray = field(repr=False)  # (5, 2): eyes, nose, mouth corners (x, y)
+    crop: Image.Image = field(repr=False)  # CROP_SIZE square, aligned like UTKFace
+
+
+def shipped_portraits() -> dict[str, Path]:
+    """Public-domain portraits that come with matplotlib and scikit-image: no download.
+
+    * ``grace_hopper``: Rear Admiral Grace Hopper, an official U.S. Navy photograph
+      (a work of the U.S. federal government, so in the public domain);
+    * ``astronaut``: astronaut Eileen Collins, a NASA photograph (public domain).
+
+    Both files are inside the installed wheels, so this works offline.
+    """
+    from importlib import resources
+
+    from matplotlib import cbook
+
+    portraits = {"grace_hopper": Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))}
+    astronaut = resources.files("skimage.data") / "astronaut.png"
+    if astronaut.is_file():  # scikit-image ships it in the wheel (other images it downloads)
+        portraits["astronaut"] = Path(str(astronaut))
+    return portraits
+
+
+def open_photo(source: str | Path | bytes | Image.Image | np.ndarray,
+               name: str | None = None) -> Image.Image:
+    """Any photo as an upright 8-bit RGB image, or :class:`UnreadablePhoto` saying why not.
+
+    ``source`` is a file path, the bytes of an upload, a Pillow image or a uint8
+    ``(H, W[, 3])`` array. EXIF orientation is applied (phones store portraits
+    sideways and set a flag), so boxes match what a viewer shows. Images above
+    Pillow's ``Image.MAX_IMAGE_PIXELS`` (about 89 megapixels) are refused: such
+    files are usually decompression bombs, small files that expand to gigabytes.
+    """
+    label = name or (f"'{Path(source).name}'" if isinstance(source, (str, Path)) else "the photo")
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim not in (2, 3):
+            raise UnreadablePhoto(f"{label}: expected a uint8 (H, W) or (H, W, 3) array, got "
+                                  f"{source.dtype} {source.shape}")
+        image = Image.fromarray(source)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        if not len(source):
+            raise UnreadablePhoto(f"{label} is empty (0 bytes): upload the file again")
+        image = _decode(io.BytesIO(bytes(source)), label)
+    elif isinstance(source, (str, Path)):
+        image = _decode(_checked_path(Path(source), label), label)
+    else:
+        raise UnreadablePhoto(f"cannot open a {type(source).__name__} as a photo: pass a file "
+                              "path, the bytes of an image file, a PIL image or a uint8 array")
+    return cache.to_rgb(ImageOps.exif_transpose(image))
+
+
+def _checked_path(path: Path, label: str) -> Path:
+    if path.is_dir():
+        raise UnreadablePhoto(f"{label} is a folder; pass the image files inside it")
+    if not path.is_file():
+        raise UnreadablePhoto(f"no file {label}: check the path")
+    if path.stat().st_size == 0:
+        raise UnreadablePhoto(f"{label} is empty (0 bytes): copy or download it again")
+    return path
+
+
+def _decode(fp, label: str) -> Image.Image:
+    """Decode fully now, so a damaged file fails here with a message, not later."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(fp)
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UnreadablePhoto(
+            f"{label} has more than the {Image.MAX_IMAGE_PIXELS:,} pixels this tool opens "
+            "(such files are often decompression bombs); shrink it first") from None
+    except UnidentifiedImageError:
+        raise UnreadablePhoto(f"{label} is not a picture Pillow can read; use a JPEG, PNG or "
+                              "WebP file") from None
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
+        raise UnreadablePhoto(f"{label} cannot be decoded, the file looks damaged or incomplete "
+                              f"({err})") from None
+    return image
+
+
+@lru_cache(maxsize=1)
+def detector():
+    """facenet-pytorch's MTCNN on the CPU, built once (its weights ship in the package)."""
+    from facenet_pytorch import MTCNN
+
+    return MTCNN(keep_all=True, min_face_size=MIN_FACE, device="cpu")
+
+
+def detect_faces(image, min_prob: float = 0.9, max_side: int = MAX_SIDE,
+                 crop_size: int = CROP_SIZE) -> list[DetectedFace]:
+    """Every face MTCNN finds with probability ``>= min_prob``, left to right, each aligned.
+
+    ``image`` is anything :func:`open_photo` takes. An empty list means no face was
+    found; :func:`no_face_message` says why that happens.
+    """
+    if not 0.0 <= min_prob <= 1.0:
+        raise ValueError(f"min_prob is a probability, between 0 and 1, not {min_prob}")
+    photo = open_photo(image)
+    small, scale = _shrunk(photo, max_side)
+    if min(small.size) < MIN_FACE:  # too small to hold a face MTCNN can see (and it would fail)
+        return []
+    boxes, probs, points = detector().detect(small, landmarks=True)
+    if boxes is None:
+        return []
+    found = []
+    for box, prob, pts in zip(boxes, probs, points):
+        if prob < min_prob:
+            continue
+        pts = np.asarray(pts, dtype=np.float64) * scale  # back to the photo's pixels
+        found.append(DetectedFace(tuple(float(v) * scale for v in box), float(prob), pts,
+                                  align_face(photo, pts, crop_size)))
+    return sorted(found, key=lambda f: f.box[0])
+
+
+def _shrunk(photo: Image.Image, max_side: int) -> tuple[Image.Image, float]:
+    """A copy with the long side at most ``max_side``, and photo pixels per copy pixel."""
+    scale = max(photo.size) / max_side
+    if scale <= 1:
+        return photo, 1.0
+    size = (round(photo.width / scale), round(photo.height / scale))
+    small = photo.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return small, photo.width / size[0]
+
+
+def alignment(landmarks: np.ndarray, size: int = CROP_SIZE,
+              template: np.ndarray = UTKFACE_LANDMARKS) -> np.ndarray:
+    """The ``(3, 3)`` similarity transform from crop pixels to photo pixels that best puts
+    the five ``landmarks`` (photo pixels) on ``template`` x ``size`` (crop pixels).
+
+    A similarity is a rotation, a uniform scale and a shift: the face keeps its shape.
+    It is fitted by least squares from crop to photo because that is the direction
+    Pillow's ``transform`` asks for (for each crop pixel, where to read the photo).
+    """
+    from skimage.transform import SimilarityTransform
+
+    dst = np.asarray(template, dtype=np.float64) * size  # (5, 2) in crop pixels
+    src = np.asarray(landmarks, dtype=np.float64)  # (5, 2) in photo pixels
+    if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
+        fitted = SimilarityTransform.from_estimate(dst, src)
+    else:
+        fitted = SimilarityTransform()
+        fitted = fitted if fitted.estimate(dst, src) else None
+    if not fitted:
+        raise ValueError("the landmarks are degenerate (all in one place); cannot align")
+    return fitted.params
+
+
+def align_face(photo: Image.Image, landmarks: np.ndarray, size: int = CROP_SIZE,
+               template: np.ndarray = UTKFACE_LANDMARKS) -> Image.Image:
+    """The ``size`` square crop of ``photo`` in which the face's landmarks sit on ``template``.
+
+    When the crop is much smaller than the face in the photo, it is drawn larger
+    first and shrunk with an antialiasing filter, so fine detail does not alias.
+    """
+    matrix = alignment(landmarks, size, template)  # crop (x, y, 1) -> photo (x, y, 1)
+    photo_px_per_crop_px = math.sqrt(abs(np.linalg.det(matrix[:2, :2])))
+    over = int(min(4, max(1, round(photo_px_per_crop_px))))  # draw larger, then antialias
+    matrix = matrix @ np.diag([1 / over, 1 / over, 1])
+    crop = photo.transform((size * over, size * over), Image.Transform.AFFINE,
+                           data=tuple(matrix[:2].ravel()), resample=Image.Resampling.BICUBIC)
+    return crop if over == 1 else crop.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def landmark_template(images) -> np.ndarray:
+    """Median landmark positions (fractions of the side) of the most confident face in each
+    of ``images``: run it on UTKFace crops to re-derive :data:`UTKFACE_LANDMARKS`."""
+    points = []
+    for image in images:
+        photo = open_photo(image)
+        boxes, probs, pts = detector().detect(photo, landmarks=True)
+        if boxes is not None:
+            best = np.asarray(pts[int(np.argmax(probs))], dtype=np.float64)  # (5, 2)
+            points.append(best / np.array(photo.size))
+    if not points:
+        raise ValueError("no face found in any of the images; pass aligned face crops")
+    return np.median(np.stack(points), axis=0)  # (5, 2)
+
+
+def no_face_message(name: str = "the photo", min_prob: float = 0.9) -> str:
+    """What to say when a photo holds no face the detector is sure of."""
+    return (f"no face found in {name} (none with detector probability >= {min_prob}). "
+            f"Faces smaller than about {MIN_FACE / MAX_SIDE:.0%} of the photo's long side, "
+            "seen from the side, or mostly hidden are missed; try a closer, frontal photo.")

@@ -1,0 +1,125 @@
+"""Error and fairness analysis (agelib.analysis) and the off-the-shelf baseline (agelib.baselines)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib import cbook
+from PIL import Image
+
+from conftest import tiny_mode
+
+from agelib import analysis, baselines, data, metrics, records
+from agelib.data import loaders
+
+MODE = tiny_mode()
+
+
+def fake_run(faces, test: pd.DataFrame, pred, mode="smoke", **fields) -> dict:
+    """A record with per-face predictions, as a training run would save it."""
+    true = test["age"].to_numpy(dtype=np.float32)
+    record = {"id": "run", "tag": "t", "variant": "", "backbone": "m", "head": "regression",
+              "loss": "l1", "data": faces.name, "data_fingerprint": faces.fingerprint,
+              "mode": mode, "date": "2026-01-01T00:00:00", "seed": 0,
+              "test_mae": metrics.mae(pred, true), **fields}
+    records.save_record(record, predictions=records.predictions_table(test["sha1"], true, pred))
+    return record
+
+
+def test_predictions_join_the_labels_of_each_test_face(synthetic_faces, results):
+    test = loaders.split_tables(synthetic_faces.samples, synthetic_faces.split(0), MODE).test
+    fake_run(synthetic_faces, test, test["age"] + 3.0, variant="plus three")
+    found = analysis.model_predictions(records.load_records(), synthetic_faces, "smoke")
+    assert list(found) == ["t plus three"]
+    p = found["t plus three"]
+    assert len(p) == len(test)
+    assert set(p["gender"]) <= {"male", "female", "unknown"}
+    assert set(p["race"]) <= {"White", "Black", "Asian", "Indian", "Others", "unknown"}
+    np.testing.assert_allclose(p["error"], 3.0, atol=0.01)
+    assert p["age band"].cat.ordered
+
+
+def test_runs_on_other_data_other_modes_or_without_predictions_are_left_out(synthetic_faces,
+                                                                            results):
+    test = loaders.split_tables(synthetic_faces.samples, synthetic_faces.split(0), MODE).test
+    fake_run(synthetic_faces, test, test["age"], variant="kept")
+    fake_run(synthetic_faces, test, test["age"], variant="full run", mode="full")
+    fake_run(synthetic_faces, test, test["age"], variant="other data", data_fingerprint="0" * 12)
+    records.save_record({"id": "old", "tag": "t", "variant": "old", "backbone": "m",
+                         "head": "regression", "loss": "l1", "mode": "smoke",
+                         "data_fingerprint": synthetic_faces.fingerprint, "date": "2025"})
+    found = analysis.model_predictions(records.load_records(), synthetic_faces, "smoke")
+    assert list(found) == ["t kept"]
+    assert analysis.model_predictions(pd.DataFrame(), synthetic_faces) == {}
+
+
+def test_group_tables_and_summary_agree_with_the_metrics(synthetic_faces, results):
+    test = loaders.split_tables(synthetic_faces.samples, synthetic_faces.split(0), MODE).test
+    rng = np.random.default_rng(0)
+    fake_run(synthetic_faces, test, test["age"] + rng.normal(0, 5, len(test)), variant="a")
+    fake_run(synthetic_faces, test, test["age"] * 0.5 + 15, variant="b")
+    preds = analysis.model_predictions(records.load_records(), synthetic_faces, "smoke")
+    by_race = analysis.group_table(preds, "race")
+    assert list(by_race.columns)[0] == "faces" and set(by_race.columns[1:]) == {"t a", "t b"}
+    assert by_race["faces"].sum() == len(test)
+    p = preds["t a"]
+    white = p[p["race"] == "White"]
+    if len(white):
+        assert by_race.loc["White", "t a"] == pytest.approx(metrics.mae(white["pred"], white["age"]))
+    s = analysis.summary(preds)
+    assert s.loc["t a", "MAE"] == pytest.approx(metrics.mae(p["pred"], p["age"]))
+    assert s.loc["t b", "slope"] == pytest.approx(0.5, abs=0.01)  # hedges towards the middle
+    assert s["MAE"].is_monotonic_increasing
+
+
+def test_regression_to_the_mean_of_a_perfect_and_a_hedging_model():
+    true = np.arange(1, 90, dtype=float)
+    assert analysis.regression_to_mean(true, true)[0] == pytest.approx(1.0)
+    slope, intercept = analysis.regression_to_mean(0.6 * true + 14, true)
+    assert (slope, intercept) == pytest.approx((0.6, 14))
+
+
+def test_worst_errors_come_largest_first():
+    p = pd.DataFrame({"error": [1.0, 9.0, 4.0, 7.0]})
+    assert analysis.worst_errors(p, 3)["error"].tolist() == [9.0, 7.0, 4.0]
+
+
+def test_label_conflicts_are_the_images_whose_names_disagree_on_age(quirky_folder, home):
+    faces = data.load_faces(quirky_folder, verbose=False)
+    conflicts = analysis.label_conflicts(faces)
+    assert len(conflicts) == 1
+    assert sorted(conflicts.loc[0, "ages"]) == [40, 45]
+    assert conflicts.loc[0, "age_spread"] == 5
+    assert conflicts.loc[0, "sha1"] not in set(faces.samples["sha1"])  # left out of the data
+
+
+# --------------------------------------------------------------------------- the dlib baseline
+needs_dlib = pytest.mark.skipif(not baselines.available(), reason=baselines.INSTALL)
+
+
+@needs_dlib
+def test_dlib_ages_are_plausible_for_a_shipped_portrait():
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as im:
+        (age,) = baselines.dlib_ages([im.copy()])
+    assert 20 <= age <= 80  # Grace Hopper in uniform, photographed in her late 70s
+
+
+@needs_dlib
+def test_dlib_is_close_on_real_faces(real_folder):
+    names = sorted(p.name for p in real_folder.glob("*_0_0_*.jpg.chip.jpg"))
+    picked = [n for n in names if n.split("_")[0] in {"25", "26", "27", "28"}][:6]
+    ages = baselines.dlib_ages([Image.open(real_folder / n) for n in picked])
+    labels = np.array([int(n.split("_")[0]) for n in picked])
+    assert np.median(np.abs(ages - labels)) < 10
+
+
+@needs_dlib
+def test_the_baseline_is_recorded_like_any_run(synthetic_faces, results):
+    test = loaders.split_tables(synthetic_faces.samples, synthetic_faces.split(0), MODE).test.head(8)
+    record = baselines.evaluate_dlib(synthetic_faces, test, MODE, tag="t")
+    assert record["pretrained"] is True and record["epochs"] == 0
+    assert record["n_test"] == 8 and record["mode"] == "smoke"
+    table = records.load_records()
+    assert len(table) == 1
+    preds = records.load_predictions(table.iloc[0])
+    assert len(preds) == 8 and preds["pred"].between(0, 80).all()
+    assert record["test_mae"] == pytest.approx(metrics.mae(preds["pred"], preds["age"]), abs=0.01)

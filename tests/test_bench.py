@@ -1,0 +1,144 @@
+"""The bench measures what it says: warm-up excluded, medians of windows, both pipelines.
+
+Everything runs on the CPU at 32 px with batches of 4 (no ``torch.compile``).
+"""
+
+import json
+import statistics
+import time
+
+import pytest
+import torch
+
+from agelib import bench, cli, models
+from agelib.data.loaders import IMAGENET_MEAN, IMAGENET_STD
+
+SIZE, BATCH = 32, 4
+LOW = min((0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))  # normalised black
+HIGH = max((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))  # normalised white
+
+
+def slow_then_fast(slow_calls: int, slow: float = 0.2, fast: float = 0.002):
+    """A fake step whose first calls are slow, like a first CUDA call or a compile."""
+    calls = []
+
+    def step() -> int:
+        calls.append(1)
+        time.sleep(slow if len(calls) <= slow_calls else fast)
+        return BATCH
+
+    return step
+
+
+def test_warmup_is_not_timed():
+    result = bench.throughput(slow_then_fast(2), steps=3, warmup=2, windows=3)
+    assert len(result["windows"]) == 3
+    assert min(result["windows"]) > BATCH * 3 / 0.2  # no window paid for a slow call
+    cold = bench.throughput(slow_then_fast(2), steps=3, warmup=0, windows=3)
+    assert cold["windows"][0] < BATCH * 3 / 0.4 < cold["img_per_s"]  # only the first window
+
+
+def test_the_median_window_is_reported():
+    result = bench.throughput(slow_then_fast(3, slow=0.1), steps=3, warmup=0, windows=3)
+    assert result["img_per_s"] == statistics.median(result["windows"])
+    assert result["img_per_s"] > 5 * min(result["windows"])  # one slow window does not count
+
+
+def test_bad_counts_are_refused():
+    with pytest.raises(ValueError, match="steps >= 1"):
+        bench.throughput(lambda: 1, steps=0)
+
+
+@pytest.fixture
+def batch_sources(synthetic_faces):
+    faces = synthetic_faces
+    sha1s = bench.bench_images(faces, n_images=16)
+    return faces, {
+        "typical": bench.typical_batches(faces, SIZE, BATCH, num_workers=0, sha1s=sha1s),
+        "typical (1 worker)": bench.typical_batches(faces, SIZE, BATCH, num_workers=1,
+                                                    sha1s=sha1s),
+        "resident": bench.resident_batches(faces, SIZE, BATCH, sha1s=sha1s),
+    }
+
+
+def test_each_pipeline_yields_normalised_batches(batch_sources):
+    _, sources = batch_sources
+    for name, batches in sources.items():
+        for _ in range(5):  # 16 images at 4 a batch: crosses an epoch
+            images, ages = next(batches)
+            assert images.shape == (BATCH, 3, SIZE, SIZE), name
+            assert images.dtype == torch.float32 and ages.shape == (BATCH,), name
+            assert LOW - 0.05 <= images.min() and images.max() <= HIGH + 0.05, name
+            assert images.std() > 0.2, name  # normalised pictures, not zeros
+            assert ((ages >= 0) & (ages <= 120)).all(), name
+        batches.close()
+
+
+def test_training_and_data_throughput_with_the_switches(batch_sources):
+    _, sources = batch_sources
+    model = models.create_model(models.ModelConfig("resnet18"))
+    before = next(model.parameters()).detach().clone()
+    for switches in ({}, {"amp": True, "channels_last": True}):
+        result = bench.training_throughput(model, sources["resident"], steps=1, warmup=1,
+                                           windows=2, device="cpu", **switches)
+        assert result["img_per_s"] > 0 and len(result["windows"]) == 2
+        assert result["settings"]["amp"] == ("bfloat16" if switches else None)
+        assert result["settings"]["channels_last"] == bool(switches)
+        assert result["settings"]["fused"] is False and result["settings"]["compile"] is False
+    assert not torch.equal(before, next(model.parameters()).detach())  # it really trained
+    data = bench.data_throughput(sources["typical"], steps=2, warmup=1, windows=2)
+    assert data["img_per_s"] > 0 and len(data["windows"]) == 2
+
+
+def test_latency_still_works_and_takes_channels_last():
+    model = models.create_model(models.ModelConfig("resnet18"))
+    assert bench.latency(model, 1, SIZE, warmup=1, repeats=2) > 0
+    assert bench.latency(model, 2, SIZE, warmup=1, repeats=2, channels_last=True,
+                         dtype=torch.bfloat16) > 0
+
+
+def test_clear_errors(synthetic_faces):
+    with pytest.raises(ValueError, match="unknown pipeline"):
+        bench.run_bench(pipelines=["dali"], faces=synthetic_faces)
+    with pytest.raises(ValueError, match="smaller --batch-size"):
+        next(bench.resident_batches(synthetic_faces, SIZE, 64,
+                                    sha1s=bench.bench_images(synthetic_faces, 8)))
+
+
+def test_sdpa_switch_is_restored():
+    from timm.layers import use_fused_attn
+
+    before = use_fused_attn()
+    with bench.fused_attention(False):
+        assert not use_fused_attn()
+    assert use_fused_attn() == before
+    plain = bench.bench_model("hybrid_atto", SIZE, sdpa=False)
+    assert not plain.backbone.blocks[0].attn.fused_attn
+    assert use_fused_attn() == before
+
+
+def test_cli_json_has_device_versions_settings_and_both_pipelines(synthetic_faces, tmp_path,
+                                                                   capsys):
+    out = tmp_path / "bench" / "cpu.json"
+    code = cli.main(["bench", "--model", "resnet18", "--size", str(SIZE), "--batch-size",
+                     str(BATCH), "--steps", "1", "--warmup", "1", "--windows", "2",
+                     "--workers", "0", "--images", "16", "--latency-batch", "1",
+                     "--latency-batch", "4", "--latency-repeats", "2", "--source", "synthetic",
+                     "--device", "cpu", "--json", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)
+    assert result == json.loads(out.read_text())
+    assert result["device"]["type"] == "cpu" and result["device"]["name"]
+    assert {"torch", "timm", "fastai", "agelib"} <= set(result["versions"])
+    assert result["versions"]["torch"] == torch.__version__.split("+")[0]
+    assert result["settings"]["batch_size"] == BATCH and result["settings"]["compile"] is False
+    assert result["data"] == {"name": "synthetic", "real": False, "n_images": 16}
+    rows = {r["pipeline"]: r for r in result["results"]}
+    assert set(rows) == {"typical", "resident"}
+    for row in rows.values():
+        assert row["model"] == "resnet18" and row["size"] == SIZE
+        assert row["train_img_per_s"] > 0 and len(row["train_windows"]) == 2
+        assert row["data_img_per_s"] > 0 and row["setup_s"] >= 0
+    assert [(r["batch"], r["ms"] > 0) for r in result["latency"]] == [(1, True), (4, True)]
+    assert "/tmp" not in captured.out

@@ -1,0 +1,69 @@
+"""Running the course (agelib.course.run_chapters) and README's course-run table."""
+
+import json
+
+import nbformat
+import pytest
+
+from agelib import course
+
+
+@pytest.fixture
+def chapters(tmp_path, monkeypatch):
+    """A notebooks folder with two tiny chapters named like the first two real ones."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    for name, source in [("00_setup.ipynb", "import os\nprint('smoke' if os.environ['AGELIB_SMOKE'] == '1' else 'full')"),
+                         ("01_dataset_exploration.ipynb", "1 / 0")]:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, folder / name)
+    monkeypatch.setattr(course, "notebooks_dir", lambda: folder)
+    monkeypatch.setenv("AGELIB_RESULTS", str(tmp_path / "results"))
+    return folder
+
+
+def test_run_chapters_executes_in_place_times_and_records(chapters, tmp_path):
+    run = course.run_chapters(timeout=60)
+    assert [c["notebook"] for c in run["chapters"]] == ["00_setup.ipynb", "01_dataset_exploration.ipynb"]
+    first, second = run["chapters"]
+    assert first["ok"] and first["seconds"] > 0 and first["error"] is None
+    assert not second["ok"] and "ZeroDivisionError" in second["error"]
+    executed = nbformat.read(chapters / "00_setup.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0]["text"].strip() == "smoke"  # the mode it was asked for
+    saved = list((tmp_path / "results" / "course").glob("*-smoke.json"))
+    assert len(saved) == 1 and json.loads(saved[0].read_text())["chapters"] == run["chapters"]
+    assert course.load_course_runs() == [run]
+
+
+def test_run_chapters_picks_chapters_by_number_and_refuses_unknown_ones(chapters):
+    run = course.run_chapters(["00"], timeout=60, save=False)
+    assert [c["notebook"] for c in run["chapters"]] == ["00_setup.ipynb"]
+    with pytest.raises(ValueError, match="no chapter matches"):
+        course.run_chapters(["42"], save=False)
+
+
+def run_record(mode, seconds, device="cpu (x86_64)", date="2026-11-23T08:00:00"):
+    chapters = [{"notebook": f"0{i}_x.ipynb", "seconds": s, "ok": True, "error": None}
+                for i, s in enumerate(seconds)]
+    return {"mode": mode, "device": device, "date": date, "total_seconds": sum(seconds),
+            "chapters": chapters}
+
+
+def test_course_table_shows_the_latest_run_of_each_mode():
+    runs = [run_record("smoke", [10, 20]), run_record("smoke", [11, 21], date="2026-11-24T00:00:00"),
+            run_record("full", [60, 120], device="cuda (H100)")]
+    table = course.course_run_table(runs)
+    assert "full mode, cuda (H100), 2026-11-23" in table and "smoke mode, cpu" in table
+    assert "| 00_x.ipynb | 60 s | 11 s |" in table
+    assert "**3.0 min**" in table  # full total: 180 s
+    assert "2026-11-24" in table  # the later smoke run replaced the earlier one
+    assert "no course run" in course.course_run_table([])
+
+
+def test_readme_course_block_is_regenerated_between_its_markers():
+    text = f"intro\n{course.COURSE_START}\nold\n{course.COURSE_END}\nrest"
+    out = course.readme_with_course_runs(text, [run_record("smoke", [5])])
+    assert out.startswith("intro\n") and out.endswith("\nrest") and "old" not in out
+    with pytest.raises(ValueError, match="markers"):
+        course.readme_with_course_runs("no markers", [])

@@ -1,0 +1,194 @@
+"""Exported models (ONNX in onnxruntime, TorchScript in torch.jit) give the model's ages.
+
+ONNX exports take seconds each, so every export is made once per module and
+shared: resnet18 (regression), a 2-block ViT-Ti (classification), hybrid_atto
+(coral, uint8 input) and, through the CLI, resnet18 with a CORN head. TorchScript
+is checked for every head kind on resnet18.
+"""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import face_image
+
+from agelib import checkpoints, cli, export, models
+from agelib.data.loaders import BatchTransform
+
+SIZE = 32
+TOLERANCE = 1e-3  # years, float32
+
+
+VIT_SIZE = 64  # 4 x 4 patches of 16 px
+
+
+def random_images(batch: int, size: int = SIZE) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+
+
+def face_pixels(batch: int, size: int = SIZE) -> torch.Tensor:
+    """Face-like uint8 ``(B, 3, S, S)`` pixels: what a deployed model is fed."""
+    faces = np.stack([np.asarray(face_image(seed, size)) for seed in range(batch)])
+    return torch.from_numpy(faces).permute(0, 3, 1, 2).contiguous()
+
+
+def face_images(batch: int, size: int = SIZE) -> torch.Tensor:
+    """The same faces normalised as in evaluation (real-looking, not Gaussian noise)."""
+    return BatchTransform(size, train=False)(face_pixels(batch, size))
+
+
+def tiny(backbone: str, head: str = "regression", size: int = SIZE, **fields) -> models.AgeModel:
+    torch.manual_seed(0)
+    return models.create_model(models.ModelConfig(backbone, head=head, img_size=size, **fields))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Each ONNX export made once: name -> (model, path)."""
+    folder = tmp_path_factory.mktemp("export")
+    made = {}
+    resnet = tiny("resnet18")
+    made["resnet18"] = resnet, export.to_onnx(resnet, folder / "resnet18.onnx", SIZE)
+    vit = tiny("vit_tiny_patch16_224", "classification", VIT_SIZE, backbone_args={"depth": 2})
+    made["vit"] = vit, export.to_onnx(vit, folder / "vit.onnx", VIT_SIZE)
+    hybrid = tiny("hybrid_atto", "coral")
+    made["hybrid"] = hybrid, export.to_onnx(hybrid, folder / "hybrid.onnx", SIZE, input="uint8")
+    return made
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("name", ["resnet18", "vit"])
+def test_onnx_gives_the_models_ages_at_any_batch(exported, name, batch):
+    model, path = exported[name]
+    size = VIT_SIZE if name == "vit" else SIZE
+    images = [random_images(batch, size), face_images(batch, size)]
+    assert export.check_parity(model, path, images) < TOLERANCE
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_hybrid_onnx_takes_uint8_pixels(exported, batch):
+    model, path = exported["hybrid"]
+    assert export.check_parity(model, path, face_pixels(batch)) < TOLERANCE
+    ages = export.predict_exported(path, face_pixels(batch).numpy())
+    assert ages.shape == (batch,) and ages.dtype == np.float32
+
+
+def test_onnx_file_passes_the_checker_and_carries_its_preprocessing(exported):
+    _, path = exported["resnet18"]
+    onnx.checker.check_model(str(path), full_check=True)
+    proto = onnx.load(str(path))
+    assert proto.opset_import[0].version >= 17
+    assert [i.name for i in proto.graph.input] == ["images"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # batch is symbolic
+    assert not list(path.parent.glob("*.data"))  # one self-contained file
+    meta = export.read_metadata(path)
+    assert meta["image_size"] == str(SIZE) and meta["input"] == "float"
+    assert json.loads(meta["mean"]) == pytest.approx([0.485, 0.456, 0.406])
+    assert json.loads(meta["std"]) == pytest.approx([0.229, 0.224, 0.225])
+    assert meta["head"] == "regression" and meta["agelib_version"]
+    assert export.read_metadata(exported["hybrid"][1])["input"] == "uint8"
+    assert export.read_metadata(exported["vit"][1])["head"] == "classification"
+
+
+@pytest.mark.parametrize("head", models.HEADS)
+def test_torchscript_every_head(tmp_path, head):
+    model = tiny("resnet18", head)
+    path = export.to_torchscript(model, tmp_path / f"{head}.pt", SIZE)
+    assert export.check_parity(model, path, [face_images(1), face_images(5)]) < TOLERANCE
+    assert export.read_metadata(path)["head"] == head
+
+
+def test_torchscript_vit_and_hybrid(tmp_path):
+    vit = tiny("vit_tiny_patch16_224", size=VIT_SIZE, backbone_args={"depth": 2})
+    hybrid = tiny("hybrid_atto", "corn")
+    for name, model, size in (("vit", vit, VIT_SIZE), ("hybrid", hybrid, SIZE)):
+        path = export.to_torchscript(model, tmp_path / f"{name}.pt", size, input="uint8")
+        pixels = [face_pixels(1, size), face_pixels(5, size)]
+        assert export.check_parity(model, path, pixels) < TOLERANCE
+
+
+@pytest.mark.parametrize("decode", ["expected", "label"])
+def test_corn_rewrite_matches_to_age(decode):
+    """CORN's cumprod has no ONNX operator; the export's sum of logs must give the same ages."""
+    head = models.CornHead(8, num_classes=30, min_age=5, decode=decode)
+    logits = torch.randn(64, 29, generator=torch.Generator().manual_seed(1)) * 6
+    assert torch.allclose(export.decode_ages(head, logits), head.to_age(logits), atol=1e-4)
+
+
+def test_exporting_leaves_the_model_untouched():
+    model = tiny("resnet18").train()
+    export.AgeExport(model)
+    assert model.training
+
+
+def test_clear_errors(tmp_path):
+    model = tiny("resnet18")
+    with pytest.raises(ValueError, match="image side"):
+        export.to_torchscript(model, tmp_path / "m.pt", "64")
+    unknown = tmp_path / "m.bin"
+    unknown.write_text("x")
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        export.read_metadata(unknown)
+    with pytest.raises(ValueError, match="input must be"):
+        export.AgeExport(model, input="bytes")
+    with pytest.raises(ValueError, match="AgeModel"):
+        export.AgeExport(torch.nn.Linear(2, 2))
+    path = export.to_torchscript(model, tmp_path / "u.pt", SIZE, input="uint8")
+    with pytest.raises(ValueError, match="uint8"):
+        export.check_parity(model, path, random_images(1))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny untrained CORN checkpoint saved the way training saves one."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    checkpoints.save_checkpoint(tiny("resnet18", "corn"), path,
+                                train_config={"image_size": SIZE})
+    return path
+
+
+def test_cli_export_round_trip(checkpoint, tmp_path, capsys):
+    out = tmp_path / "tiny.onnx"
+    code = cli.main(["export", "--checkpoint", str(checkpoint), "--out", str(out),
+                     "--format", "onnx", "--check", "--json"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out)
+    assert report["format"] == "onnx" and report["head"] == "corn"
+    assert report["image_size"] == str(SIZE)
+    assert report["max_abs_diff_years"] < TOLERANCE
+    model, _ = checkpoints.load_checkpoint(checkpoint)
+    with torch.no_grad():
+        expected = model.head.to_age(model(face_images(3))).numpy()
+    assert np.abs(export.predict_exported(out, face_images(3)) - expected).max() < TOLERANCE
+    assert "/tmp" not in json.dumps({k: v for k, v in report.items() if k != "path"})
+
+
+def test_cli_export_torchscript_prints_a_summary(checkpoint, tmp_path, capsys):
+    code = cli.main(["export", "--checkpoint", str(checkpoint), "--out",
+                     str(tmp_path / "tiny.pt"), "--check"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "tiny.pt (torchscript)" in text and "max |age difference|" in text
+
+
+def test_cli_export_refuses_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    bogus = tmp_path / "notes.pt"
+    bogus.write_text("not a model")
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(2)}, plain)
+    for path, message in ((bogus, "not a readable checkpoint"),
+                          (plain, "not an agelib checkpoint")):
+        code = cli.main(["export", "--checkpoint", str(path), "--out",
+                         str(tmp_path / "x.onnx")])
+        assert code == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_checkpoint_without_a_size_asks_for_one(tmp_path):
+    path = checkpoints.save_checkpoint(models.create_model(models.ModelConfig("resnet18")),
+                                       tmp_path / "nosize.pt")
+    with pytest.raises(ValueError, match="--size"):
+        export.export_checkpoint(path, tmp_path / "x.onnx")

@@ -1,0 +1,337 @@
+"""From a photo to ages: opening odd files, finding and aligning faces, intervals, the demo's
+callback and widget, and ``python -m agelib predict``. CPU only, no network: MTCNN's weights
+ship in facenet-pytorch and the portraits in matplotlib and scikit-image."""
+
+import io
+import json
+import os
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import Runs, face_image, jpeg_bytes, odd_mode_image
+from PIL import Image
+
+from agelib import checkpoints, cli, demo, faces, models, predict
+
+
+# --------------------------------------------------------------------------- shared material
+@pytest.fixture(scope="module")
+def portraits():
+    return faces.shipped_portraits()
+
+
+@pytest.fixture(scope="module")
+def found(portraits):
+    """Faces of each shipped portrait (detected once for the module)."""
+    return {name: faces.detect_faces(path) for name, path in portraits.items()}
+
+
+def tiny(head: str, seed: int = 0) -> models.AgeModel:
+    torch.manual_seed(seed)
+    return models.create_model(models.ModelConfig("resnet18", head=head, img_size=32)).eval()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Tiny checkpoints and awkward photos on disk, for the CLI."""
+    base = tmp_path_factory.mktemp("predict")
+    for head in ("classification", "regression"):
+        checkpoints.save_checkpoint(tiny(head), base / f"{head}.pt",
+                                    train_config={"image_size": 32})
+    noise = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(base / "noise.png")
+    (base / "notes.jpg").write_text("this is not a picture\n")
+    return base
+
+
+@pytest.fixture(scope="module", autouse=True)
+def runs(files, portraits):
+    """The CLI runs start with the module's first test, so their imports overlap the others."""
+    env = {k: v for k, v in os.environ.items() if k not in ("AGELIB_DATA", "AGELIB_DEVICE")}
+    env["AGELIB_HOME"] = str(files / "home")
+    runs = Runs(env)
+    runs.start("json", "predict", "--checkpoint", files / "classification.pt", "--json",
+               portraits["grace_hopper"], files / "noise.png", files / "notes.jpg")
+    runs.start("text", "predict", "--checkpoint", files / "regression.pt", "--portraits")
+    yield runs
+    runs.stop()
+
+
+# --------------------------------------------------------------------------- detection
+def test_shipped_portraits_are_files_in_the_installed_packages(portraits):
+    assert set(portraits) == {"grace_hopper", "astronaut"}
+    assert all(path.is_file() for path in portraits.values())
+
+
+def test_one_face_per_portrait_with_a_plausible_box(found, portraits):
+    for name, got in found.items():
+        assert len(got) == 1, name
+        face = got[0]
+        width, height = Image.open(portraits[name]).size
+        x0, y0, x1, y1 = face.box
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+        assert 0.15 < (x1 - x0) / width < 0.6, name
+        assert face.probability > 0.95
+        (lx, ly), (rx, ry), _, (mlx, mly), _ = face.landmarks
+        assert x0 < lx < rx < x1 and max(ly, ry) < mly < y1  # eyes above the mouth, in the box
+        assert face.crop.size == (faces.CROP_SIZE, faces.CROP_SIZE) and face.crop.mode == "RGB"
+
+
+def test_alignment_puts_the_landmarks_on_the_utkface_template(found):
+    for name, got in found.items():
+        face = got[0]
+        to_photo = faces.alignment(face.landmarks)  # crop -> photo
+        points = np.c_[face.landmarks, np.ones(5)] @ np.linalg.inv(to_photo).T  # photo -> crop
+        on_crop = points[:, :2] / faces.CROP_SIZE
+        assert abs(on_crop[0, 1] - on_crop[1, 1]) < 0.01, name  # eyes level
+        assert np.abs(on_crop - faces.UTKFACE_LANDMARKS).max() < 0.05, name  # faces differ a bit
+    with pytest.raises(ValueError, match="degenerate"):
+        faces.alignment(np.zeros((5, 2)))
+
+
+def test_the_template_is_where_real_utkface_faces_are(real_folder):
+    images = sorted(real_folder.glob("*.jpg"))[:12]
+    assert np.abs(faces.landmark_template(images) - faces.UTKFACE_LANDMARKS).max() < 0.04
+
+
+def test_blank_noise_and_tiny_images_have_no_face():
+    noise = np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    for image in (Image.new("RGB", (256, 256), (128, 128, 128)), noise,
+                  Image.new("RGB", (8, 8), (200, 150, 120))):
+        assert faces.detect_faces(image) == []
+    message = faces.no_face_message("beach.jpg")
+    assert "no face found in beach.jpg" in message and "frontal" in message
+
+
+def test_min_prob_must_be_a_probability():
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        faces.detect_faces(Image.new("RGB", (64, 64)), min_prob=90)
+
+
+# --------------------------------------------------------------------------- awkward photos
+def test_unreadable_photos_say_why(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "notes.jpg").write_text("this is not a picture\n")
+    whole = jpeg_bytes(face_image(0, 64))
+    (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+    cases = [(tmp_path / "missing.jpg", "no file 'missing.jpg'"),
+             (tmp_path, "is a folder"),
+             (tmp_path / "empty.jpg", "empty"),
+             (tmp_path / "notes.jpg", "not a picture"),
+             (tmp_path / "cut.jpg", "damaged or incomplete"),
+             (b"", "empty"),
+             (b"GIF89a nonsense", "not a picture"),
+             (np.zeros((4, 4, 3), dtype=np.float32), "uint8")]
+    for source, why in cases:
+        with pytest.raises(faces.UnreadablePhoto, match=why):
+            faces.open_photo(source)
+    with pytest.raises(faces.UnreadablePhoto, match="cannot open a int"):
+        faces.open_photo(42)
+
+
+def test_any_pillow_mode_becomes_rgb(tmp_path):
+    rgb = face_image(3, 48)
+    for mode in ("L", "RGBA", "CMYK", "P", "I;16"):
+        suffix = "jpg" if mode in ("L", "CMYK") else "png"
+        path = tmp_path / f"face-{mode.replace(';', '')}.{suffix}"
+        odd_mode_image(rgb, mode).save(path)
+        photo = faces.open_photo(path)
+        assert photo.mode == "RGB" and photo.size == (48, 48), mode
+
+
+def test_exif_orientation_is_applied_before_detection(found, portraits, tmp_path):
+    upright = Image.open(portraits["grace_hopper"])
+    sideways = upright.rotate(90, expand=True)  # as a phone stores a portrait
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    path = tmp_path / "phone.jpg"
+    sideways.save(path, exif=exif, quality=95)
+    assert faces.open_photo(path).size == upright.size
+    (face,) = faces.detect_faces(path)
+    assert np.allclose(face.box, found["grace_hopper"][0].box, atol=8)
+
+
+def test_huge_photo_is_searched_smaller_and_boxes_map_back(portraits, found):
+    big = Image.new("RGB", (6000, 4000), (90, 120, 150))
+    big.paste(Image.open(portraits["grace_hopper"]).resize((1536, 1800)), (2000, 1000))
+    (face,) = faces.detect_faces(big)
+    expected = np.array(found["grace_hopper"][0].box) * 3 + [2000, 1000, 2000, 1000]
+    width = expected[2] - expected[0]
+    assert np.abs(np.array(face.box) - expected).max() < 0.08 * width
+    assert face.crop.size == (faces.CROP_SIZE, faces.CROP_SIZE)
+
+
+def test_decompression_bombs_are_refused(monkeypatch):
+    data = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(data, "PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(faces.UnreadablePhoto, match="more than the 1,000 pixels"):
+        faces.open_photo(data.getvalue())
+
+
+# --------------------------------------------------------------------------- intervals
+def test_classification_interval_is_the_central_quantiles():
+    probs = torch.zeros(2, 10)
+    probs[0, 2:7] = torch.tensor([0.1, 0.2, 0.4, 0.2, 0.1])
+    probs[1, 6] = 1.0  # certain: the interval is one age
+    head = models.ClassificationHead(8, num_classes=10, min_age=20)
+    dist = predict.age_distribution(head, torch.log(probs + 1e-12))
+    assert torch.allclose(dist, probs, atol=1e-6)
+    low, high = predict.central_interval(dist, level=0.8, min_age=20)
+    assert low.tolist() == [22, 26] and high.tolist() == [25, 26]
+    low, high = predict.central_interval(dist, level=0.5, min_age=20)
+    assert low.tolist() == [23, 26] and high.tolist() == [25, 26]
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        predict.central_interval(dist, level=1.0)
+
+
+@pytest.mark.parametrize("head_class", [models.CoralHead, models.CornHead])
+def test_ordinal_outputs_give_a_distribution_that_matches_to_age(head_class):
+    torch.manual_seed(0)
+    head = head_class(16, num_classes=30, min_age=5)
+    out = head(torch.randn(4, 16) * 3)
+    dist = predict.age_distribution(head, out)  # (4, 30)
+    assert dist.shape == (4, 30) and (dist >= 0).all()
+    assert torch.allclose(dist.sum(1), torch.ones(4), atol=1e-5)
+    mean = (dist * torch.arange(5, 35)).sum(1)
+    assert torch.allclose(mean, head.to_age(out), atol=1e-3)
+
+
+def test_ensemble_interval_is_mean_plus_minus_z_sd():
+    ages = np.array([[30.0, 10.0], [34.0, 10.0], [38.0, 10.0]])
+    mean, low, high = predict.ensemble_interval(ages, level=0.8)
+    assert mean.tolist() == [34.0, 10.0] and low[1] == high[1] == 10.0
+    assert np.isclose(high[0] - mean[0], 1.2816 * 4, atol=1e-3)
+    assert predict.ensemble_interval(np.array([[1.0], [9.0]]))[1][0] == 0.0  # never below 0
+    with pytest.raises(ValueError, match="at least 2"):
+        predict.ensemble_interval(ages[:1])
+
+
+def test_the_interval_kind_follows_the_models(found):
+    crops = [found["grace_hopper"][0].crop, found["astronaut"][0].crop]
+    as_estimator = lambda m: predict.AgeEstimator(m, 32)  # noqa: E731
+    cls, coral, reg1, reg2 = tiny("classification"), tiny("coral"), tiny("regression", 1), \
+        tiny("regression", 2)
+    cases = {"distribution": [cls], "ensemble": [reg1, reg2], "none": [reg1]}
+    cases["mixture"] = [cls, coral]  # same ages 0..116: their distributions are averaged
+    for name, members in cases.items():
+        ages, low, high, kind, dist = predict.estimate_ages(
+            predict.load_estimators([as_estimator(m) for m in members]), crops)
+        assert ages.shape == (2,) and np.isfinite(ages).all()
+        if name == "none":
+            assert kind == "none" and low is None and dist is None
+            assert "regression" in predict.INTERVAL_KINDS["none"]
+            continue
+        assert kind == ("ensemble" if name == "ensemble" else "distribution")
+        assert (low <= high).all()
+        if dist is not None:
+            assert dist.shape == (2, 117) and np.allclose(dist.sum(1), 1, atol=1e-5)
+            assert (low <= ages + 1).all() and (ages - 1 <= high).all()
+
+
+def test_estimates_have_names_and_need_crops(found):
+    est = predict.estimate_ages([predict.AgeEstimator(tiny("coral"), 32)],
+                                [found["astronaut"][0].crop])
+    assert est.interval_kind == "distribution" and est.distribution.shape == (1, 117)
+    assert est.low[0] <= est.high[0]
+    with pytest.raises(ValueError, match="no face crops"):
+        predict.estimate_ages([predict.AgeEstimator(tiny("coral"), 32)], [])
+
+
+def test_a_model_without_an_image_size_is_refused():
+    model = models.create_model(models.ModelConfig("resnet18", head="classification"))
+    with pytest.raises(ValueError, match="image size"):
+        predict.load_estimators(model)
+    with pytest.raises(ValueError, match="cannot predict with a dict"):
+        predict.load_estimators([{}])
+
+
+# --------------------------------------------------------------------------- the demo
+def test_annotate_returns_a_picture_and_a_table(portraits):
+    picture, table = demo.annotate(portraits["astronaut"], predict.AgeEstimator(tiny("coral"), 32))
+    assert isinstance(picture, Image.Image) and picture.size == (512, 512)
+    assert list(table.columns) == ["face", "x0", "y0", "x1", "y1", "probability", "age", "low",
+                                   "high", "interval"]
+    assert len(table) == 1 and table["interval"][0] == "distribution"
+    assert table["low"][0] <= table["high"][0]
+    plain = np.asarray(faces.open_photo(portraits["astronaut"]))
+    assert (np.asarray(picture) != plain).any()  # the box and label were drawn
+
+
+def test_annotate_with_no_face_gives_the_photo_and_an_empty_table():
+    noise = np.random.default_rng(2).integers(0, 256, (100, 140, 3), dtype=np.uint8)
+    picture, table = demo.annotate(noise, predict.AgeEstimator(tiny("regression"), 32))
+    assert picture.size == (140, 100) and table.empty and "age" in table.columns
+
+
+def test_widget_shows_a_portrait_a_missing_face_and_a_bad_file():
+    pytest.importorskip("ipywidgets")
+    panel = demo.age_widget(predict.AgeEstimator(tiny("classification"), 32))
+    (upload, choice), picture, message = panel.children[0].children, *panel.children[1:]
+    choice.value = "grace_hopper"
+    assert picture.value[:4] == b"\x89PNG" and "<table" in message.value
+    assert "grace_hopper: 1 face(s); 80% intervals" in message.value
+
+    def send(name: str, content: bytes) -> None:
+        upload.value = ({"name": name, "type": "image/png", "size": len(content),
+                         "content": memoryview(content), "last_modified": datetime.now()},)
+
+    noise = io.BytesIO()
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (80, 80, 3), dtype=np.uint8)
+                    ).save(noise, "PNG")
+    send("noise.png", noise.getvalue())
+    assert "no face found in noise.png" in message.value
+    send("notes.png", b"this is not a picture")
+    assert "Cannot use this file:</b> &#x27;notes.png&#x27; is not a picture" in message.value
+    assert picture.value == b""
+
+
+def test_draw_predictions_labels_each_face(found, portraits):
+    face = found["grace_hopper"][0]
+    p = predict.FacePrediction(face.box, face.probability, 34.4, 28.0, 41.0, "distribution")
+    assert p.label() == "age 34 (28-41)"
+    q = predict.FacePrediction(face.box, face.probability, 34.4, None, None, "none")
+    assert q.label() == "age 34"
+    drawn = predict.draw_predictions(portraits["grace_hopper"], [p])
+    assert drawn.size == (512, 600)
+    table = predict.predictions_table([p, q])
+    assert isinstance(table, pd.DataFrame) and table["face"].tolist() == [1, 2]
+
+
+# --------------------------------------------------------------------------- the CLI
+def test_cli_predict_json_reports_faces_and_problems(runs):
+    result = runs["json"]
+    assert result.returncode == 1, result.stderr  # one file could not be read
+    grace, noise, notes = json.loads(result.stdout)
+    assert grace["image"].endswith("grace_hopper.jpg") and len(grace["faces"]) == 1
+    face = grace["faces"][0]
+    assert set(face) == {"box", "probability", "age", "low", "high", "interval_kind", "level"}
+    assert len(face["box"]) == 4 and face["interval_kind"] == "distribution"
+    assert face["low"] <= face["high"] and face["level"] == 0.8
+    assert noise["faces"] == [] and "error" in notes
+    assert "no face found in noise.png" in result.stderr
+    assert "'notes.jpg' is not a picture" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_predict_on_the_shipped_portraits(runs):
+    result = runs["text"]
+    assert result.returncode == 0, result.stderr
+    assert "grace_hopper.jpg: 1 face(s)" in result.stdout
+    assert "astronaut.png: 1 face(s)" in result.stdout
+    assert result.stdout.count("  face 1: box (") == 2
+    assert "no interval: a single regression model" in result.stdout
+
+
+def test_cli_predict_refuses_a_bad_level(files, portraits, capsys):
+    code = cli.main(["predict", "--checkpoint", str(files / "classification.pt"), "--level",
+                     "80", str(portraits["astronaut"])])
+    assert code == 2 and "between 0 and 1" in capsys.readouterr().err
+
+
+def test_cli_predict_needs_a_photo(files, capsys):
+    code = cli.main(["predict", "--checkpoint", str(files / "classification.pt")])
+    assert code == 2 and "--portraits" in capsys.readouterr().err
