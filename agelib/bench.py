@@ -34,6 +34,7 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -413,3 +414,70 @@ def _latencies(model, name, size, batches, warmup, repeats, device, used, compil
         rows.append({"model": name, "size": size, "batch": batch, "ms": 1000 * seconds})
         log(f"{name} {size}px latency at batch {batch}: {1000 * seconds:.2f} ms")
     return rows
+
+
+# --------------------------------------------------------------------------- bench records
+BENCH_START, BENCH_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def save_bench(result: dict, folder: Path | None = None) -> Path:
+    """Write a :func:`run_bench` result to ``results/bench/<date>-<device>-<mode>.json``."""
+    import datetime as dt
+    import json
+
+    from . import records
+
+    folder = Path(folder) if folder else records.results_dir() / "bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+    result = {**result, "date": result.get("date") or now.isoformat(timespec="seconds")}
+    path = folder / f"{now:%Y%m%d-%H%M%S}-{result['device']['type']}-{result['mode']}.json"
+    path.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return path
+
+
+def load_bench_runs(folder: Path | None = None) -> list[dict]:
+    """Every saved bench result, oldest first."""
+    import json
+
+    from . import records
+
+    folder = Path(folder) if folder else records.results_dir() / "bench"
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def speed_table(result: dict) -> "pd.DataFrame":
+    """One row per (model, size, pipeline): data-alone and training img/s, and the speed-up
+    of each pipeline over the typical one in the same run."""
+    import pandas as pd
+
+    rows = pd.DataFrame(result["results"])
+    cols = ["model", "size", "pipeline", "data_img_per_s", "train_img_per_s"]
+    rows = rows[[c for c in cols if c in rows]]
+    typical = rows[rows["pipeline"] == "typical"].set_index(["model", "size"])["train_img_per_s"]
+    rows["speedup"] = [r.train_img_per_s / typical.get((r.model, r.size), float("nan"))
+                              for r in rows.itertuples()]
+    return rows
+
+
+def readme_bench_table(runs: list[dict]) -> str:
+    """README's table: the latest bench of each device and mode, from the saved results."""
+    latest = {(f"{r['device']['type']} ({r['device']['name']})", r["mode"]): r for r in runs}
+    if not latest:
+        return "_no bench recorded yet (`python -m agelib bench --out results/bench/NAME.json`)_"
+    lines = ["| device | mode | model | px | batch | pipeline | data only, img/s | training, img/s "
+             "| vs typical | date |", "|---|---|---|---:|---:|---|---:|---:|---:|---|"]
+    for (device, mode), run in latest.items():
+        for r in speed_table(run).itertuples():
+            data = f"{r.data_img_per_s:,.0f}" if r.data_img_per_s == r.data_img_per_s else ""
+            lines.append(f"| {device} | {mode} | {r.model} | {r.size} | "
+                         f"{run['settings']['batch_size']} | {r.pipeline} | {data} | "
+                         f"{r.train_img_per_s:,.0f} | {r.speedup:.2f}× | {str(run.get('date', ''))[:10]} |")
+    return "\n".join(lines)
+
+
+def readme_with_bench(text: str, runs: list[dict]) -> str:
+    """README text with the bench block between its markers regenerated."""
+    from . import records
+
+    return records.replace_block(text, BENCH_START, BENCH_END, readme_bench_table(runs))

@@ -282,15 +282,17 @@ def _print_faces(name: str, found: list, level: float) -> None:
 
 
 def cmd_report(args) -> int:
-    from . import records
+    from . import bench, records
 
     if args.write_readme:
         readme = settings.repo_root() / "README.md"
         text = records.readme_with_results(readme.read_text(encoding="utf-8"),
                                            records.load_records(args.results))
-        runs = course.load_course_runs(Path(args.results) / "course" if args.results else None)
-        readme.write_text(course.readme_with_course_runs(text, runs), encoding="utf-8")
-        print("README.md results and course-run tables updated from the records")
+        folder = Path(args.results) if args.results else records.results_dir()
+        text = course.readme_with_course_runs(text, course.load_course_runs(folder / "course"))
+        text = bench.readme_with_bench(text, bench.load_bench_runs(folder / "bench"))
+        readme.write_text(text, encoding="utf-8")
+        print("README.md results, course-run and bench tables updated from the records")
         return 0
     table = records.report_table(records.load_records(args.results), tag=args.tag)
     if args.mode:

@@ -205,8 +205,6 @@ def course_run_table(runs: list[dict]) -> str:
 
 def readme_with_course_runs(text: str, runs: list[dict]) -> str:
     """README text with the course-run block between its markers regenerated."""
-    if COURSE_START not in text or COURSE_END not in text:
-        raise ValueError(f"README.md needs the markers {COURSE_START} and {COURSE_END}")
-    head, rest = text.split(COURSE_START, 1)
-    _, tail = rest.split(COURSE_END, 1)
-    return f"{head}{COURSE_START}\n{course_run_table(runs)}\n{COURSE_END}{tail}"
+    from . import records
+
+    return records.replace_block(text, COURSE_START, COURSE_END, course_run_table(runs))

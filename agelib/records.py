@@ -202,8 +202,22 @@ def readme_results(table: pd.DataFrame) -> str:
 
 def readme_with_results(text: str, table: pd.DataFrame) -> str:
     """README text with the results block between its markers regenerated."""
-    if RESULTS_START not in text or RESULTS_END not in text:
-        raise ValueError(f"README.md needs the markers {RESULTS_START} and {RESULTS_END}")
-    head, rest = text.split(RESULTS_START, 1)
-    _, tail = rest.split(RESULTS_END, 1)
-    return f"{head}{RESULTS_START}\n{readme_results(table)}\n{RESULTS_END}{tail}"
+    return replace_block(text, RESULTS_START, RESULTS_END, readme_results(table))
+
+
+def replace_block(text: str, start: str, end: str, body: str) -> str:
+    """``text`` with what stands between the markers ``start`` and ``end`` replaced by ``body``.
+
+    README's generated tables live between such markers, so regenerating one
+    never touches the prose around it.
+
+    >>> print(replace_block("a <!--s-->old<!--e--> b", "<!--s-->", "<!--e-->", "new"))
+    a <!--s-->
+    new
+    <!--e--> b
+    """
+    if start not in text or end not in text:
+        raise ValueError(f"README.md needs the markers {start} and {end}")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"

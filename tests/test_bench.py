@@ -142,3 +142,34 @@ def test_cli_json_has_device_versions_settings_and_both_pipelines(synthetic_face
         assert row["data_img_per_s"] > 0 and row["setup_s"] >= 0
     assert [(r["batch"], r["ms"] > 0) for r in result["latency"]] == [(1, True), (4, True)]
     assert "/tmp" not in captured.out
+
+
+# --------------------------------------------------------------------------- saved benches, README
+def bench_result(device="NVIDIA H100", mode="full", typical=1000.0, resident=3500.0, date="2026-11-23"):
+    """A run_bench result with two pipelines, as saved by bench.save_bench."""
+    rows = [{"model": "resnet18", "size": 128, "pipeline": p, "data_img_per_s": v * 2,
+             "train_img_per_s": v} for p, v in [("typical", typical), ("resident", resident)]]
+    return {"device": {"type": "cuda", "name": device}, "mode": mode, "date": date,
+            "settings": {"batch_size": 256}, "results": rows, "latency": []}
+
+
+def test_speed_table_compares_each_pipeline_with_the_typical_one():
+    table = bench.speed_table(bench_result())
+    assert list(table["pipeline"]) == ["typical", "resident"]
+    assert table["speedup"].tolist() == pytest.approx([1.0, 3.5])
+
+
+def test_saved_benches_load_back_and_make_the_readme_table(tmp_path):
+    first = bench.save_bench(bench_result(resident=2000.0, date="2026-11-22"), tmp_path)
+    assert first.parent == tmp_path and first.name.endswith("-cuda-full.json")
+    time.sleep(1.1)  # file names carry the second
+    bench.save_bench(bench_result(), tmp_path)
+    runs = bench.load_bench_runs(tmp_path)
+    assert len(runs) == 2
+    table = bench.readme_bench_table(runs)
+    assert "| cuda (NVIDIA H100) | full | resnet18 | 128 | 256 | resident | 7,000 | 3,500 | 3.50× | 2026-11-23 |" in table
+    assert "2026-11-22" not in table  # the later run of the same device and mode replaced it
+    assert len(table.splitlines()) == 2 + 2  # header, rule, two pipelines
+    assert "no bench recorded" in bench.readme_bench_table([])
+    text = f"a\n{bench.BENCH_START}\nold\n{bench.BENCH_END}\nb"
+    assert bench.readme_with_bench(text, runs) == f"a\n{bench.BENCH_START}\n{table}\n{bench.BENCH_END}\nb"

@@ -179,3 +179,11 @@ def test_readme_course_run_table_matches_the_course_records():
     assert course.readme_with_course_runs(text, runs) == text, (
         "README's course-run table differs from the records: run "
         "`python -m agelib report --write-readme`")
+
+
+def test_readme_bench_table_matches_the_saved_benches():
+    from agelib import bench
+
+    text, results = committed_readme()
+    assert bench.readme_with_bench(text, bench.load_bench_runs(results / "bench")) == text, (
+        "README's bench table differs from results/bench: run `python -m agelib report --write-readme`")
