@@ -181,9 +181,14 @@ def to_markdown(report: pd.DataFrame) -> str:
         std = f" ± {r.test_mae_std:.2f}" if r.runs > 1 and not np.isnan(r.test_mae_std) else ""
         lines.append(f"| {r.data} | {r.mode} | {r.backbone} | {r.head} | {r.loss} | "
                      f"{'yes' if r.pretrained else 'no'} | {r.image_size} | {r.epochs} | {r.runs} | "
-                     f"{r.test_mae:.2f}{std} | {r.test_cs5:.3f} | {r.valid_mae:.2f} | "
+                     f"{r.test_mae:.2f}{std} | {r.test_cs5:.3f} | {_or_dash(r.valid_mae)} | "
                      f"{r.device} | {str(r.date)[:10]} |")
     return "\n".join(lines)
+
+
+def _or_dash(value: float) -> str:
+    """A number for a table, or a dash where there is none (a model not trained here)."""
+    return "–" if value is None or value != value else f"{value:.2f}"
 
 
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
