@@ -224,12 +224,14 @@ class TrainResult:
 
 def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | None = None,
                     checkpoint: str | Path | None = None, save_record: bool = True,
-                    device=None, verbose: bool = True, init=None, cbs: list | None = None
-                    ) -> TrainResult:
+                    device=None, verbose: bool = True, init=None, cbs: list | None = None,
+                    cache: bool = False) -> TrainResult:
     """Train, select on validation, test once, save a checkpoint and a run record.
 
     ``init(model)`` runs on the fresh model before training (e.g. initialising a
     hybrid from trained parts); ``cbs`` are extra fastai callbacks (e.g. distillation).
+    ``cache=True`` keeps the model where :func:`load_or_train` looks, so a later
+    chapter asking for the same settings reuses it instead of training again.
     """
     mode = mode or settings.run_mode()
     epochs = config.epochs = config.epochs or mode.epochs  # resolved, so records say what ran
@@ -238,6 +240,8 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
     device = torch.device(device) if device is not None else settings.get_device()  # "cpu" too
     settings.seed_everything(config.seed)
     faces = faces if faces is not None else data_.load_faces(verbose=verbose)
+    if cache and checkpoint is None:
+        checkpoint = cached_checkpoint(config, faces, mode)
     split = faces.split(config.split_seed)
     # the smoke subsets follow the split seed, so every training seed sees the same faces;
     # shuffling and augmentation follow the training seed
@@ -311,11 +315,13 @@ def _resolved(config: TrainConfig, mode: settings.RunMode) -> TrainConfig:
 
 def cached_checkpoint(config: TrainConfig, faces, mode: settings.RunMode) -> Path:
     """Where :func:`load_or_train` keeps the model of this config, mode and data."""
-    key = json.dumps({"config": _resolved(config, mode).to_dict(), "mode": mode.name,
-                      "data": faces.fingerprint}, sort_keys=True, default=str)
+    settings_ = {k: v for k, v in _resolved(config, mode).to_dict().items()
+                 if k not in ("tag", "variant")}  # labels, not settings: chapters share models
+    key = json.dumps({"config": settings_, "mode": mode.name, "data": faces.fingerprint},
+                     sort_keys=True, default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     m = config.model
-    name = f"{config.tag or 'run'}-{m.backbone}-{m.head}-{config.loss}-{mode.name}-{digest}.pt"
+    name = f"{m.backbone}-{m.head}-{config.loss}-{mode.name}-{digest}.pt"
     return settings.data_home() / "checkpoints" / name
 
 

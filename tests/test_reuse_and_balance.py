@@ -47,8 +47,18 @@ def test_load_or_train_trains_anew_when_any_setting_changes(synthetic_faces, res
     assert a == training.cached_checkpoint(config(tag="t"), synthetic_faces, MODE)
     assert a != training.cached_checkpoint(config(tag="t", lr=2e-3), synthetic_faces, MODE)
     assert a != training.cached_checkpoint(config(tag="t", seed=1), synthetic_faces, MODE)
+    # tags and variants only label runs: chapters with the same settings share one model
+    assert a == training.cached_checkpoint(config(tag="other", variant="v"), synthetic_faces, MODE)
     full = settings.RunMode("full", 32, None, None, None, 1, 16)
     assert a != training.cached_checkpoint(config(tag="t"), synthetic_faces, full)
+
+
+def test_a_trained_run_can_be_kept_for_load_or_train(synthetic_faces, results):
+    run = training.train_age_model(config(tag="ch02"), synthetic_faces, mode=MODE, device="cpu",
+                                   verbose=False, cache=True)
+    assert run.checkpoint == training.cached_checkpoint(config(), synthetic_faces, MODE)
+    reused = training.load_or_train(config(tag="ch09"), synthetic_faces, mode=MODE, device="cpu")
+    assert reused.learn is None and reused.record["tag"] == "ch02"  # trained once, by ch02
 
 
 def test_a_broken_cached_checkpoint_is_retrained_with_a_warning(synthetic_faces, results):
