@@ -27,10 +27,17 @@ def labelled(faces) -> pd.DataFrame:
 
 
 def run_label(record) -> str:
-    """A short name for a run in tables and legends: its variant, else tag and model."""
+    """A short name for a run in tables and legends: tag, model, and what the run changed.
+
+    >>> run_label({"tag": "ch10", "backbone": "resnet18", "variant": "balanced sampling"})
+    'ch10 resnet18 (balanced sampling)'
+    >>> run_label({"tag": "ch02", "backbone": "resnet18", "head": "regression", "loss": "l1"})
+    'ch02 resnet18 · regression · l1'
+    """
     variant = record.get("variant") or ""
-    model = f"{record['backbone']} · {record['head']} · {record['loss']}"
-    return f"{record.get('tag', '')} {variant or model}".strip()
+    model = (f"{record['backbone']} ({variant})" if variant else
+             f"{record['backbone']} · {record['head']} · {record['loss']}")
+    return f"{record.get('tag', '')} {model}".strip()
 
 
 def model_predictions(table: pd.DataFrame, faces, mode: str | None = None,

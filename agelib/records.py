@@ -179,7 +179,8 @@ def to_markdown(report: pd.DataFrame) -> str:
              "CS@5 | valid MAE | device | date |", "|" + "---|" * 14]
     for r in report.itertuples():
         std = f" ± {r.test_mae_std:.2f}" if r.runs > 1 and not np.isnan(r.test_mae_std) else ""
-        lines.append(f"| {r.data} | {r.mode} | {r.backbone} | {r.head} | {r.loss} | "
+        model = f"{r.backbone} ({r.variant})" if r.variant else r.backbone  # what the run changed
+        lines.append(f"| {r.data} | {r.mode} | {model} | {r.head} | {r.loss} | "
                      f"{'yes' if r.pretrained else 'no'} | {r.image_size} | {r.epochs} | {r.runs} | "
                      f"{r.test_mae:.2f}{std} | {r.test_cs5:.3f} | {_or_dash(r.valid_mae)} | "
                      f"{r.device} | {str(r.date)[:10]} |")

@@ -29,8 +29,8 @@ def test_predictions_join_the_labels_of_each_test_face(synthetic_faces, results)
     test = loaders.split_tables(synthetic_faces.samples, synthetic_faces.split(0), MODE).test
     fake_run(synthetic_faces, test, test["age"] + 3.0, variant="plus three")
     found = analysis.model_predictions(records.load_records(), synthetic_faces, "smoke")
-    assert list(found) == ["t plus three"]
-    p = found["t plus three"]
+    assert list(found) == ["t m (plus three)"]
+    p = found["t m (plus three)"]
     assert len(p) == len(test)
     assert set(p["gender"]) <= {"male", "female", "unknown"}
     assert set(p["race"]) <= {"White", "Black", "Asian", "Indian", "Others", "unknown"}
@@ -48,7 +48,7 @@ def test_runs_on_other_data_other_modes_or_without_predictions_are_left_out(synt
                          "head": "regression", "loss": "l1", "mode": "smoke",
                          "data_fingerprint": synthetic_faces.fingerprint, "date": "2025"})
     found = analysis.model_predictions(records.load_records(), synthetic_faces, "smoke")
-    assert list(found) == ["t kept"]
+    assert list(found) == ["t m (kept)"]
     assert analysis.model_predictions(pd.DataFrame(), synthetic_faces) == {}
 
 
@@ -59,15 +59,15 @@ def test_group_tables_and_summary_agree_with_the_metrics(synthetic_faces, result
     fake_run(synthetic_faces, test, test["age"] * 0.5 + 15, variant="b")
     preds = analysis.model_predictions(records.load_records(), synthetic_faces, "smoke")
     by_race = analysis.group_table(preds, "race")
-    assert list(by_race.columns)[0] == "faces" and set(by_race.columns[1:]) == {"t a", "t b"}
+    assert list(by_race.columns)[0] == "faces" and set(by_race.columns[1:]) == {"t m (a)", "t m (b)"}
     assert by_race["faces"].sum() == len(test)
-    p = preds["t a"]
+    p = preds["t m (a)"]
     white = p[p["race"] == "White"]
     if len(white):
-        assert by_race.loc["White", "t a"] == pytest.approx(metrics.mae(white["pred"], white["age"]))
+        assert by_race.loc["White", "t m (a)"] == pytest.approx(metrics.mae(white["pred"], white["age"]))
     s = analysis.summary(preds)
-    assert s.loc["t a", "MAE"] == pytest.approx(metrics.mae(p["pred"], p["age"]))
-    assert s.loc["t b", "slope"] == pytest.approx(0.5, abs=0.01)  # hedges towards the middle
+    assert s.loc["t m (a)", "MAE"] == pytest.approx(metrics.mae(p["pred"], p["age"]))
+    assert s.loc["t m (b)", "slope"] == pytest.approx(0.5, abs=0.01)  # hedges towards the middle
     assert s["MAE"].is_monotonic_increasing
 
 

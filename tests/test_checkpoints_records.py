@@ -216,6 +216,8 @@ def test_to_markdown_shows_one_line_per_setting_with_mean_and_std():
     assert cells[9] == "7.00 ± 1.41" and cells[10] == "0.400" and cells[11] == "7.50"
     vit = next(line for line in lines if "vit_small" in line)
     assert "| yes |" in vit and "| 4.00 |" in vit and "±" not in vit  # one run: no spread
+    variant = records.to_markdown(records.report_table(pd.DataFrame([record(0, 6.0, variant="no flips")])))
+    assert "| resnet18 (no flips) |" in variant  # a run's variant names what it changed
     assert records.to_markdown(records.report_table(pd.DataFrame(columns=records.COLUMNS))) == \
         "_no run records yet_"
 
