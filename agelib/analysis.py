@@ -125,3 +125,19 @@ def label_conflicts(faces) -> pd.DataFrame:
         return pd.DataFrame(columns=["sha1", "ages", "age_spread"])
     groups = utkface.duplicate_groups(faces.files)
     return groups[groups["age_conflict"]].reset_index(drop=True)
+
+
+def old_age_table(predictions: dict[str, pd.DataFrame], from_age: int = 60) -> pd.DataFrame:
+    """Per model: MAE on all faces and on faces aged ``from_age`` or more, and the slope.
+
+    The three numbers a remedy for old ages has to move: the old faces' error
+    down, the slope towards 1, and (its price) the overall error not much up.
+    """
+    rows = []
+    for name, p in predictions.items():
+        old = p[p["age"] >= from_age]
+        rows.append({"run": name, "faces": len(p), "MAE, all": metrics.mae(p["pred"], p["age"]),
+                     f"MAE, {from_age}+": metrics.mae(old["pred"], old["age"]) if len(old) else np.nan,
+                     f"faces {from_age}+": len(old),
+                     "slope": regression_to_mean(p["pred"], p["age"])[0]})
+    return pd.DataFrame(rows).set_index("run")

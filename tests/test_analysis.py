@@ -123,3 +123,14 @@ def test_the_baseline_is_recorded_like_any_run(synthetic_faces, results):
     preds = records.load_predictions(table.iloc[0])
     assert len(preds) == 8 and preds["pred"].between(0, 80).all()
     assert record["test_mae"] == pytest.approx(metrics.mae(preds["pred"], preds["age"]), abs=0.01)
+
+
+def test_old_age_table_splits_the_error_at_sixty():
+    p = pd.DataFrame({"age": [20.0, 40.0, 70.0, 80.0], "pred": [22.0, 40.0, 60.0, 60.0]})
+    t = analysis.old_age_table({"m": p})
+    assert t.loc["m", "MAE, all"] == pytest.approx(8.0)
+    assert t.loc["m", "MAE, 60+"] == pytest.approx(15.0)
+    assert t.loc["m", "faces 60+"] == 2 and t.loc["m", "faces"] == 4
+    assert t.loc["m", "slope"] < 1  # the old are pulled towards the middle
+    young = analysis.old_age_table({"m": p[p["age"] < 60]})
+    assert np.isnan(young.loc["m", "MAE, 60+"])
