@@ -9,6 +9,7 @@ import os
 import tempfile
 
 os.environ.setdefault("AGELIB_SMOKE", "1")  # tests and notebooks run tiny
+os.environ.pop("AGELIB_EPOCHS", None)  # ... at the smoke preset's length, whatever the shell says
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the network for model weights
 os.environ.setdefault("MPLBACKEND", "Agg")
 # run records go to a scratch folder, never to the committed results/

@@ -84,3 +84,26 @@ def evaluate_dlib(faces, test: pd.DataFrame, mode, tag: str = "baseline",
     if save:
         records.save_record(record, predictions=records.predictions_table(test["sha1"], true, pred))
     return record
+
+
+def recorded_dlib(test: pd.DataFrame, mode, folder=None) -> dict | None:
+    """The latest recorded dlib run on exactly these test faces, or None.
+
+    The model is fixed and deterministic, so a machine without the package (the
+    GPU image, say) can show the run measured elsewhere instead of redoing it;
+    a record counts only if its per-face predictions cover the same faces.
+    """
+    table = records.load_records(folder)
+    if table.empty or "backbone" not in table:
+        return None
+    mine = table[(table["backbone"] == BACKBONE) & (table["mode"] == mode.name)
+                 & (table["n_test"] == len(test))].sort_values("date", ascending=False)
+    wanted = set(test["sha1"].astype(str).str[:records.SHA1_CHARS])
+    for _, row in mine.iterrows():
+        try:
+            faces = set(records.load_predictions(row, folder)["sha1"])
+        except FileNotFoundError:
+            continue
+        if faces == wanted:
+            return {k: v for k, v in row.items() if not (isinstance(v, float) and v != v)}
+    return None

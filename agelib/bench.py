@@ -416,8 +416,43 @@ def _latencies(model, name, size, batches, warmup, repeats, device, used, compil
     return rows
 
 
+def run_latency(models: list[str] = ("hybrid_paper",), size: int = 224,
+                batches: list[int] = (1, 64), device=None, warmup: int = 3, repeats: int = 20,
+                amp: bool | None = None, compile: bool | str = False,
+                log: Callable[[str], None] | None = None) -> dict:
+    """Parameters and inference latency per model and batch: the paper's size-and-speed table.
+
+    No data is needed (random images of ``size`` pixels). ``amp`` (default: on
+    for CUDA) runs in bf16/fp16 as a deployed model would; ``compile`` such as
+    ``"reduce-overhead"`` adds CUDA graphs, which matter most at batch 1, where
+    launching hundreds of small kernels costs more than computing them.
+    """
+    from . import models as models_
+
+    device = torch.device(device) if device is not None else settings.get_device()
+    use_amp = amp if amp is not None else device.type == "cuda"
+    dtype = amp_dtype(device) if use_amp else None
+    log = log or (lambda line: None)
+    out = {**environment(device), "kind": "latency", "mode": settings.run_mode().name,
+           "settings": {"size": size, "warmup": warmup, "latency_repeats": repeats,
+                        "amp": str(dtype).removeprefix("torch.") if dtype else None,
+                        "compile": compile},
+           "results": [], "latency": []}
+    for name in models:
+        model = bench_model(name, size).eval()
+        params = models_.count_parameters(model)
+        run = torch.compile(model, mode=None if compile is True else compile) if compile else model
+        for batch in batches:
+            ms = 1000 * latency(run, batch, size, device, max(warmup, 1), repeats, dtype)
+            out["latency"].append({"model": name, "size": size, "batch": batch, "ms": ms,
+                                   "params": params})
+            log(f"{name} {size}px batch {batch}: {ms:.2f} ms ({params / 1e6:.2f}M parameters)")
+    return out
+
+
 # --------------------------------------------------------------------------- bench records
 BENCH_START, BENCH_END = "<!-- bench:start -->", "<!-- bench:end -->"
+LATENCY_START, LATENCY_END = "<!-- latency:start -->", "<!-- latency:end -->"
 
 
 def save_bench(result: dict, folder: Path | None = None) -> Path:
@@ -462,9 +497,9 @@ def speed_table(result: dict) -> "pd.DataFrame":
 
 def readme_bench_table(runs: list[dict]) -> str:
     """README's table: the latest bench of each device and mode, from the saved results."""
-    latest = {(f"{r['device']['type']} ({r['device']['name']})", r["mode"]): r for r in runs}
+    latest = {(_device(r), r["mode"]): r for r in runs if r.get("results")}
     if not latest:
-        return "_no bench recorded yet (`python -m agelib bench --out results/bench/NAME.json`)_"
+        return "_no bench recorded yet (`python -m agelib bench --save`)_"
     lines = ["| device | mode | model | px | batch | pipeline | data only, img/s | training, img/s "
              "| vs typical | date |", "|---|---|---|---:|---:|---|---:|---:|---:|---|"]
     for (device, mode), run in latest.items():
@@ -481,3 +516,37 @@ def readme_with_bench(text: str, runs: list[dict]) -> str:
     from . import records
 
     return records.replace_block(text, BENCH_START, BENCH_END, readme_bench_table(runs))
+
+
+def _device(run: dict) -> str:
+    return f"{run['device']['type']} ({run['device']['name']})"
+
+
+def readme_latency_table(runs: list[dict]) -> str:
+    """README's size-and-speed table: the latest full-mode latency run of each device and
+    precision, one row per model, parameters and milliseconds per batch size."""
+    latest = {(_device(r), r["settings"].get("amp"), r["settings"].get("compile")): r
+              for r in runs if r.get("kind") == "latency" and r["mode"] == "full"}
+    if not latest:
+        return "_no latency run recorded yet (`python -m agelib bench --latency-only --save`)_"
+    batches = sorted({row["batch"] for r in latest.values() for row in r["latency"]})
+    lines = ["| device | precision | model | params (M) | px | "
+             + " | ".join(f"batch {b}, ms" for b in batches) + " | date |",
+             "|---|---|---|---:|---:|" + "---:|" * len(batches) + "---|"]
+    for (device, amp, compile), run in latest.items():
+        precision = (amp or "float32") + (f", compiled ({compile})" if compile else "")
+        by_model: dict[tuple, dict] = {}
+        for row in run["latency"]:
+            by_model.setdefault((row["model"], row["size"], row["params"]), {})[row["batch"]] = row["ms"]
+        for (model, size, params), ms in by_model.items():
+            cells = " | ".join(f"{ms[b]:.1f}" if b in ms else "" for b in batches)
+            lines.append(f"| {device} | {precision} | {model} | {params / 1e6:.2f} | {size} | "
+                         f"{cells} | {str(run.get('date', ''))[:10]} |")
+    return "\n".join(lines)
+
+
+def readme_with_latency(text: str, runs: list[dict]) -> str:
+    """README text with the latency block between its markers regenerated."""
+    from . import records
+
+    return records.replace_block(text, LATENCY_START, LATENCY_END, readme_latency_table(runs))

@@ -14,6 +14,7 @@ Commands:
 * ``models``: the registered model configurations and their parameter counts;
 * ``export``: a checkpoint as an ONNX or TorchScript file that outputs ages (``--check``);
 * ``bench``: training img/s and inference latency, typical vs GPU-resident data (``--json``);
+  ``--latency-only``: parameters and latency of the course's models (the paper's table);
 * ``links``: show or rewrite the Colab links and install cells from ``settings.REPOSITORY``.
 """
 
@@ -95,13 +96,14 @@ def cmd_download(args) -> int:
 
 
 def cmd_pack(args) -> int:
-    from .data import cache, sources
+    from .data import sources
 
     faces = sources.load_faces(args.source)
-    images = faces.images(args.size)
+    if faces.files is None:
+        raise ValueError("this data is a pack already: pack the original folder instead "
+                         "(--source /path/to/UTKFace)")
     out = Path(args.out or settings.data_home() / "packs" / f"{faces.name}-{args.size}px.tar")
-    cache.write_pack(faces.samples, images, out, quality=args.quality, name=faces.name,
-                     real=faces.real)
+    sources.write_faces_pack(faces, args.size, out, quality=args.quality)
     print(f"wrote {out.name}: {len(faces.samples)} images at {args.size} px, "
           f"{out.stat().st_size / 2**20:.1f} MiB")
     return 0
@@ -148,6 +150,15 @@ def cmd_bench(args) -> int:
 
     mode = settings.run_mode()
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    if args.latency_only:
+        result = bench.run_latency(
+            models=args.model or ["resnet18", "convnext_tiny", "vit_tiny", "hybrid_paper",
+                                  "hybrid_project"],
+            size=(args.size or [224])[0], batches=args.latency_batch or [1, 64],
+            device=args.device, warmup=pick(args.warmup, 1, 3),
+            repeats=pick(args.latency_repeats, 3, 20), amp=args.amp,
+            compile=args.compile or False, log=log)
+        return _write_bench(result, args)
     faces = data.load_faces(args.source, verbose=not args.json)
     result = bench.run_bench(
         models=args.model or ["resnet18"], sizes=args.size or [mode.image_size],
@@ -160,6 +171,16 @@ def cmd_bench(args) -> int:
         latency_batches=args.latency_batch or [1, 64],
         latency_repeats=pick(args.latency_repeats, 3, 20),
         faces=faces, n_images=pick(args.images, 64, None), device=args.device, log=log)
+    return _write_bench(result, args)
+
+
+def _write_bench(result: dict, args) -> int:
+    from . import bench
+
+    if args.save:
+        saved = bench.save_bench(result)
+        print(f"saved {saved.name} in the results folder's bench/",
+              file=sys.stderr if args.json else sys.stdout)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -184,12 +205,16 @@ def cmd_train(args) -> int:
 
     extra = dict(_key_value(a) for a in args.backbone_arg or [])
     fields = {"head": args.head, "pretrained": args.pretrained,
-              "backbone_args": extra or None}
+              "backbone_args": extra or None, "drop_path_rate": args.drop_path}
     model = (models.named_config(args.model, **fields) if args.model in models.REGISTRY
              else models.ModelConfig(backbone=args.model, **fields))
     config = training.TrainConfig(model=model, loss=args.loss, epochs=args.epochs, lr=args.lr,
                                   batch_size=args.batch_size, image_size=args.image_size,
-                                  schedule=args.schedule, seed=args.seed, tag=args.tag,
+                                  schedule=args.schedule, warmup=args.warmup,
+                                  weight_decay=args.weight_decay, seed=args.seed, tag=args.tag,
+                                  variant=args.variant, augment_scale=tuple(args.augment_scale),
+                                  flip=not args.no_flip, rotate=args.rotate, jitter=args.jitter,
+                                  grayscale=args.grayscale,
                                   balance=args.balance, distill_from=args.distill_from,
                                   distill_alpha=args.distill_alpha, compile=args.compile,
                                   init_from={k: v for k, v in (("cnn", args.init_cnn),
@@ -290,9 +315,10 @@ def cmd_report(args) -> int:
                                            records.load_records(args.results))
         folder = Path(args.results) if args.results else records.results_dir()
         text = course.readme_with_course_runs(text, course.load_course_runs(folder / "course"))
-        text = bench.readme_with_bench(text, bench.load_bench_runs(folder / "bench"))
+        runs = bench.load_bench_runs(folder / "bench")
+        text = bench.readme_with_latency(bench.readme_with_bench(text, runs), runs)
         readme.write_text(text, encoding="utf-8")
-        print("README.md results, course-run and bench tables updated from the records")
+        print("README.md results, course-run, bench and latency tables updated from the records")
         return 0
     table = records.report_table(records.load_records(args.results), tag=args.tag)
     if args.mode:
@@ -303,7 +329,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_course(args) -> int:
-    run = course.run_chapters(args.only, full=args.full, timeout=args.timeout)
+    run = course.run_chapters(args.only, full=args.full, timeout=args.timeout, epochs=args.epochs)
     failed = [c["notebook"] for c in run["chapters"] if not c["ok"]]
     print(f"{len(run['chapters'])} chapters in {run['total_seconds'] / 60:.1f} min "
           f"({run['mode']} mode, {run['device']})" + (f"; FAILED: {failed}" if failed else ""))
@@ -335,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pack", help="write the dataset as one small .tar of WebP images")
     p.add_argument("--source", default=None, help="folder or 'synthetic' (default: AGELIB_DATA)")
     p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
-    p.add_argument("--quality", type=int, default=90, help="WebP quality (default 90)")
+    p.add_argument("--quality", type=int, default=80,
+                   help="WebP quality (default 80: UTKFace at 128 px in about 38 MiB)")
     p.add_argument("--out", help="output file (default: data/packs/NAME-SIZEpx.tar)")
     p.set_defaults(func=cmd_pack)
 
@@ -352,8 +379,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="default: the run mode's")
     p.add_argument("--image-size", type=int, help="default: the run mode's")
     p.add_argument("--schedule", default="one_cycle", help="one_cycle|warmup_cosine|constant")
+    p.add_argument("--warmup", type=float, default=0.1,
+                   help="warmup_cosine: share of the steps spent warming up (default 0.1)")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW's (default 0.05)")
+    p.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate")
+    p.add_argument("--augment-scale", type=float, nargs=2, default=(0.8, 1.0), metavar=("LO", "HI"),
+                   help="random crop side as a share of the image (default 0.8 1.0)")
+    p.add_argument("--no-flip", action="store_true", help="no horizontal flips")
+    p.add_argument("--rotate", type=float, default=0.0, help="random rotation, up to this many degrees")
+    p.add_argument("--jitter", type=float, default=0.0,
+                   help="brightness and contrast scaled by 1 +- this (e.g. 0.2)")
+    p.add_argument("--grayscale", type=float, default=0.0, help="share of faces shown in grey")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="cli", help="label for reports")
+    p.add_argument("--variant", default="", help="what this run changes, for tables")
     p.add_argument("--balance", type=float, default=0.0,
                    help="draw training faces by age band: 0 as they come, 1 every band equally")
     p.add_argument("--init-cnn", metavar="CKPT", help="hybrids: start the ConvNeXt from a trained one")
@@ -395,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="full mode (default: smoke)")
     p.add_argument("--only", nargs="+", metavar="NN", help="chapters whose file starts so, e.g. 02 07")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="default training length (AGELIB_EPOCHS): scale the course to your GPU")
     p.set_defaults(func=cmd_course)
 
     p = sub.add_parser("models", help="registered model configurations and their sizes")
@@ -434,13 +475,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile; a MODE such as reduce-overhead uses CUDA graphs")
     p.add_argument("--no-sdpa", action="store_true", help="timm attention without SDPA")
     p.add_argument("--no-data-only", action="store_true", help="skip the data-alone timing")
+    p.add_argument("--latency-only", action="store_true",
+                   help="only parameters and inference latency, no data (default models: "
+                        "resnet18, convnext_tiny, vit_tiny and both hybrids at 224 px)")
     p.add_argument("--latency-batch", type=int, action="append",
                    help="inference batch sizes (default 1 and 64)")
     p.add_argument("--latency-repeats", type=int, help="timed forward passes (default 20)")
     p.add_argument("--source", help="data: folder, pack or 'synthetic' (default AGELIB_DATA)")
     p.add_argument("--device", help="cuda, cpu or mps (default: the best available)")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
-    p.add_argument("--out", help="also write the JSON here, e.g. results/bench/h100.json")
+    p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--save", action="store_true",
+                   help="keep it in results/bench/, where README's speed tables are made from")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("links", help="Colab links from settings.REPOSITORY")

@@ -127,14 +127,16 @@ finally:
 
 
 def run_chapters(files: list[str] | None = None, full: bool = False, timeout: int = 1800,
-                 save: bool = True) -> dict:
+                 save: bool = True, epochs: int | None = None) -> dict:
     """Execute chapters in order, in place, timing each; write a course-run record.
 
     Each chapter runs in a fresh kernel (``nbclient``, as nbval does) with
-    ``AGELIB_SMOKE`` set for the mode, so its outputs are those of a real run of
-    the mode it states. The record (``results/course/<date>-<mode>.json``)
-    holds the wall time of every chapter, the device and the date: README's
-    "course run" table is made from it.
+    ``AGELIB_SMOKE`` set for the mode (and ``AGELIB_EPOCHS`` when ``epochs`` is
+    given), so its outputs are those of a real run of the mode it states. The
+    record (``results/course/<date>-<mode>.json``) holds the wall time of every
+    chapter, the device and the date, and is rewritten after each chapter, so a
+    run cut short (a time limit, a crash) still keeps what it measured.
+    README's "course run" table is made from these records.
     """
     import datetime as dt
     import os
@@ -152,25 +154,29 @@ def run_chapters(files: list[str] | None = None, full: bool = False, timeout: in
             raise ValueError(f"no chapter matches {unknown}; chapters: {wanted}")
         wanted = [w for w in wanted if any(w.startswith(f) for f in files)]
     env = {**os.environ, "AGELIB_SMOKE": "0" if full else "1"}
+    if epochs is not None:
+        env["AGELIB_EPOCHS"] = str(epochs)
     env.pop("MPLBACKEND", None)  # "Agg" would keep every figure out of the saved outputs
-    rows = []
+    mode = settings.SMOKE if not full else settings.FULL
+    now = dt.datetime.now(dt.timezone.utc)
+    run = {"mode": mode.name, "epochs": int(env.get("AGELIB_EPOCHS") or mode.epochs),
+           "device": records.device_name(settings.get_device()),
+           "date": now.isoformat(timespec="seconds"), "code": records.code_version(),
+           "total_seconds": 0.0, "chapters": []}
+    path = records.results_dir() / "course" / f"{now:%Y%m%d-%H%M%S}-{mode.name}.json"
     for name in wanted:
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", _EXECUTE, name, str(timeout)], cwd=folder,
                               env=env, capture_output=True, text=True)
         seconds = round(time.perf_counter() - start, 1)
-        rows.append({"notebook": name, "seconds": seconds, "ok": done.returncode == 0,
-                     "error": None if done.returncode == 0 else done.stderr.strip()[-600:]})
+        run["chapters"].append({"notebook": name, "seconds": seconds, "ok": done.returncode == 0,
+                                "error": None if done.returncode == 0 else done.stderr.strip()[-600:]})
+        run["total_seconds"] = round(sum(c["seconds"] for c in run["chapters"]), 1)
         print(f"{name:<34} {seconds:7.1f} s  {'ok' if done.returncode == 0 else 'FAILED'}",
               flush=True)
-    now = dt.datetime.now(dt.timezone.utc)
-    run = {"mode": "full" if full else "smoke", "device": records.device_name(settings.get_device()),
-           "date": now.isoformat(timespec="seconds"), "code": records.code_version(),
-           "total_seconds": round(sum(r["seconds"] for r in rows), 1), "chapters": rows}
-    if save:
-        out = records.results_dir() / "course"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{now:%Y%m%d-%H%M%S}-{run['mode']}.json").write_text(json.dumps(run, indent=2))
+        if save:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(run, indent=2))
     return run
 
 
@@ -182,24 +188,53 @@ def load_course_runs(folder: Path | None = None) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
+def latest_times(runs: list[dict], mode: str) -> dict | None:
+    """Each chapter's latest time in ``mode`` on the device of the latest run of that mode.
+
+    A full run on one GPU may be split over several calls (one lease's commands
+    are limited to minutes each), each writing its own record: this stitches
+    them back into one course, chapter by chapter, and never mixes devices.
+    """
+    runs = [r for r in runs if r["mode"] == mode]
+    if not runs:
+        return None
+    device = runs[-1]["device"]
+    chapters: dict[str, dict] = {}
+    for run in runs:  # oldest first: a later time of a chapter replaces an earlier one
+        if run["device"] != device:
+            continue
+        for c in run["chapters"]:
+            chapters[c["notebook"]] = {**c, "date": run["date"][:10], "epochs": run.get("epochs")}
+    dates = sorted({c["date"] for c in chapters.values()})
+    return {"mode": mode, "device": device, "chapters": list(chapters.values()),
+            "dates": dates, "epochs": sorted({c["epochs"] for c in chapters.values()
+                                              if c["epochs"] is not None}),
+            "total_seconds": sum(c["seconds"] for c in chapters.values())}
+
+
 def course_run_table(runs: list[dict]) -> str:
-    """README's table of the latest run of each mode: wall time per chapter, from the records."""
-    latest = {r["mode"]: r for r in runs}  # later runs replace earlier ones of the same mode
+    """README's table: per chapter, its latest wall time in each mode, from the records."""
+    latest = {m: t for m in ("full", "smoke") if (t := latest_times(runs, m))}
     if not latest:
         return "_no course run recorded yet (`python -m agelib course`)_"
-    modes = [m for m in ("full", "smoke") if m in latest]
-    head = "| chapter | " + " | ".join(
-        f"{m} mode, {latest[m]['device']}, {latest[m]['date'][:10]}" for m in modes) + " |"
-    lines = [head, "|---|" + "---:|" * len(modes)]
-    names = list(dict.fromkeys(c["notebook"] for m in modes for c in latest[m]["chapters"]))
+
+    def header(t: dict) -> str:
+        epochs = "/".join(map(str, t["epochs"]))
+        plural = "" if epochs == "1" else "s"
+        return (f"{t['mode']} mode{f' ({epochs} epoch{plural})' if epochs else ''}, {t['device']}, "
+                + " to ".join(dict.fromkeys([t["dates"][0], t["dates"][-1]])))
+
+    lines = ["| chapter | " + " | ".join(header(t) for t in latest.values()) + " |",
+             "|---|" + "---:|" * len(latest)]
+    names = sorted({c["notebook"] for t in latest.values() for c in t["chapters"]})
     for name in names:
         cells = []
-        for m in modes:
-            row = next((c for c in latest[m]["chapters"] if c["notebook"] == name), None)
+        for t in latest.values():
+            row = next((c for c in t["chapters"] if c["notebook"] == name), None)
             cells.append("" if row is None else f"{row['seconds']:.0f} s" + ("" if row["ok"] else " (failed)"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("| **total** | " + " | ".join(f"**{latest[m]['total_seconds'] / 60:.1f} min**"
-                                                for m in modes) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{t['total_seconds'] / 60:.1f} min**"
+                                                for t in latest.values()) + " |")
     return "\n".join(lines)
 
 

@@ -14,6 +14,10 @@ command line all behave the same way without editing code:
     ``1`` runs everything tiny (small subsets, small images, one short epoch) so
     each notebook finishes in well under a minute on a 2-core CPU; anything else,
     or unset, is the full course.
+``AGELIB_EPOCHS``
+    The default training length of the mode, in epochs: one knob that scales the
+    whole course to the GPU you have (chapters that train for longer or shorter
+    ask for multiples of it). Records always say how many epochs ran.
 """
 
 from __future__ import annotations
@@ -86,6 +90,10 @@ def run_mode(**overrides) -> RunMode:
     32
     """
     mode = SMOKE if smoke_mode() else FULL
+    if epochs := os.environ.get("AGELIB_EPOCHS", "").strip():
+        if not epochs.isdigit() or int(epochs) < 1:
+            raise ValueError(f"AGELIB_EPOCHS={epochs!r}: give a whole number of epochs, 1 or more")
+        mode = replace(mode, epochs=int(epochs))
     unknown = set(overrides) - set(RunMode.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown RunMode field(s) {sorted(unknown)}; "

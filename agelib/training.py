@@ -54,6 +54,8 @@ class TrainConfig:
     augment_scale: tuple[float, float] = (0.8, 1.0)  # random crop side range
     flip: bool = True
     grayscale: float = 0.0  # share of training images shown in grey
+    rotate: float = 0.0  # random rotation of training images, up to this many degrees either way
+    jitter: float = 0.0  # brightness and contrast scaled by a random factor in 1 +- jitter
     patience: int | None = None  # stop after this many epochs without a better valid MAE
     balance: float = 0.0  # draw training faces by age band: 0 as they come, 1 every band equally
     channels_last: bool = True  # NHWC memory layout for convolutions on CUDA (ignored on CPU)
@@ -248,7 +250,8 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
     dls = data_.face_dataloaders(faces, split, mode=mode, size=size, batch_size=batch_size,
                                  seed=config.seed, subset_seed=config.split_seed, device=device,
                                  balance=config.balance, scale=config.augment_scale,
-                                 flip=config.flip, grayscale=config.grayscale)
+                                 flip=config.flip, grayscale=config.grayscale,
+                                 rotate=config.rotate, jitter=config.jitter)
     config.model.img_size = size  # ViTs and hybrids are built for the run's image size
     model = models.create_model(config.model)
     config.model = model.config  # pretrained may have been switched off in smoke mode
@@ -317,7 +320,8 @@ def cached_checkpoint(config: TrainConfig, faces, mode: settings.RunMode) -> Pat
     """Where :func:`load_or_train` keeps the model of this config, mode and data."""
     settings_ = {k: v for k, v in _resolved(config, mode).to_dict().items()
                  if k not in ("tag", "variant")}  # labels, not settings: chapters share models
-    key = json.dumps({"config": settings_, "mode": mode.name, "data": faces.fingerprint},
+    key = json.dumps({"config": settings_, "mode": mode.name, "data": faces.fingerprint,
+                      "source": faces.name},  # the same faces as a pack are other pixels
                      sort_keys=True, default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     m = config.model

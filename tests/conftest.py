@@ -68,6 +68,18 @@ BAD = {
 }
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped, with the reason, where no CUDA device is present."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (`bash .ci/gpu test` on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def face_image(seed: int, size: int = 48) -> Image.Image:
     """A small, distinct, face-like RGB drawing (never a real photo)."""
     rng = np.random.default_rng(seed)

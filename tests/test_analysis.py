@@ -1,5 +1,7 @@
 """Error and fairness analysis (agelib.analysis) and the off-the-shelf baseline (agelib.baselines)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -123,6 +125,20 @@ def test_the_baseline_is_recorded_like_any_run(synthetic_faces, results):
     preds = records.load_predictions(table.iloc[0])
     assert len(preds) == 8 and preds["pred"].between(0, 80).all()
     assert record["test_mae"] == pytest.approx(metrics.mae(preds["pred"], preds["age"]), abs=0.01)
+
+
+def test_a_recorded_baseline_is_found_only_for_the_same_test_faces(synthetic_faces, results):
+    test = loaders.split_tables(synthetic_faces.samples, synthetic_faces.split(0), MODE).test
+    assert baselines.recorded_dlib(test, MODE) is None  # nothing recorded yet
+    fake_run(synthetic_faces, test.head(6), test.head(6)["age"] + 1.0, backbone=baselines.BACKBONE,
+             n_test=6, date="2026-01-01T00:00:00")
+    fake_run(synthetic_faces, test.head(6), test.head(6)["age"] + 2.0, backbone=baselines.BACKBONE,
+             n_test=6, date="2026-01-02T00:00:00")
+    found = baselines.recorded_dlib(test.head(6), MODE)
+    assert found is not None and found["date"] == "2026-01-02T00:00:00"  # the latest one
+    other = test.iloc[6:12]  # as many faces, but other ones: not this split's baseline
+    assert baselines.recorded_dlib(other, MODE) is None
+    assert baselines.recorded_dlib(test.head(6), replace(MODE, name="full")) is None
 
 
 def test_old_age_table_splits_the_error_at_sixty():

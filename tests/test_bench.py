@@ -173,3 +173,41 @@ def test_saved_benches_load_back_and_make_the_readme_table(tmp_path):
     assert "no bench recorded" in bench.readme_bench_table([])
     text = f"a\n{bench.BENCH_START}\nold\n{bench.BENCH_END}\nb"
     assert bench.readme_with_bench(text, runs) == f"a\n{bench.BENCH_START}\n{table}\n{bench.BENCH_END}\nb"
+
+
+# --------------------------------------------------------------------------- the latency table
+def test_latency_only_cli_counts_parameters_and_times_each_batch(tmp_path, capsys):
+    out = tmp_path / "latency.json"
+    code = cli.main(["bench", "--latency-only", "--model", "resnet18", "--model", "hybrid_atto",
+                     "--size", "32", "--latency-batch", "1", "--latency-batch", "2",
+                     "--latency-repeats", "2", "--warmup", "1", "--device", "cpu", "--json",
+                     "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)
+    assert result["kind"] == "latency" and result["settings"]["amp"] is None  # fp32 on a CPU
+    rows = {(r["model"], r["batch"]): r for r in result["latency"]}
+    assert set(rows) == {("resnet18", 1), ("resnet18", 2), ("hybrid_atto", 1), ("hybrid_atto", 2)}
+    from agelib import models
+    expected = models.count_parameters(models.create_model(models.named_config("resnet18", img_size=32)))
+    assert rows[("resnet18", 1)]["params"] == expected
+    assert all(r["ms"] > 0 and r["size"] == 32 for r in rows.values())
+
+
+def latency_result(device="NVIDIA H100", mode="full", amp="bfloat16", date="2026-11-24"):
+    rows = [{"model": m, "size": 224, "batch": b, "ms": ms, "params": p}
+            for m, p, b, ms in [("resnet18", 11.2e6, 1, 1.0), ("resnet18", 11.2e6, 64, 4.0),
+                                ("hybrid_paper", 33.0e6, 1, 2.9), ("hybrid_paper", 33.0e6, 64, 30.0)]]
+    return {"kind": "latency", "device": {"type": "cuda", "name": device}, "mode": mode,
+            "date": date, "settings": {"amp": amp, "compile": False}, "results": [], "latency": rows}
+
+
+def test_readme_latency_table_shows_full_mode_latency_runs_only():
+    runs = [bench_result(), latency_result(mode="smoke"), latency_result(date="2026-11-23"),
+            latency_result()]
+    table = bench.readme_latency_table(runs)
+    assert "| cuda (NVIDIA H100) | bfloat16 | hybrid_paper | 33.00 | 224 | 2.9 | 30.0 | 2026-11-24 |" in table
+    assert "2026-11-23" not in table and len(table.splitlines()) == 2 + 2  # the latest, two models
+    assert "no latency run" in bench.readme_latency_table([bench_result(), latency_result(mode="smoke")])
+    # a latency run never replaces the training-speed table of its device
+    assert "3,500" in bench.readme_bench_table(runs)

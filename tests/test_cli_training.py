@@ -58,7 +58,11 @@ def runs(work):
     runs.start("bad_head", "train", "--head", "ordinal", "--epochs", "1")
     runs.start("hybrid", "train", "--model", "hybrid_atto", "--backbone-arg", "bridge=project",
                "--head", "coral", "--loss", "coral", "--epochs", "1", "--image-size", "32",
-               "--batch-size", "16", "--tag", "cli-hybrid", "--out", work["base"] / "out" / "hybrid.pt")
+               "--batch-size", "16", "--tag", "cli-hybrid", "--variant", "strong augmentation",
+               "--augment-scale", "0.6", "1.0", "--rotate", "10", "--jitter", "0.2",
+               "--grayscale", "0.1", "--no-flip", "--drop-path", "0.1", "--schedule",
+               "warmup_cosine", "--warmup", "0.2", "--weight-decay", "0.1",
+               "--out", work["base"] / "out" / "hybrid.pt")
     yield runs
     runs.stop()
 
@@ -159,3 +163,9 @@ def test_train_builds_a_registered_hybrid_with_backbone_settings(runs, work):
     assert model.config.backbone_args == {"bridge": "project"}
     assert model.backbone.config.bridge == "project" and model.backbone.token_grid == (1, 1)
     assert payload["record"]["backbone"] == "hybrid_atto"
+    r = payload["record"]
+    assert r["variant"] == "strong augmentation" and r["schedule"] == "warmup_cosine"
+    c = r["config"]  # every training setting the flags name reaches the run and its record
+    assert (list(c["augment_scale"]), c["rotate"], c["jitter"], c["grayscale"], c["flip"]) == (
+        [0.6, 1.0], 10.0, 0.2, 0.1, False)
+    assert (c["warmup"], c["weight_decay"], c["model"]["drop_path_rate"]) == (0.2, 0.1, 0.1)

@@ -13,7 +13,8 @@ def chapters(tmp_path, monkeypatch):
     """A notebooks folder with two tiny chapters named like the first two real ones."""
     folder = tmp_path / "notebooks"
     folder.mkdir()
-    for name, source in [("00_setup.ipynb", "import os\nprint('smoke' if os.environ['AGELIB_SMOKE'] == '1' else 'full')"),
+    for name, source in [("00_setup.ipynb", "import os\nprint('smoke' if os.environ['AGELIB_SMOKE'] == '1' else 'full', "
+                                           "os.environ.get('AGELIB_EPOCHS'))"),
                          ("01_dataset_exploration.ipynb", "1 / 0")]:
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -30,10 +31,17 @@ def test_run_chapters_executes_in_place_times_and_records(chapters, tmp_path):
     assert first["ok"] and first["seconds"] > 0 and first["error"] is None
     assert not second["ok"] and "ZeroDivisionError" in second["error"]
     executed = nbformat.read(chapters / "00_setup.ipynb", as_version=4)
-    assert executed.cells[0].outputs[0]["text"].strip() == "smoke"  # the mode it was asked for
+    assert executed.cells[0].outputs[0]["text"].strip() == "smoke None"  # the mode it was asked for
     saved = list((tmp_path / "results" / "course").glob("*-smoke.json"))
     assert len(saved) == 1 and json.loads(saved[0].read_text())["chapters"] == run["chapters"]
     assert course.load_course_runs() == [run]
+
+
+def test_run_chapters_passes_the_epoch_knob_and_records_it(chapters, tmp_path):
+    run = course.run_chapters(["00"], timeout=60, epochs=3)
+    executed = nbformat.read(chapters / "00_setup.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0]["text"].strip() == "smoke 3"
+    assert run["epochs"] == 3 and course.load_course_runs()[0]["epochs"] == 3
 
 
 def test_run_chapters_picks_chapters_by_number_and_refuses_unknown_ones(chapters):
@@ -59,6 +67,21 @@ def test_course_table_shows_the_latest_run_of_each_mode():
     assert "**3.0 min**" in table  # full total: 180 s
     assert "2026-11-24" in table  # the later smoke run replaced the earlier one
     assert "no course run" in course.course_run_table([])
+
+
+def test_course_table_stitches_a_run_split_over_calls_on_one_device():
+    gpu = "cuda (NVIDIA H100)"
+    first = run_record("full", [30, 40], device=gpu, date="2026-11-24T10:00:00")
+    second = {**run_record("full", [], device=gpu, date="2026-11-24T10:12:00"),
+              "chapters": [{"notebook": "01_x.ipynb", "seconds": 50, "ok": True, "error": None},
+                           {"notebook": "02_x.ipynb", "seconds": 70, "ok": True, "error": None}]}
+    cpu = run_record("full", [999, 999, 999], date="2026-11-23T10:00:00")  # another device: never mixed in
+    table = course.course_run_table([cpu, first, second])
+    assert "| 00_x.ipynb | 30 s |" in table and "| 01_x.ipynb | 50 s |" in table  # the later 01 wins
+    assert "| 02_x.ipynb | 70 s |" in table and "999" not in table
+    assert "**2.5 min**" in table  # 30 + 50 + 70 s
+    stitched = course.latest_times([cpu, first, second], "full")
+    assert stitched["device"] == gpu and stitched["dates"] == ["2026-11-24"]
 
 
 def test_readme_course_block_is_regenerated_between_its_markers():

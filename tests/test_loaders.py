@@ -122,6 +122,30 @@ def test_train_flip_with_full_scale_equals_torch_flip(monkeypatch, draw, flipped
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
+def test_rotation_turns_the_face_and_stays_reproducible():
+    x = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    x[:, :, 14:18, :] = 255  # a horizontal bar
+    turned = BatchTransform(32, train=True, scale=(1, 1), flip=False, rotate=30)
+    a = turned(x, torch.Generator().manual_seed(0))
+    b = turned(x, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    plain = BatchTransform(32, train=False)(x)
+    assert not torch.allclose(a, plain, atol=1e-3)  # the bar is no longer level
+    # no rotation asked: the random stream, and so the batch, is what it always was
+    same = BatchTransform(32, train=True, rotate=0)(x, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(same, BatchTransform(32, train=True)(x, torch.Generator().manual_seed(3)))
+
+
+def test_jitter_scales_brightness_and_contrast_within_bounds():
+    x = batch(64)
+    t = BatchTransform(32, train=True, scale=(1, 1), flip=False, jitter=0.3)
+    out = denormalize(t(x, torch.Generator().manual_seed(0)))
+    plain = denormalize(BatchTransform(32, train=False)(x))
+    assert out.min() >= 0 and out.max() <= 1
+    ratio = out.mean(dim=(1, 2, 3)) / plain.mean(dim=(1, 2, 3))  # brightness * (mean kept by contrast)
+    assert ratio.min() > 0.65 and ratio.max() < 1.35 and ratio.std() > 0.05
+
+
 def test_train_crop_zooms_in():
     x = batch(4)
     plain = BatchTransform(32, train=False)(x)

@@ -131,14 +131,6 @@ def test_resident_images_stay_put_on_the_cpu(synthetic_faces):
     assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_resident_images_move_to_the_gpu_once(synthetic_faces):
-    dls = data.face_dataloaders(synthetic_faces, mode=MODE, size=32, device="cuda")
-    assert dls.train.dataset.images.is_cuda
-    x, _ = dls.train.one_batch()
-    assert x.is_cuda
-
-
 # --------------------------------------------------------------------------- the hybrid's levers
 def test_three_stage_recipe_and_distillation_run_from_the_config(synthetic_faces, results):
     from dataclasses import replace

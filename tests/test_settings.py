@@ -43,6 +43,23 @@ def test_run_mode_rejects_unknown_fields_and_lists_the_valid_ones(monkeypatch):
         assert name in message
 
 
+def test_agelib_epochs_scales_the_default_length_of_either_mode(monkeypatch):
+    monkeypatch.setenv("AGELIB_EPOCHS", "7")
+    monkeypatch.delenv("AGELIB_SMOKE", raising=False)
+    assert settings.run_mode().epochs == 7
+    assert settings.run_mode(epochs=3).epochs == 3  # a chapter's explicit choice still wins
+    monkeypatch.setenv("AGELIB_SMOKE", "1")
+    assert (settings.run_mode().name, settings.run_mode().epochs) == ("smoke", 7)
+    assert settings.FULL.epochs == 20  # the preset itself is untouched
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "ten", "2.5"])
+def test_agelib_epochs_rejects_what_is_not_a_count(monkeypatch, value):
+    monkeypatch.setenv("AGELIB_EPOCHS", value)
+    with pytest.raises(ValueError, match="AGELIB_EPOCHS"):
+        settings.run_mode()
+
+
 def test_run_mode_describes_itself():
     assert settings.SMOKE.describe().startswith("SMOKE mode: 256/64/64")
     assert settings.FULL.describe().startswith("FULL mode: whole splits at 128 px")

@@ -57,16 +57,20 @@ class FaceDataset(torch.utils.data.Dataset):
 class BatchTransform(nn.Module):
     """uint8 ``(B, 3, H, W)`` -> normalised float ``(B, 3, size, size)``, augmented when training.
 
-    Training: a random crop of ``scale`` of the side (with a small shift) and a
-    horizontal flip, done for the whole batch at once with one affine resampling.
-    Evaluation: a plain resize. Faces are aligned, so crops stay mild.
+    Training: a random crop of ``scale`` of the side (with a small shift), a
+    horizontal flip and, when asked, a rotation of up to ``rotate`` degrees, done for
+    the whole batch at once with one affine resampling; then brightness and
+    contrast scaled by up to ``jitter`` (0.2: factors 0.8 to 1.2) and a share
+    ``grayscale`` of the faces turned grey. Evaluation: a plain resize. Faces are
+    aligned, so all of it stays mild.
     """
 
     def __init__(self, size: int, train: bool, scale: tuple[float, float] = (0.8, 1.0),
-                 flip: bool = True, grayscale: float = 0.0, mean=IMAGENET_MEAN,
-                 std=IMAGENET_STD):
+                 flip: bool = True, grayscale: float = 0.0, rotate: float = 0.0,
+                 jitter: float = 0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         super().__init__()
         self.size, self.train_mode, self.scale, self.flip = size, train, scale, flip
+        self.rotate, self.jitter = rotate, jitter
         self.grayscale = grayscale  # share of training images turned grey (colour is a weak,
         # lighting-dependent age cue; dropping it sometimes forces shape cues)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -76,6 +80,8 @@ class BatchTransform(nn.Module):
         x = x.float().div_(255)  # (B, 3, H, W) in [0, 1]
         if self.train_mode:
             x = self._random_crop_flip(x, generator)
+            if self.jitter:
+                x = self._brightness_contrast(x, generator)
             if self.grayscale:
                 grey = torch.rand(x.shape[0], generator=generator).to(x.device) < self.grayscale
                 luma = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
@@ -96,9 +102,22 @@ class BatchTransform(nn.Module):
         theta = torch.zeros(b, 2, 3, device=x.device)
         theta[:, 0, 0], theta[:, 0, 2] = s * sign, tx
         theta[:, 1, 1], theta[:, 1, 2] = s, ty
+        if self.rotate:  # drawn only when asked, so runs without rotation keep their stream
+            angle = torch.deg2rad(self.rotate * (2 * torch.rand(b, generator=generator) - 1))
+            cos, sin = torch.cos(angle).to(x.device), torch.sin(angle).to(x.device)
+            theta[:, 0, 0], theta[:, 0, 1] = s * sign * cos, -s * sin
+            theta[:, 1, 0], theta[:, 1, 1] = s * sign * sin, s * cos
         grid = F.affine_grid(theta, [b, 3, self.size, self.size], align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
                              align_corners=False)  # (B, 3, size, size)
+
+    def _brightness_contrast(self, x: torch.Tensor, generator) -> torch.Tensor:
+        """Each face's contrast (around its own mean grey) and brightness scaled by a
+        factor in ``1 ± jitter``: lighting varies between photos, age does not."""
+        factors = 1 + self.jitter * (2 * torch.rand(x.shape[0], 2, generator=generator) - 1)
+        contrast, brightness = factors.to(x.device).view(-1, 2, 1, 1, 1).unbind(1)
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        return ((x - mean) * contrast + mean).mul(brightness).clamp(0, 1)
 
 
 class FaceLoader:

@@ -148,17 +148,39 @@ def load_synthetic(n: int = SYNTHETIC_N, seed: int = 0) -> Faces:
 
 
 def load_pack(path: str | os.PathLike) -> Faces:
-    """A dataset carried as a pack (see :mod:`agelib.data.cache`)."""
+    """A dataset carried as a pack (see :mod:`agelib.data.cache`).
+
+    Its name says it is a pack and at what size, e.g. "UTKFace (128 px WebP
+    pack)": the images were resized and re-encoded once, so every record and
+    table made from them says so rather than passing them off as the originals.
+    The original folder's report and file table travel inside, when packed.
+    """
     pack = cache.Pack(path)
     samples = pack.samples
     real = bool(pack.info.get("real", False))
-    report = utkface.DataReport(folder=pack.path.name, n_files=len(samples),
-                                n_readable=len(samples), n_images=len(samples),
-                                n_used=len(samples), age_min=int(samples.age.min()),
-                                age_max=int(samples.age.max()),
-                                age_median=float(samples.age.median()))
+    if pack.info.get("report"):
+        report = utkface.DataReport(**pack.info["report"])
+    else:
+        report = utkface.DataReport(folder=pack.path.name, n_files=len(samples),
+                                    n_readable=len(samples), n_images=len(samples),
+                                    n_used=len(samples), age_min=int(samples.age.min()),
+                                    age_max=int(samples.age.max()),
+                                    age_median=float(samples.age.median()))
     name = pack.info.get("name", "UTKFace" if real else "synthetic")
-    return Faces(name, real, samples, report, None, pack.open)
+    name = f"{name} ({pack.info.get('size', '?')} px {pack.info.get('format', 'WebP')} pack)"
+    return Faces(name, real, samples, report, pack.files, pack.open)
+
+
+def write_faces_pack(faces: Faces, size: int, path: str | os.PathLike, quality: int = 80) -> Path:
+    """Pack ``faces`` at ``size`` px: samples, file table, report and the left-out copies."""
+    images = faces.images(size)
+    extra = {}
+    if faces.files is not None:  # images whose names disagree on the age: ch01 and ch10 show them
+        left_out = sorted(set(faces.files["sha1"]) - set(faces.samples["sha1"]))
+        extra = {s: np.asarray(cache.square_resize(faces.open_image(s), size)) for s in left_out}
+    return cache.write_pack(faces.samples, images, path, quality=quality, name=faces.name,
+                            real=faces.real, files=faces.files, report=faces.report.to_dict(),
+                            extra=extra)
 
 
 def _cached_scan(folder: Path) -> tuple[pd.DataFrame, utkface.DataReport]:
@@ -169,11 +191,7 @@ def _cached_scan(folder: Path) -> tuple[pd.DataFrame, utkface.DataReport]:
     base = settings.data_home() / "cache" / f"scan-{key}"
     table, meta = base.with_suffix(".csv"), base.with_suffix(".json")
     if table.exists() and meta.exists():
-        files = pd.read_csv(table, dtype={"file": str, "sha1": str, "timestamp": str,
-                                          "irregular": str}, keep_default_na=False,
-                            na_values={"race": [""]})
-        files["race"] = files["race"].astype("Int64")
-        return files, utkface.DataReport(**json.loads(meta.read_text()))
+        return utkface.read_files_table(table), utkface.DataReport(**json.loads(meta.read_text()))
     files, report = utkface.scan_folder(folder)
     base.parent.mkdir(parents=True, exist_ok=True)
     files.to_csv(table, index=False)

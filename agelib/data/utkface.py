@@ -279,6 +279,16 @@ def deduplicate(files: pd.DataFrame, report: DataReport | None = None) -> pd.Dat
     return samples
 
 
+def read_files_table(source) -> pd.DataFrame:
+    """A file table saved as CSV (by a folder scan's cache or inside a pack), read back
+    with the dtypes :func:`scan_folder` gives it (empty notes stay empty strings)."""
+    files = pd.read_csv(source, dtype={"file": str, "sha1": str, "timestamp": str,
+                                       "irregular": str}, keep_default_na=False,
+                        na_values={"race": [""]})
+    files["race"] = files["race"].astype("Int64")
+    return files
+
+
 def duplicate_groups(files: pd.DataFrame) -> pd.DataFrame:
     """Every image found under more than one name, with its labels side by side.
 
