@@ -70,8 +70,13 @@ def device_name(device) -> str:
 
 def make_record(config, faces, mode, device, epochs: int, image_size: int, batch_size: int,
                 best_epoch: int, seconds: float, params: int, n_train: int,
-                valid: tuple, test: tuple) -> dict:
-    """Everything a reader needs to trust, compare or repeat a number."""
+                valid: tuple, test: tuple, test_flip=None) -> dict:
+    """Everything a reader needs to trust, compare or repeat a number.
+
+    ``test_mae`` is always the plain, single-view score; ``test_flip`` (ages
+    averaged with each face's mirror image) is recorded beside it as
+    ``test_mae_flip``, so test-time augmentation never hides in the headline.
+    """
     (vp, vt), (tp, tt) = valid, test
     now = dt.datetime.now(dt.timezone.utc)
     m = config.model
@@ -88,6 +93,7 @@ def make_record(config, faces, mode, device, epochs: int, image_size: int, batch
         "seconds": round(float(seconds), 1), "params": int(params),
         "valid_mae": round(metrics.mae(vp, vt), 3), "test_mae": round(metrics.mae(tp, tt), 3),
         "test_cs5": round(metrics.cs_at(tp, tt, 5), 4),
+        "test_mae_flip": None if test_flip is None else round(metrics.mae(test_flip, tt), 3),
         "date": now.isoformat(timespec="seconds"), "code": code_version(),
         "config": config.to_dict(),
     }
@@ -158,6 +164,9 @@ def report_table(table: pd.DataFrame, tag: str | None = None, latest_only: bool 
         return pd.DataFrame(columns=["runs", "test_mae", "test_cs5", "valid_mae"])
     if "variant" not in table:
         table = table.assign(variant="")
+    # records written before flip averaging was measured have none: NaN, shown as a dash
+    flip = table["test_mae_flip"] if "test_mae_flip" in table else np.nan
+    table = table.assign(test_mae_flip=pd.to_numeric(flip, errors="coerce"))
     table = table.assign(variant=table["variant"].fillna(""))
     keys = ["tag", "variant", "data", "mode", "backbone", "head", "loss", "pretrained",
             "image_size", "epochs"]
@@ -167,6 +176,7 @@ def report_table(table: pd.DataFrame, tag: str | None = None, latest_only: bool 
     out = grouped.agg(runs=("seed", "count"), params=("params", "first"),
                       valid_mae=("valid_mae", "mean"), test_mae=("test_mae", "mean"),
                       test_mae_std=("test_mae", "std"), test_cs5=("test_cs5", "mean"),
+                      test_mae_flip=("test_mae_flip", "mean"),
                       device=("device", "last"), date=("date", "max"))
     return out.reset_index().sort_values(["tag", "test_mae"], ignore_index=True)
 
@@ -176,13 +186,14 @@ def to_markdown(report: pd.DataFrame) -> str:
     if report.empty:
         return "_no run records yet_"
     lines = ["| data | mode | model | head | loss | pretrained | px | epochs | runs | test MAE | "
-             "CS@5 | valid MAE | device | date |", "|" + "---|" * 14]
+             "CS@5 | flip-averaged MAE | valid MAE | device | date |", "|" + "---|" * 15]
     for r in report.itertuples():
         std = f" ± {r.test_mae_std:.2f}" if r.runs > 1 and not np.isnan(r.test_mae_std) else ""
         model = f"{r.backbone} ({r.variant})" if r.variant else r.backbone  # what the run changed
         lines.append(f"| {r.data} | {r.mode} | {model} | {r.head} | {r.loss} | "
                      f"{'yes' if r.pretrained else 'no'} | {r.image_size} | {r.epochs} | {r.runs} | "
-                     f"{r.test_mae:.2f}{std} | {r.test_cs5:.3f} | {_or_dash(r.valid_mae)} | "
+                     f"{r.test_mae:.2f}{std} | {r.test_cs5:.3f} | {_or_dash(r.test_mae_flip)} | "
+                     f"{_or_dash(r.valid_mae)} | "
                      f"{r.device} | {str(r.date)[:10]} |")
     return "\n".join(lines)
 

@@ -182,7 +182,14 @@ def fit(learn: Learner, epochs: int, lr: float, schedule: str = "one_cycle",
         learn.fit(epochs, lr, cbs=cbs)
 
 
-def raw_outputs(learn: Learner, dl) -> tuple[torch.Tensor, torch.Tensor]:
+class FlipInputs(Callback):
+    """Mirror every input batch left to right: the second view of flip test-time averaging."""
+
+    def before_batch(self):
+        self.learn.xb = tuple(x.flip(-1) for x in self.learn.xb)
+
+
+def raw_outputs(learn: Learner, dl, cbs: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's raw outputs (logits for class/ordinal heads) and the true ages, in order."""
     # get_preds runs before_fit, which empties the Recorder: keep the training history
     recorder = getattr(learn, "recorder", None)
@@ -190,16 +197,25 @@ def raw_outputs(learn: Learner, dl) -> tuple[torch.Tensor, torch.Tensor]:
                if hasattr(recorder, k)}
     try:
         with learn.no_bar():
-            return learn.get_preds(dl=dl, act=lambda x: x)
+            return learn.get_preds(dl=dl, act=lambda x: x, cbs=cbs)
     finally:
         for k, v in history.items():
             setattr(recorder, k, v)
 
 
-def predict_ages(learn: Learner, dl) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted and true ages for every sample of ``dl``, in order."""
+def predict_ages(learn: Learner, dl, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and true ages for every sample of ``dl``, in order.
+
+    ``flip`` averages each face's age with that of its mirror image (flip
+    test-time augmentation): aligned faces are nearly symmetric, and two views
+    cancel a little of each prediction's noise.
+    """
     out, targets = raw_outputs(learn, dl)
-    return learn.model.head.to_age(out).float().numpy(), targets.float().numpy()
+    ages = learn.model.head.to_age(out).float()
+    if flip:
+        mirrored, _ = raw_outputs(learn, dl, cbs=[FlipInputs()])
+        ages = (ages + learn.model.head.to_age(mirrored).float()) / 2
+    return ages.numpy(), targets.float().numpy()
 
 
 def start_at_mean(model: models.AgeModel, train_ages: torch.Tensor) -> None:
@@ -279,11 +295,12 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
     seconds = time.perf_counter() - start
     valid_pred, valid_true = predict_ages(learn, dls.valid)
     test_pred, test_true = predict_ages(learn, dls[2])
+    flip_pred, _ = predict_ages(learn, dls[2], flip=True)
     record = records.make_record(
         config=config, faces=faces, mode=mode, device=device, epochs=epochs, image_size=size,
         batch_size=batch_size, best_epoch=keep.best_epoch, seconds=seconds,
         params=models.count_parameters(model), n_train=len(dls.train.dataset),
-        valid=(valid_pred, valid_true), test=(test_pred, test_true))
+        valid=(valid_pred, valid_true), test=(test_pred, test_true), test_flip=flip_pred)
     test_sha1 = dls[2].dataset.table["sha1"].tolist()
     predictions = records.predictions_table(test_sha1, test_true, test_pred)
     path = None

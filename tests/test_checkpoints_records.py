@@ -213,7 +213,8 @@ def test_to_markdown_shows_one_line_per_setting_with_mean_and_std():
     resnet = next(line for line in lines if "resnet18" in line)
     cells = [c.strip() for c in resnet.strip("|").split("|")]
     assert cells[:9] == ["synthetic", "smoke", "resnet18", "regression", "l1", "no", "64", "1", "2"]
-    assert cells[9] == "7.00 ± 1.41" and cells[10] == "0.400" and cells[11] == "7.50"
+    assert cells[9] == "7.00 ± 1.41" and cells[10] == "0.400" and cells[12] == "7.50"
+    assert cells[11] == "–"  # these records have no flip-averaged score: a dash, not a zero
     vit = next(line for line in lines if "vit_small" in line)
     assert "| yes |" in vit and "| 4.00 |" in vit and "±" not in vit  # one run: no spread
     variant = records.to_markdown(records.report_table(pd.DataFrame([record(0, 6.0, variant="no flips")])))

@@ -110,6 +110,7 @@ def test_train_age_model_runs_every_head_and_records_what_ran(synthetic_faces, r
     assert np.isfinite(result.test_pred).all()
     assert r["test_mae"] == round(metrics.mae(result.test_pred, result.test_true), 3)
     assert r["test_cs5"] == round(metrics.cs_at(result.test_pred, result.test_true, 5), 4)
+    assert math.isfinite(r["test_mae_flip"]) and abs(r["test_mae_flip"] - r["test_mae"]) < 5
 
     saved = list(results.glob("*.json"))  # the record went to AGELIB_RESULTS
     assert [p.name for p in saved] == [f"{r['id']}.json"]
@@ -288,3 +289,12 @@ def test_raw_outputs_and_predict_ages_give_one_row_per_sample_in_order(synthetic
     assert pred.shape == ages.shape == (MODE.n_valid,) and pred.dtype == np.float32
     np.testing.assert_allclose(pred, losses.expected_age(out).numpy(), rtol=1e-6)
     np.testing.assert_array_equal(ages, dl.dataset.ages.numpy())
+
+    # flip averaging: each face's age averaged with its mirror image's, still in order
+    averaged, _ = training.predict_ages(learn, dl, flip=True)
+    with torch.no_grad():
+        mirrored = losses.expected_age(model(transform(dl.dataset.images).flip(-1)))
+    np.testing.assert_allclose(averaged, (pred + mirrored.numpy()) / 2, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(averaged, pred)
+    again, _ = training.predict_ages(learn, dl)  # the mirroring callback was for that call only
+    np.testing.assert_allclose(again, pred, rtol=1e-6)
