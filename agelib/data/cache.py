@@ -7,7 +7,7 @@ be memory-mapped on the CPU or moved whole onto a GPU as a single tensor.
 
 A *pack* is the same dataset as one ``.tar`` holding the samples table and every
 image as WebP, concatenated into one member with an index of offsets (one tar
-member per image would add 16 MB of headers and padding to 35 MB of images):
+member per image would add about 15 MB of headers and padding to 38 MB of images):
 about 38 MiB for UTKFace at 128 px, small enough to copy to a machine that has no
 access to the original folder.
 """
