@@ -377,8 +377,11 @@ def run_bench(models: list[str] = ("resnet18",), sizes: list[int] = (128,),
                 out["results"].append({"model": name, "size": size, "pipeline": pipeline, **row})
                 log(f"{name} {size}px {pipeline:<9} train {row['train_img_per_s']:8.1f} img/s"
                     + (f"  data alone {row['data_img_per_s']:8.1f} img/s" if data_only else ""))
-            out["latency"] += _latencies(model, name, size, latency_batches, warmup,
-                                         latency_repeats, device, out["settings"], compile, log)
+            used = out["settings"]  # infer with the precision and layout training used
+            out["latency"] += _latencies(
+                model, name, size, latency_batches, warmup, latency_repeats, device,
+                getattr(torch, used["amp"]) if used.get("amp") else None,
+                used.get("channels_last", False), compile, log)
     return out
 
 
@@ -401,18 +404,18 @@ def _bench_pipeline(model, batches: Batches, steps, warmup, windows, device, dat
     return row, t["settings"]
 
 
-def _latencies(model, name, size, batches, warmup, repeats, device, used, compile, log) -> list:
-    """Inference latency rows, with the precision and layout training used (and compiled
-    when training was, since CUDA graphs matter most for small batches)."""
-    dtype = getattr(torch, used["amp"]) if used.get("amp") else None
+def _latencies(model, name, size, batches, warmup, repeats, device, dtype=None,
+               channels_last=False, compile=False, log=None) -> list:
+    """Inference latency rows, one per batch size (compiled first when asked, since CUDA
+    graphs matter most for small batches)."""
     model = model.eval()
     run = torch.compile(model, mode=None if compile is True else compile) if compile else model
     rows = []
     for batch in batches:
-        seconds = latency(run, batch, size, device, max(warmup, 1), repeats, dtype,
-                          used.get("channels_last", False))
-        rows.append({"model": name, "size": size, "batch": batch, "ms": 1000 * seconds})
-        log(f"{name} {size}px latency at batch {batch}: {1000 * seconds:.2f} ms")
+        ms = 1000 * latency(run, batch, size, device, max(warmup, 1), repeats, dtype, channels_last)
+        rows.append({"model": name, "size": size, "batch": batch, "ms": ms})
+        if log:
+            log(f"{name} {size}px latency at batch {batch}: {ms:.2f} ms")
     return rows
 
 
@@ -439,14 +442,11 @@ def run_latency(models: list[str] = ("hybrid_paper",), size: int = 224,
                         "compile": compile},
            "results": [], "latency": []}
     for name in models:
-        model = bench_model(name, size).eval()
+        model = bench_model(name, size)
         params = models_.count_parameters(model)
-        run = torch.compile(model, mode=None if compile is True else compile) if compile else model
-        for batch in batches:
-            ms = 1000 * latency(run, batch, size, device, max(warmup, 1), repeats, dtype)
-            out["latency"].append({"model": name, "size": size, "batch": batch, "ms": ms,
-                                   "params": params})
-            log(f"{name} {size}px batch {batch}: {ms:.2f} ms ({params / 1e6:.2f}M parameters)")
+        log(f"{name}: {params / 1e6:.2f}M parameters")
+        out["latency"] += [{**row, "params": params} for row in _latencies(
+            model, name, size, batches, warmup, repeats, device, dtype, compile=compile, log=log)]
     return out
 
 
