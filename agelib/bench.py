@@ -5,7 +5,8 @@ selection, ``torch.compile`` and caches, and GPU work is asynchronous. Every
 measurement here therefore runs warm-up calls first, synchronises the device
 around each timed stretch, repeats, and reports the median:
 
-* :func:`latency`: seconds for one forward pass (inference), batch 1 or 64;
+* :func:`latency`: seconds for one forward pass (inference), batch 1 or 64, eager
+  or replayed as a CUDA graph (:func:`cuda_graphed`);
 * :func:`throughput`: images per second of any ``step()`` that returns how many
   images it handled, timed in ``windows`` windows of ``steps`` calls;
 * :func:`training_throughput`: that, for a training step (forward, loss,
@@ -71,28 +72,66 @@ def amp_dtype(device: torch.device | str) -> torch.dtype:
     return torch.float16 if device.type == "mps" else torch.bfloat16  # CPU autocast: bf16
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return (torch.autocast(device.type, dtype=dtype) if dtype is not None
+def _autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True):
+    return (torch.autocast(device.type, dtype=dtype, cache_enabled=cache) if dtype is not None
             else torch.autocast(device.type, enabled=False))
+
+
+def cuda_graphed(model: nn.Module, example: torch.Tensor,
+                 dtype: torch.dtype | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model`` for inputs shaped like ``example``, replayed as one captured CUDA graph.
+
+    One forward pass of a small model at batch 1 is hundreds of short kernels, and
+    launching them one by one from Python can take longer than running them. A
+    CUDA graph records the launches once and replays them all with one call; the
+    capture takes about a second (``torch.compile``'s "reduce-overhead" mode
+    does the same after minutes of compiling). The returned function copies its
+    input into the graph's own buffer and returns the graph's output buffer, which
+    the next call overwrites: copy it to keep it.
+    """
+    if example.device.type != "cuda":
+        raise ValueError(f"CUDA graphs need a CUDA device, not {example.device.type!r}: "
+                         "time this model without cuda_graph on this machine")
+    static = example.clone()
+    side = torch.cuda.Stream(example.device)
+    side.wait_stream(torch.cuda.current_stream(example.device))
+    with torch.cuda.stream(side), _autocast(example.device, dtype, cache=False):
+        for _ in range(3):  # warm up on a side stream (cuDNN and cuBLAS pick their kernels)
+            model(static)
+    torch.cuda.current_stream(example.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), _autocast(example.device, dtype, cache=False):
+        out = model(static)  # recorded, not run
+
+    def replay(x: torch.Tensor) -> torch.Tensor:
+        static.copy_(x)
+        graph.replay()
+        return out
+
+    return replay
 
 
 @torch.inference_mode()
 def latency(model: nn.Module, batch: int = 1, size: int = 224, device="cpu", warmup: int = 3,
             repeats: int = 10, dtype: torch.dtype | None = None,
-            channels_last: bool = False) -> float:
-    """Median seconds for one forward pass of ``batch`` images of ``size`` pixels."""
+            channels_last: bool = False, cuda_graph: bool = False) -> float:
+    """Median seconds for one forward pass of ``batch`` images of ``size`` pixels.
+
+    ``cuda_graph`` times the pass replayed as a CUDA graph (see :func:`cuda_graphed`).
+    """
     device = torch.device(device)
     model = model.to(device).eval()
     x = torch.randn(batch, 3, size, size, device=device)
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(
             memory_format=torch.channels_last)
+    run = cuda_graphed(model, x, dtype) if cuda_graph else model
     times = []
-    with _autocast(device, dtype):
+    with _autocast(device, None if cuda_graph else dtype):  # a graph holds its own precision
         for i in range(warmup + repeats):
             _sync(device)
             start = time.perf_counter()
-            model(x)
+            run(x)
             _sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
@@ -405,14 +444,15 @@ def _bench_pipeline(model, batches: Batches, steps, warmup, windows, device, dat
 
 
 def _latencies(model, name, size, batches, warmup, repeats, device, dtype=None,
-               channels_last=False, compile=False, log=None) -> list:
-    """Inference latency rows, one per batch size (compiled first when asked, since CUDA
-    graphs matter most for small batches)."""
+               channels_last=False, compile=False, log=None, cuda_graph=False) -> list:
+    """Inference latency rows, one per batch size (compiled or captured as a CUDA graph
+    first when asked: launch overhead matters most for small batches)."""
     model = model.eval()
     run = torch.compile(model, mode=None if compile is True else compile) if compile else model
     rows = []
     for batch in batches:
-        ms = 1000 * latency(run, batch, size, device, max(warmup, 1), repeats, dtype, channels_last)
+        ms = 1000 * latency(run, batch, size, device, max(warmup, 1), repeats, dtype, channels_last,
+                            cuda_graph)
         rows.append({"model": name, "size": size, "batch": batch, "ms": ms})
         if log:
             log(f"{name} {size}px latency at batch {batch}: {ms:.2f} ms")
@@ -421,15 +461,19 @@ def _latencies(model, name, size, batches, warmup, repeats, device, dtype=None,
 
 def run_latency(models: list[str] = ("hybrid_paper",), size: int = 224,
                 batches: list[int] = (1, 64), device=None, warmup: int = 3, repeats: int = 20,
-                amp: bool | None = None, compile: bool | str = False,
+                amp: bool | None = None, compile: bool | str = False, cuda_graph: bool = False,
                 log: Callable[[str], None] | None = None) -> dict:
     """Parameters and inference latency per model and batch: the paper's size-and-speed table.
 
     No data is needed (random images of ``size`` pixels). ``amp`` (default: on
-    for CUDA) runs in bf16/fp16 as a deployed model would; ``compile`` such as
-    ``"reduce-overhead"`` adds CUDA graphs, which matter most at batch 1, where
-    launching hundreds of small kernels costs more than computing them.
+    for CUDA) runs in bf16/fp16 as a deployed model would. ``cuda_graph`` replays
+    each pass as a captured CUDA graph (``compile`` such as ``"reduce-overhead"``
+    does the same through ``torch.compile``, at minutes of compile time): it
+    matters most at batch 1, where launching hundreds of small kernels costs more
+    than computing them.
     """
+    if cuda_graph and compile:
+        raise ValueError("pick one of cuda_graph and compile: both replay CUDA graphs")
     from . import models as models_
 
     device = torch.device(device) if device is not None else settings.get_device()
@@ -439,14 +483,15 @@ def run_latency(models: list[str] = ("hybrid_paper",), size: int = 224,
     out = {**environment(device), "kind": "latency", "mode": settings.run_mode().name,
            "settings": {"size": size, "warmup": warmup, "latency_repeats": repeats,
                         "amp": str(dtype).removeprefix("torch.") if dtype else None,
-                        "compile": compile},
+                        "compile": compile, "cuda_graph": cuda_graph},
            "results": [], "latency": []}
     for name in models:
         model = bench_model(name, size)
         params = models_.count_parameters(model)
         log(f"{name}: {params / 1e6:.2f}M parameters")
         out["latency"] += [{**row, "params": params} for row in _latencies(
-            model, name, size, batches, warmup, repeats, device, dtype, compile=compile, log=log)]
+            model, name, size, batches, warmup, repeats, device, dtype, compile=compile, log=log,
+            cuda_graph=cuda_graph)]
     return out
 
 
@@ -496,18 +541,24 @@ def speed_table(result: dict) -> "pd.DataFrame":
 
 
 def readme_bench_table(runs: list[dict]) -> str:
-    """README's table: the latest bench of each device and mode, from the saved results."""
-    latest = {(_device(r), r["mode"]): r for r in runs if r.get("results")}
+    """README's table: the latest measurement of each (device, mode, model, size, pipeline)
+    in the saved results, so that a later bench of one model does not hide another's.
+    The speed-up is always against the typical pipeline of the same run."""
+    latest: dict[tuple, tuple] = {}
+    for run in runs:  # oldest first: a later run of the same row replaces it
+        if run.get("results"):
+            for r in speed_table(run).itertuples():
+                latest[(_device(run), run["mode"], r.model, r.size, r.pipeline)] = (r, run)
     if not latest:
         return "_no bench recorded yet (`python -m agelib bench --save`)_"
     lines = ["| device | mode | model | px | batch | pipeline | data only, img/s | training, img/s "
              "| vs typical | date |", "|---|---|---|---:|---:|---|---:|---:|---:|---|"]
-    for (device, mode), run in latest.items():
-        for r in speed_table(run).itertuples():
-            data = f"{r.data_img_per_s:,.0f}" if r.data_img_per_s == r.data_img_per_s else ""
-            lines.append(f"| {device} | {mode} | {r.model} | {r.size} | "
-                         f"{run['settings']['batch_size']} | {r.pipeline} | {data} | "
-                         f"{r.train_img_per_s:,.0f} | {r.speedup:.2f}× | {str(run.get('date', ''))[:10]} |")
+    for (device, mode, *_), (r, run) in latest.items():
+        data = f"{r.data_img_per_s:,.0f}" if r.data_img_per_s == r.data_img_per_s else ""
+        speedup = f"{r.speedup:.2f}×" if r.speedup == r.speedup else ""
+        lines.append(f"| {device} | {mode} | {r.model} | {r.size} | "
+                     f"{run['settings']['batch_size']} | {r.pipeline} | {data} | "
+                     f"{r.train_img_per_s:,.0f} | {speedup} | {str(run.get('date', ''))[:10]} |")
     return "\n".join(lines)
 
 
@@ -525,7 +576,7 @@ def _device(run: dict) -> str:
 def readme_latency_table(runs: list[dict]) -> str:
     """README's size-and-speed table: the latest full-mode latency run of each device and
     precision, one row per model, parameters and milliseconds per batch size."""
-    latest = {(_device(r), r["settings"].get("amp"), r["settings"].get("compile")): r
+    latest = {(_device(r), r["settings"].get("amp"), _replay(r["settings"])): r
               for r in runs if r.get("kind") == "latency" and r["mode"] == "full"}
     if not latest:
         return "_no latency run recorded yet (`python -m agelib bench --latency-only --save`)_"
@@ -534,7 +585,7 @@ def readme_latency_table(runs: list[dict]) -> str:
              + " | ".join(f"batch {b}, ms" for b in batches) + " | date |",
              "|---|---|---|---:|---:|" + "---:|" * len(batches) + "---|"]
     for (device, amp, compile), run in latest.items():
-        precision = (amp or "float32") + (f", compiled ({compile})" if compile else "")
+        precision = (amp or "float32") + (f", {compile}" if compile else "")
         by_model: dict[tuple, dict] = {}
         for row in run["latency"]:
             by_model.setdefault((row["model"], row["size"], row["params"]), {})[row["batch"]] = row["ms"]
@@ -543,6 +594,14 @@ def readme_latency_table(runs: list[dict]) -> str:
             lines.append(f"| {device} | {precision} | {model} | {params / 1e6:.2f} | {size} | "
                          f"{cells} | {str(run.get('date', ''))[:10]} |")
     return "\n".join(lines)
+
+
+def _replay(settings_: dict) -> str | None:
+    """How a latency run launched its kernels, when not one by one from Python."""
+    if settings_.get("cuda_graph"):
+        return "CUDA graph"
+    compile = settings_.get("compile")
+    return f"compiled ({compile})" if compile else None
 
 
 def readme_with_latency(text: str, runs: list[dict]) -> str:

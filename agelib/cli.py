@@ -10,11 +10,13 @@ Commands:
 * ``evaluate``: n, MAE and CS@5 of a checkpoint on any folder of UTKFace-named images;
 * ``predict``: find the faces in photos; box, age and interval for each (``--json``);
 * ``report``: the results tables, made from the run records;
-* ``course``: execute the chapters in place (smoke or full mode), timing each;
+* ``course``: execute the chapters in place (smoke or full mode), timing each; ``--pending``:
+  the chapters this device has not yet run successfully in that mode (a GPU run over leases);
 * ``models``: the registered model configurations and their parameter counts;
 * ``export``: a checkpoint as an ONNX or TorchScript file that outputs ages (``--check``);
 * ``bench``: training img/s and inference latency, typical vs GPU-resident data (``--json``);
-  ``--latency-only``: parameters and latency of the course's models (the paper's table);
+  ``--latency-only``: parameters and latency of the course's models (the paper's table),
+  ``--cuda-graph`` replaying each pass as one captured CUDA graph;
 * ``links``: show or rewrite the Colab links and install cells from ``settings.REPOSITORY``.
 """
 
@@ -150,6 +152,8 @@ def cmd_bench(args) -> int:
 
     mode = settings.run_mode()
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else print
+    if args.cuda_graph and not args.latency_only:
+        raise ValueError("--cuda-graph times inference only: add --latency-only")
     if args.latency_only:
         result = bench.run_latency(
             models=args.model or ["resnet18", "convnext_tiny", "vit_tiny", "hybrid_paper",
@@ -157,7 +161,7 @@ def cmd_bench(args) -> int:
             size=(args.size or [224])[0], batches=args.latency_batch or [1, 64],
             device=args.device, warmup=pick(args.warmup, 1, 3),
             repeats=pick(args.latency_repeats, 3, 20), amp=args.amp,
-            compile=args.compile or False, log=log)
+            compile=args.compile or False, cuda_graph=args.cuda_graph, log=log)
         return _write_bench(result, args)
     faces = data.load_faces(args.source, verbose=not args.json)
     result = bench.run_bench(
@@ -329,6 +333,13 @@ def cmd_report(args) -> int:
 
 
 def cmd_course(args) -> int:
+    if args.pending:  # what a lent GPU still has to run: one line of chapter numbers
+        from . import records
+
+        device = records.device_name(settings.get_device())
+        print(" ".join(course.pending_chapters(course.load_course_runs(), device,
+                                               "full" if args.full else "smoke")))
+        return 0
     run = course.run_chapters(args.only, full=args.full, timeout=args.timeout, epochs=args.epochs)
     failed = [c["notebook"] for c in run["chapters"] if not c["ok"]]
     print(f"{len(run['chapters'])} chapters in {run['total_seconds'] / 60:.1f} min "
@@ -436,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
     p.add_argument("--epochs", type=int, metavar="N",
                    help="default training length (AGELIB_EPOCHS): scale the course to your GPU")
+    p.add_argument("--pending", action="store_true",
+                   help="only list the chapters with no successful run of this mode on this "
+                        "device in the records (what is left of a run split over several leases)")
     p.set_defaults(func=cmd_course)
 
     p = sub.add_parser("models", help="registered model configurations and their sizes")
@@ -473,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fused AdamW (default: on for CUDA)")
     p.add_argument("--compile", nargs="?", const=True, default=None, metavar="MODE",
                    help="torch.compile; a MODE such as reduce-overhead uses CUDA graphs")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="with --latency-only: replay each pass as a captured CUDA graph (CUDA)")
     p.add_argument("--no-sdpa", action="store_true", help="timm attention without SDPA")
     p.add_argument("--no-data-only", action="store_true", help="skip the data-alone timing")
     p.add_argument("--latency-only", action="store_true",

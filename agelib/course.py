@@ -212,6 +212,26 @@ def latest_times(runs: list[dict], mode: str) -> dict | None:
             "total_seconds": sum(c["seconds"] for c in chapters.values())}
 
 
+def pending_chapters(runs: list[dict], device: str, mode: str = "full") -> list[str]:
+    """Chapter numbers, in course order, whose latest run in ``mode`` on ``device`` did not
+    succeed (or that never ran there).
+
+    A full run on a lent GPU is spread over short leases: each runs what this still
+    lists (``python -m agelib course --full --pending``), and the course-run records,
+    committed after each lease, stitch the pieces into one run.
+
+    >>> run = {"mode": "full", "device": "cuda (GPU)", "chapters": [
+    ...     {"notebook": "00_setup.ipynb", "ok": True}, {"notebook": "01_dataset_exploration.ipynb", "ok": False}]}
+    >>> pending_chapters([run], "cuda (GPU)")[:3]
+    ['01', '02', '03']
+    """
+    latest: dict[str, bool] = {}
+    for run in runs:  # oldest first: a later attempt at a chapter decides
+        if run["mode"] == mode and run["device"] == device:
+            latest.update({c["notebook"]: c["ok"] for c in run["chapters"]})
+    return [ch.file[:2] for ch in CHAPTERS if not latest.get(ch.file)]
+
+
 def course_run_table(runs: list[dict]) -> str:
     """README's table: per chapter, its latest wall time in each mode, from the records."""
     latest = {m: t for m in ("full", "smoke") if (t := latest_times(runs, m))}

@@ -94,7 +94,12 @@ class DistillFromTeacher(Callback):
         config_size = teacher.config.img_size if teacher.config is not None else None
         self.teacher_size = teacher_size or config_size
         self.teacher_age: torch.Tensor | None = None
-        self.last_term: float | None = None  # the distillation loss of the last batch, years
+        self._last_term: torch.Tensor | None = None  # kept on the device: no sync per batch
+
+    @property
+    def last_term(self) -> float | None:
+        """The distillation loss of the last training batch, in years."""
+        return None if self._last_term is None else float(self._last_term)
 
     def before_fit(self):
         device = next(self.learn.model.parameters()).device
@@ -109,6 +114,6 @@ class DistillFromTeacher(Callback):
             raise ValueError("the student's to_age has no gradient (decode='label'?): "
                              "distil a head with decode='expected' or a regression head")
         term = distillation_loss(student_age, self.teacher_age)
-        self.last_term = float(term.detach())
+        self._last_term = term.detach()
         self.learn.loss_grad = self.loss_grad + self.alpha * term  # what backward() sees
         self.teacher_age = None

@@ -29,7 +29,7 @@ with warnings.catch_warnings():  # fastai's import warns about torch.jit; not ou
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script")
     from fastai.callback.all import (CancelFitException, Callback, ParamScheduler, SchedCos,
                                      SchedLin, TrackerCallback, combine_scheds)
-    from fastai.learner import Learner
+    from fastai.learner import AvgSmoothLoss, Learner, Recorder
     from fastai.optimizer import OptimWrapper
 
 SCHEDULES = ("one_cycle", "warmup_cosine", "constant")
@@ -127,6 +127,39 @@ class EpochLine(Callback):
         print(f"epoch {self.epoch + 1}/{self.n_epoch}  {values}", flush=True)
 
 
+class _SmoothLossHere(AvgSmoothLoss):
+    """fastai's smoothed loss, computed on the loss's own device."""
+
+    def accumulate(self, learn):
+        self.count += 1
+        loss = learn.loss.detach().float().mean()
+        self.val = torch.lerp(loss, self.val.to(loss.device, non_blocking=True), self.beta)
+
+
+class SmoothLossOnDevice(Callback):
+    """Keep the smoothed training loss on the GPU: no CPU round trip per batch.
+
+    fastai's ``AvgSmoothLoss`` copies every batch's loss to the CPU, and that
+    copy makes the CPU wait until the GPU has finished the step before it may
+    queue the next one: on a fast GPU and a small model, the GPU then idles while
+    Python prepares each batch. This callback gives the ``Recorder`` a smoothed
+    loss that stays on the device (the same numbers), and brings the per-batch
+    values to the CPU once, at the end of the fit, as floats in ``recorder.losses``.
+    """
+
+    order = Recorder.order - 1  # before the Recorder's before_fit resets the smoother
+
+    def before_fit(self):
+        recorder = getattr(self.learn, "recorder", None)
+        if recorder is not None:  # vars(): fastai warns on any callback attribute the learner has
+            vars(recorder)["smooth_loss"] = _SmoothLossHere(recorder.smooth_loss.beta)
+
+    def after_fit(self):
+        losses = getattr(getattr(self.learn, "recorder", None), "losses", None)
+        if losses and torch.is_tensor(losses[0]):
+            self.learn.recorder.losses = torch.stack(losses).float().cpu().tolist()  # one copy
+
+
 def _interactive() -> bool:
     """True in a notebook or a terminal, where fastai's live progress bar helps."""
     import sys
@@ -148,6 +181,7 @@ def make_learner(dls, model: models.AgeModel, loss: str, lr: float = 1e-3,
                   **({"fused": True} if on_cuda else {}))
     learn = Learner(dls, model, loss_func=loss_func, opt_func=opt, lr=lr,
                     metrics=metrics.fastai_metrics(model.head.to_age), wd=None,
+                    cbs=[SmoothLossOnDevice()],
                     path=settings.data_home() / "fastai")  # lr_find's scratch files go there
     if mixed_precision and on_cuda:
         learn = learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()

@@ -211,3 +211,38 @@ def test_readme_latency_table_shows_full_mode_latency_runs_only():
     assert "no latency run" in bench.readme_latency_table([bench_result(), latency_result(mode="smoke")])
     # a latency run never replaces the training-speed table of its device
     assert "3,500" in bench.readme_bench_table(runs)
+
+
+def test_a_cuda_graph_run_is_its_own_row_of_the_latency_table():
+    graphed = latency_result()
+    graphed["settings"]["cuda_graph"] = True
+    table = bench.readme_latency_table([latency_result(), graphed])
+    assert "| cuda (NVIDIA H100) | bfloat16 | hybrid_paper |" in table
+    assert "| cuda (NVIDIA H100) | bfloat16, CUDA graph | hybrid_paper |" in table
+
+
+def test_cuda_graphs_refuse_a_cpu_tensor_saying_what_to_do():
+    model = bench.bench_model("hybrid_atto", 32)
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device.*without cuda_graph"):
+        bench.cuda_graphed(model, torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="pick one of cuda_graph and compile"):
+        bench.run_latency(["hybrid_atto"], size=32, cuda_graph=True, compile="reduce-overhead",
+                          device="cpu")
+
+
+def test_the_cli_keeps_cuda_graphs_to_latency_runs(capsys):
+    assert cli.main(["bench", "--cuda-graph", "--device", "cpu"]) == 2
+    assert "--cuda-graph times inference only: add --latency-only" in capsys.readouterr().err
+
+
+def test_a_later_bench_of_one_model_does_not_hide_another_models_rows():
+    hybrid = bench_result(date="2026-11-24", resident=5400.0)
+    hybrid["results"] = [{**r, "model": "hybrid_paper", "size": 224} for r in hybrid["results"]]
+    rerun = bench_result(date="2026-11-25", resident=4000.0)  # resnet18 again, later
+    table = bench.readme_bench_table([bench_result(), hybrid, rerun])
+    rows = table.splitlines()[2:]
+    assert len(rows) == 4  # two models x two pipelines, each its latest
+    assert any("hybrid_paper | 224 | 256 | resident |" in r and "5,400 | 5.40×" in r for r in rows)
+    assert any("resnet18 | 128 | 256 | resident |" in r and "4,000 | 4.00× | 2026-11-25" in r
+               for r in rows)
+    assert "3,500" not in table  # the older resnet18 run was replaced row by row

@@ -90,3 +90,24 @@ def test_readme_course_block_is_regenerated_between_its_markers():
     assert out.startswith("intro\n") and out.endswith("\nrest") and "old" not in out
     with pytest.raises(ValueError, match="markers"):
         course.readme_with_course_runs("no markers", [])
+
+
+def test_the_pending_chapters_are_those_whose_latest_run_on_this_device_failed_or_never_ran(
+        results, capsys):
+    from agelib import cli, records, settings
+
+    here = records.device_name(settings.get_device())
+    run = lambda device, mode, done: {"mode": mode, "device": device, "chapters": [  # noqa: E731
+        {"notebook": course.CHAPTERS[i].file, "ok": ok} for i, ok in done.items()]}
+    runs = [run(here, "full", {0: True, 1: True, 2: False}),
+            run(here, "full", {1: False, 2: True}),       # a later attempt decides
+            run("cuda (another GPU)", "full", {3: True}),  # another device does not count
+            run(here, "smoke", {4: True})]                 # nor does another mode
+    pending = course.pending_chapters(runs, here)
+    assert pending[:3] == ["01", "03", "04"] and "00" not in pending and "02" not in pending
+    assert len(pending) == len(course.CHAPTERS) - 2
+    (results / "course").mkdir(parents=True)
+    for i, r in enumerate(runs):
+        (results / "course" / f"2026112{i}-000000-{r['mode']}.json").write_text(json.dumps(r))
+    assert cli.main(["course", "--full", "--pending"]) == 0
+    assert capsys.readouterr().out.split() == pending

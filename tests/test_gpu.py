@@ -4,6 +4,8 @@ Marked ``gpu``: skipped on a machine without CUDA (CI), run on a lent GPU by
 ``bash .ci/gpu test``. Tiny models and the session's synthetic faces at 32 px.
 """
 
+import warnings
+
 import pytest
 import torch
 
@@ -41,9 +43,61 @@ def test_a_hybrid_trains_on_the_gpu_with_mixed_precision(synthetic_faces, result
     assert run.record["test_mae"] == run.record["test_mae"]  # not NaN
 
 
+class CountSyncs(training.Callback):
+    """Count host-device synchronisations during the training batches only."""
+
+    def __init__(self):
+        self.caught = []
+
+    def before_train(self):
+        self.recording = warnings.catch_warnings(record=True)
+        self.caught = self.recording.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def after_train(self):
+        torch.cuda.set_sync_debug_mode(0)
+        self.recording.__exit__(None, None, None)
+        self.syncs = [w for w in self.caught if "synchroniz" in str(w.message)]
+
+
+def test_training_batches_do_not_wait_for_the_gpu(synthetic_faces):
+    """No CPU round trip per training batch, so Python queues batch n+1 while the GPU runs
+    batch n: a handful of syncs per epoch at most, never one per batch."""
+    dls = data.face_dataloaders(synthetic_faces, mode=MODE, size=32, batch_size=4,
+                                device="cuda", grayscale=0.5, rotate=10, jitter=0.2)
+    model = models.create_model(models.ModelConfig("test_resnet", img_size=32)).cuda()
+    learn = training.make_learner(dls, training.speed_up(model, torch.device("cuda")), "l1")
+    counter = CountSyncs()
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-3, cbs=[counter])
+    batches = len(dls.train)
+    assert batches >= 8
+    assert len(counter.syncs) < batches // 2, [str(w.message)[:120] for w in counter.syncs[:5]]
+
+
 def test_latency_on_the_gpu_runs_in_bf16():
     result = bench.run_latency(["hybrid_atto"], size=64, batches=[1, 4], repeats=3, warmup=1,
                                device="cuda")
     assert result["settings"]["amp"] in ("bfloat16", "float16")
     assert result["device"]["type"] == "cuda" and result["device"]["name"]
     assert all(0 < row["ms"] < 1000 for row in result["latency"])
+
+
+def test_a_cuda_graph_replays_the_same_ages_faster_at_batch_1():
+    model = bench.bench_model("hybrid_atto", 64).cuda().eval()
+    x = torch.randn(1, 3, 64, 64, device="cuda")
+    with torch.inference_mode():
+        replay = bench.cuda_graphed(model, x, torch.bfloat16)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            eager = model(x).float()
+        fresh = torch.randn_like(x)  # new input, same buffers: the graph must follow it
+        graphed = replay(fresh).float().clone()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            expected = model(fresh).float()
+    assert torch.allclose(graphed, expected, rtol=2e-2, atol=2e-2)
+    assert not torch.allclose(eager, expected)  # the inputs differed, so must the ages
+    eager_ms = bench.latency(model, 1, 64, "cuda", warmup=3, repeats=20, dtype=torch.bfloat16)
+    graph_ms = bench.latency(model, 1, 64, "cuda", warmup=3, repeats=20, dtype=torch.bfloat16,
+                             cuda_graph=True)
+    assert graph_ms < eager_ms

@@ -253,6 +253,30 @@ def test_constant_schedule_keeps_the_learning_rate(synthetic_faces):
     assert np.allclose(lrs, 3e-3)
 
 
+# --------------------------------------------------------------------------- no sync per batch
+def test_the_smoothed_loss_kept_on_the_device_equals_fastais(synthetic_faces):
+    """SmoothLossOnDevice changes where the smoothing runs, not its numbers."""
+    ours = learner(synthetic_faces)
+    assert any(isinstance(cb, training.SmoothLossOnDevice) for cb in ours.cbs)
+    with ours.no_bar(), ours.no_logging():
+        ours.fit(2, 1e-3)
+    theirs = learner(synthetic_faces)
+    theirs.remove_cb(training.SmoothLossOnDevice)  # fastai's own AvgSmoothLoss
+    with theirs.no_bar(), theirs.no_logging():
+        theirs.fit(2, 1e-3)
+    assert all(isinstance(v, float) for v in ours.recorder.losses)  # on the CPU, once, at the end
+    assert ours.recorder.losses == pytest.approx([float(v) for v in theirs.recorder.losses], rel=1e-5)
+    assert [row[0] for row in ours.recorder.values] == pytest.approx(
+        [row[0] for row in theirs.recorder.values], rel=1e-5)  # the epoch's train_loss
+
+
+def test_lr_find_still_works_with_the_loss_on_the_device(synthetic_faces):
+    learn = learner(synthetic_faces)
+    with learn.no_bar(), learn.no_logging():
+        suggestion = learn.lr_find(num_it=8, show_plot=False)
+    assert 0 < suggestion.valley < 10
+
+
 # --------------------------------------------------------------------------- pieces
 def test_start_at_mean_sets_the_output_bias_to_the_mean_training_age():
     model = models.create_model(models.ModelConfig(TINY, hidden=8))

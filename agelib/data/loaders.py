@@ -26,6 +26,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _to(small: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor (indices, random draws) moved to ``device`` without a sync.
+
+    A plain ``.to("cuda")`` of host memory waits until the GPU has finished all the
+    work queued before it, so the CPU could not prepare batch n+1 while the GPU
+    computes batch n. A non-blocking copy from host memory is staged at once and
+    queued in order on the stream: the values are the same, and nothing waits.
+    """
+    return small.to(device, non_blocking=True)
+
+
 class FaceDataset(torch.utils.data.Dataset):
     """Faces as uint8 ``(3, H, W)`` tensors with their age in years (float).
 
@@ -75,6 +86,8 @@ class BatchTransform(nn.Module):
         # lighting-dependent age cue; dropping it sometimes forces shape cues)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("luma", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1),
+                             persistent=False)  # grey = these weights of R, G, B (ITU-R 601)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = x.float().div_(255)  # (B, 3, H, W) in [0, 1]
@@ -83,9 +96,8 @@ class BatchTransform(nn.Module):
             if self.jitter:
                 x = self._brightness_contrast(x, generator)
             if self.grayscale:
-                grey = torch.rand(x.shape[0], generator=generator).to(x.device) < self.grayscale
-                luma = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
-                        ).sum(1, keepdim=True)  # (B, 1, S, S)
+                grey = _to(torch.rand(x.shape[0], generator=generator), x.device) < self.grayscale
+                luma = (x * self.luma.to(x.device)).sum(1, keepdim=True)  # (B, 1, S, S)
                 x = torch.where(grey.view(-1, 1, 1, 1), luma.expand_as(x), x)
         elif x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear",
@@ -94,7 +106,7 @@ class BatchTransform(nn.Module):
 
     def _random_crop_flip(self, x: torch.Tensor, generator) -> torch.Tensor:
         b = x.shape[0]
-        rand = torch.rand(b, 4, generator=generator).to(x.device)  # drawn on CPU: reproducible
+        rand = _to(torch.rand(b, 4, generator=generator), x.device)  # drawn on CPU: reproducible
         lo, hi = self.scale
         s = lo + (hi - lo) * rand[:, 0]  # crop side as a fraction of the image
         tx, ty = (1 - s) * (2 * rand[:, 1] - 1), (1 - s) * (2 * rand[:, 2] - 1)  # stay inside
@@ -104,7 +116,7 @@ class BatchTransform(nn.Module):
         theta[:, 1, 1], theta[:, 1, 2] = s, ty
         if self.rotate:  # drawn only when asked, so runs without rotation keep their stream
             angle = torch.deg2rad(self.rotate * (2 * torch.rand(b, generator=generator) - 1))
-            cos, sin = torch.cos(angle).to(x.device), torch.sin(angle).to(x.device)
+            cos, sin = _to(torch.cos(angle), x.device), _to(torch.sin(angle), x.device)
             theta[:, 0, 0], theta[:, 0, 1] = s * sign * cos, -s * sin
             theta[:, 1, 0], theta[:, 1, 1] = s * sign * sin, s * cos
         grid = F.affine_grid(theta, [b, 3, self.size, self.size], align_corners=False)
@@ -115,7 +127,7 @@ class BatchTransform(nn.Module):
         """Each face's contrast (around its own mean grey) and brightness scaled by a
         factor in ``1 ± jitter``: lighting varies between photos, age does not."""
         factors = 1 + self.jitter * (2 * torch.rand(x.shape[0], 2, generator=generator) - 1)
-        contrast, brightness = factors.to(x.device).view(-1, 2, 1, 1, 1).unbind(1)
+        contrast, brightness = _to(factors, x.device).view(-1, 2, 1, 1, 1).unbind(1)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         return ((x - mean) * contrast + mean).mul(brightness).clamp(0, 1)
 
@@ -156,8 +168,8 @@ class FaceLoader:
         for start in range(0, len(self) * self.bs, self.bs):
             idx = order[start:start + self.bs]
             # resident images (already on the device) are indexed there: no host round trip
-            images = images_[idx.to(images_.device)].to(self.device, non_blocking=True)
-            ages = self.dataset.ages[idx].to(self.device, non_blocking=True)
+            images = images_[_to(idx, images_.device)].to(self.device, non_blocking=True)
+            ages = _to(self.dataset.ages[idx], self.device)
             yield transform(images, gen), ages
 
     def make_resident(self) -> "FaceLoader":
