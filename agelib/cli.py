@@ -169,7 +169,7 @@ def cmd_bench(args) -> int:
         pipelines=args.pipeline or list(bench.PIPELINES),
         batch_size=pick(args.batch_size, 8, 256), steps=pick(args.steps, 2, 20),
         warmup=pick(args.warmup, 1, 5), windows=pick(args.windows, 2, 5),
-        num_workers=pick(args.workers, 0, min(8, os.cpu_count() or 1)),
+        num_workers=pick(args.workers, 0, bench.default_workers()),
         amp=args.amp, channels_last=args.channels_last, compile=args.compile or False,
         fused=args.fused, sdpa=not args.no_sdpa, data_only=not args.no_data_only,
         latency_batches=args.latency_batch or [1, 64],
@@ -478,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="steps per timed window (default 20; smoke 2)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default 5; smoke 1)")
     p.add_argument("--windows", type=int, help="timed windows, median kept (default 5; smoke 2)")
-    p.add_argument("--workers", type=int, help="typical DataLoader workers (default up to 8)")
+    p.add_argument("--workers", type=int,
+                   help="typical DataLoader workers (default: every core but one)")
     p.add_argument("--images", type=int, help="training images used (default all; smoke 64)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision, bf16 or fp16 (default: on for CUDA)")

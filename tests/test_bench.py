@@ -150,6 +150,7 @@ def bench_result(device="NVIDIA H100", mode="full", typical=1000.0, resident=350
     rows = [{"model": "resnet18", "size": 128, "pipeline": p, "data_img_per_s": v * 2,
              "train_img_per_s": v} for p, v in [("typical", typical), ("resident", resident)]]
     return {"device": {"type": "cuda", "name": device}, "mode": mode, "date": date,
+            "data": {"name": "UTKFace (128 px WebP pack)", "real": True, "n_images": 14591},
             "settings": {"batch_size": 256}, "results": rows, "latency": []}
 
 
@@ -167,7 +168,8 @@ def test_saved_benches_load_back_and_make_the_readme_table(tmp_path):
     runs = bench.load_bench_runs(tmp_path)
     assert len(runs) == 2
     table = bench.readme_bench_table(runs)
-    assert "| cuda (NVIDIA H100) | full | resnet18 | 128 | 256 | resident | 7,000 | 3,500 | 3.50× | 2026-11-23 |" in table
+    assert ("| cuda (NVIDIA H100) | full | UTKFace (128 px WebP pack) | resnet18 | 128 | 256 | "
+            "resident | 7,000 | 3,500 | 3.50× | 2026-11-23 |") in table  # the data says what was decoded
     assert "2026-11-22" not in table  # the later run of the same device and mode replaced it
     assert len(table.splitlines()) == 2 + 2  # header, rule, two pipelines
     assert "no bench recorded" in bench.readme_bench_table([])
