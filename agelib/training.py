@@ -380,6 +380,37 @@ def cached_checkpoint(config: TrainConfig, faces, mode: settings.RunMode) -> Pat
     return settings.data_home() / "checkpoints" / name
 
 
+def recorded_run(config: TrainConfig, faces, mode: settings.RunMode | None = None,
+                 device=None) -> dict | None:
+    """The latest run record of exactly this run, or None if it was never recorded.
+
+    "Exactly" means the same settings (labels included), mode, data and device.
+    A long grid of runs (chapter 08's ablations) uses it to resume where an
+    interrupted session stopped: its tables are made from the records, so a run
+    that was recorded need not train again. Unlike :func:`load_or_train` it needs
+    no checkpoint, only the record, which is what survives a GPU session.
+    """
+    import copy
+
+    mode = mode or settings.run_mode()
+    wanted = _config_key(_resolved(copy.deepcopy(config), mode).to_dict())
+    here = records.device_name(torch.device(device) if device else settings.get_device())
+    table = records.load_records()
+    if table.empty:
+        return None
+    same = table[(table["mode"] == mode.name) & (table["data"] == faces.name)
+                 & (table["data_fingerprint"] == faces.fingerprint) & (table["device"] == here)]
+    for _, row in same.iloc[::-1].iterrows():  # newest first
+        if isinstance(row.get("config"), dict) and _config_key(row["config"]) == wanted:
+            return row.to_dict()
+    return None
+
+
+def _config_key(config: dict) -> str:
+    """A config as comparable text (JSON turns tuples into lists, as records store them)."""
+    return json.dumps(config, sort_keys=True, default=str)
+
+
 def load_or_train(config: TrainConfig, faces=None, mode: settings.RunMode | None = None,
                   verbose: bool = False, device=None) -> TrainResult:
     """The trained model of ``config``: loaded if this exact run was done before, else trained.

@@ -253,6 +253,21 @@ def test_constant_schedule_keeps_the_learning_rate(synthetic_faces):
     assert np.allclose(lrs, 3e-3)
 
 
+# --------------------------------------------------------------------------- recorded_run
+def test_a_recorded_run_is_found_by_its_settings_and_nothing_else_is(synthetic_faces, results):
+    cfg = lambda **kw: config(**{"epochs": 1, "tag": "grid", "variant": "baseline", **kw})  # noqa: E731
+    assert training.recorded_run(cfg(), synthetic_faces, MODE, device="cpu") is None
+    run = train(synthetic_faces, cfg(), save_record=True)
+    found = training.recorded_run(cfg(), synthetic_faces, MODE, device="cpu")
+    assert found is not None and found["id"] == run.record["id"]
+    assert found["test_mae"] == run.record["test_mae"]
+    for other in [cfg(seed=1), cfg(grayscale=0.2), cfg(epochs=2),
+                  config(epochs=1, tag="grid", variant="another label")]:
+        assert training.recorded_run(other, synthetic_faces, MODE, device="cpu") is None
+    assert training.recorded_run(cfg(), synthetic_faces, settings.SMOKE, device="cpu") is None
+    assert training.recorded_run(cfg(), synthetic_faces, MODE, device="meta") is None  # another device
+
+
 # --------------------------------------------------------------------------- no sync per batch
 def test_the_smoothed_loss_kept_on_the_device_equals_fastais(synthetic_faces):
     """SmoothLossOnDevice changes where the smoothing runs, not its numbers."""
