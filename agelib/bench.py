@@ -87,7 +87,10 @@ def cuda_graphed(model: nn.Module, example: torch.Tensor,
     capture takes about a second (``torch.compile``'s "reduce-overhead" mode
     does the same after minutes of compiling). The returned function copies its
     input into the graph's own buffer and returns the graph's output buffer, which
-    the next call overwrites: copy it to keep it.
+    the next call overwrites: copy it to keep it. Autocast's cache of weights cast
+    to ``dtype`` cannot be captured, so each replay casts them again, which an eager
+    loop inside one autocast block does only once: if anything, the graph's gain is
+    understated.
     """
     if example.device.type != "cuda":
         raise ValueError(f"CUDA graphs need a CUDA device, not {example.device.type!r}: "
@@ -104,6 +107,9 @@ def cuda_graphed(model: nn.Module, example: torch.Tensor,
         out = model(static)  # recorded, not run
 
     def replay(x: torch.Tensor) -> torch.Tensor:
+        if x.shape != static.shape or x.dtype != static.dtype:
+            raise ValueError(f"this graph was captured for {tuple(static.shape)} {static.dtype} "
+                             f"inputs, not {tuple(x.shape)} {x.dtype}: capture one per shape")
         static.copy_(x)
         graph.replay()
         return out

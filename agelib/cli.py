@@ -337,8 +337,10 @@ def cmd_course(args) -> int:
         from . import records
 
         device = records.device_name(settings.get_device())
-        print(" ".join(course.pending_chapters(course.load_course_runs(), device,
-                                               "full" if args.full else "smoke")))
+        mode = settings.FULL if args.full else settings.SMOKE
+        epochs = args.epochs or int(os.environ.get("AGELIB_EPOCHS") or mode.epochs)  # as run
+        print(" ".join(course.pending_chapters(course.load_course_runs(), device, mode.name,
+                                               epochs)))
         return 0
     run = course.run_chapters(args.only, full=args.full, timeout=args.timeout, epochs=args.epochs)
     failed = [c["notebook"] for c in run["chapters"] if not c["ok"]]
@@ -448,8 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, metavar="N",
                    help="default training length (AGELIB_EPOCHS): scale the course to your GPU")
     p.add_argument("--pending", action="store_true",
-                   help="only list the chapters with no successful run of this mode on this "
-                        "device in the records (what is left of a run split over several leases)")
+                   help="only list the chapters with no successful run of this mode and length "
+                        "on this device in the records (what is left of a run split over "
+                        "several sessions)")
     p.set_defaults(func=cmd_course)
 
     p = sub.add_parser("models", help="registered model configurations and their sizes")

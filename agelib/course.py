@@ -212,9 +212,10 @@ def latest_times(runs: list[dict], mode: str) -> dict | None:
             "total_seconds": sum(c["seconds"] for c in chapters.values())}
 
 
-def pending_chapters(runs: list[dict], device: str, mode: str = "full") -> list[str]:
-    """Chapter numbers, in course order, whose latest run in ``mode`` on ``device`` did not
-    succeed (or that never ran there).
+def pending_chapters(runs: list[dict], device: str, mode: str = "full",
+                     epochs: int | None = None) -> list[str]:
+    """Chapter numbers, in course order, whose latest run in ``mode`` on ``device`` (and at
+    ``epochs``, when given) did not succeed, or that never ran there.
 
     A full run on a lent GPU is spread over short leases: each runs what this still
     lists (``python -m agelib course --full --pending``), and the course-run records,
@@ -227,7 +228,7 @@ def pending_chapters(runs: list[dict], device: str, mode: str = "full") -> list[
     """
     latest: dict[str, bool] = {}
     for run in runs:  # oldest first: a later attempt at a chapter decides
-        if run["mode"] == mode and run["device"] == device:
+        if run["mode"] == mode and run["device"] == device and epochs in (None, run.get("epochs")):
             latest.update({c["notebook"]: c["ok"] for c in run["chapters"]})
     return [ch.file[:2] for ch in CHAPTERS if not latest.get(ch.file)]
 

@@ -133,7 +133,9 @@ class _SmoothLossHere(AvgSmoothLoss):
     def accumulate(self, learn):
         self.count += 1
         loss = learn.loss.detach().float().mean()
-        self.val = torch.lerp(loss, self.val.to(loss.device, non_blocking=True), self.beta)
+        if self.count == 1:  # start from 0 on the loss's device: no copy from the host
+            self.val = torch.zeros((), device=loss.device)
+        self.val = torch.lerp(loss, self.val, self.beta)
 
 
 class SmoothLossOnDevice(Callback):
@@ -143,8 +145,9 @@ class SmoothLossOnDevice(Callback):
     copy makes the CPU wait until the GPU has finished the step before it may
     queue the next one: on a fast GPU and a small model, the GPU then idles while
     Python prepares each batch. This callback gives the ``Recorder`` a smoothed
-    loss that stays on the device (the same numbers), and brings the per-batch
-    values to the CPU once, at the end of the fit, as floats in ``recorder.losses``.
+    loss that stays on the device (the same numbers), and brings the epoch's
+    per-batch values to the CPU once, at its end (where fastai syncs anyway), as
+    floats in ``recorder.losses``; so do a fit's end and a cancelled fit.
     """
 
     order = Recorder.order - 1  # before the Recorder's before_fit resets the smoother
@@ -154,10 +157,19 @@ class SmoothLossOnDevice(Callback):
         if recorder is not None:  # vars(): fastai warns on any callback attribute the learner has
             vars(recorder)["smooth_loss"] = _SmoothLossHere(recorder.smooth_loss.beta)
 
+    def after_epoch(self):
+        self._losses_to_floats()
+
     def after_fit(self):
+        self._losses_to_floats()
+
+    def _losses_to_floats(self):
         losses = getattr(getattr(self.learn, "recorder", None), "losses", None)
-        if losses and torch.is_tensor(losses[0]):
-            self.learn.recorder.losses = torch.stack(losses).float().cpu().tolist()  # one copy
+        new = [i for i, v in enumerate(losses or []) if torch.is_tensor(v)]
+        if new:  # the tensors are the latest values, after the floats: one copy for all
+            floats = torch.stack([losses[i] for i in new]).float().cpu().tolist()
+            for i, v in zip(new, floats):
+                losses[i] = v
 
 
 def _interactive() -> bool:

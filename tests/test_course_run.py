@@ -93,21 +93,27 @@ def test_readme_course_block_is_regenerated_between_its_markers():
 
 
 def test_the_pending_chapters_are_those_whose_latest_run_on_this_device_failed_or_never_ran(
-        results, capsys):
+        results, capsys, monkeypatch):
     from agelib import cli, records, settings
 
     here = records.device_name(settings.get_device())
-    run = lambda device, mode, done: {"mode": mode, "device": device, "chapters": [  # noqa: E731
-        {"notebook": course.CHAPTERS[i].file, "ok": ok} for i, ok in done.items()]}
+    run = lambda device, mode, done, epochs=20: {  # noqa: E731
+        "mode": mode, "device": device, "epochs": epochs,
+        "chapters": [{"notebook": course.CHAPTERS[i].file, "ok": ok} for i, ok in done.items()]}
     runs = [run(here, "full", {0: True, 1: True, 2: False}),
             run(here, "full", {1: False, 2: True}),       # a later attempt decides
             run("cuda (another GPU)", "full", {3: True}),  # another device does not count
-            run(here, "smoke", {4: True})]                 # nor does another mode
-    pending = course.pending_chapters(runs, here)
+            run(here, "smoke", {4: True}),                 # nor does another mode
+            run(here, "full", {5: True}, epochs=2)]        # nor a shorter course
+    pending = course.pending_chapters(runs, here, epochs=20)
+    assert "05" in pending and "05" not in course.pending_chapters(runs, here)
     assert pending[:3] == ["01", "03", "04"] and "00" not in pending and "02" not in pending
     assert len(pending) == len(course.CHAPTERS) - 2
     (results / "course").mkdir(parents=True)
     for i, r in enumerate(runs):
         (results / "course" / f"2026112{i}-000000-{r['mode']}.json").write_text(json.dumps(r))
-    assert cli.main(["course", "--full", "--pending"]) == 0
+    monkeypatch.delenv("AGELIB_EPOCHS", raising=False)
+    assert cli.main(["course", "--full", "--pending"]) == 0  # the course's 20 epochs
     assert capsys.readouterr().out.split() == pending
+    assert cli.main(["course", "--full", "--pending", "--epochs", "2"]) == 0
+    assert "05" not in capsys.readouterr().out.split()

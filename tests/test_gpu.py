@@ -101,3 +101,5 @@ def test_a_cuda_graph_replays_the_same_ages_faster_at_batch_1():
     graph_ms = bench.latency(model, 1, 64, "cuda", warmup=3, repeats=20, dtype=torch.bfloat16,
                              cuda_graph=True)
     assert graph_ms < eager_ms
+    with pytest.raises(ValueError, match="captured for"):
+        replay(torch.randn(2, 3, 64, 64, device="cuda"))  # one graph per input shape

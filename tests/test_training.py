@@ -285,6 +285,19 @@ def test_the_smoothed_loss_kept_on_the_device_equals_fastais(synthetic_faces):
         [row[0] for row in theirs.recorder.values], rel=1e-5)  # the epoch's train_loss
 
 
+def test_a_fit_that_breaks_off_keeps_its_finished_epochs_losses_as_floats(synthetic_faces):
+    class BreakInSecondEpoch(Callback):
+        def after_batch(self):
+            if self.epoch == 1 and self.iter == 1:
+                raise RuntimeError("the session ended")
+
+    learn = learner(synthetic_faces)
+    with learn.no_bar(), learn.no_logging(), pytest.raises(RuntimeError, match="session ended"):
+        learn.fit(3, 1e-3, cbs=[BreakInSecondEpoch()])
+    first_epoch = learn.recorder.losses[:len(learn.dls.train)]
+    assert first_epoch and all(isinstance(v, float) for v in first_epoch)
+
+
 def test_lr_find_still_works_with_the_loss_on_the_device(synthetic_faces):
     learn = learner(synthetic_faces)
     with learn.no_bar(), learn.no_logging():

@@ -27,14 +27,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _to(small: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small CPU tensor (indices, random draws) moved to ``device`` without a sync.
+    """A small CPU tensor (indices, random draws) moved to ``device``, on CUDA without a sync.
 
     A plain ``.to("cuda")`` of host memory waits until the GPU has finished all the
     work queued before it, so the CPU could not prepare batch n+1 while the GPU
-    computes batch n. A non-blocking copy from host memory is staged at once and
-    queued in order on the stream: the values are the same, and nothing waits.
+    computes batch n. On CUDA a non-blocking copy from ordinary host memory is
+    staged before the call returns and queued in order on the stream: the same
+    values, and nothing waits. Apple's MPS does not stage such copies (the source
+    may be freed too early), so there the copy stays blocking.
     """
-    return small.to(device, non_blocking=True)
+    device = torch.device(device)
+    return small.to(device, non_blocking=device.type == "cuda")
 
 
 class FaceDataset(torch.utils.data.Dataset):
