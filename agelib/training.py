@@ -27,8 +27,9 @@ from . import data as data_
 
 with warnings.catch_warnings():  # fastai's import warns about torch.jit; not ours to fix
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script")
-    from fastai.callback.all import (CancelFitException, Callback, ParamScheduler, SchedCos,
-                                     SchedLin, TrackerCallback, combine_scheds)
+    from fastai.callback.all import (CancelFitException, Callback, ParamScheduler,
+                                     ProgressCallback, SchedCos, SchedLin, TrackerCallback,
+                                     combine_scheds)
     from fastai.learner import AvgSmoothLoss, Learner, Recorder
     from fastai.optimizer import OptimWrapper
 
@@ -172,6 +173,56 @@ class SmoothLossOnDevice(Callback):
                 losses[i] = v
 
 
+class _LossText:
+    """A loss tensor that becomes text only when a progress bar draws it."""
+
+    def __init__(self, loss: torch.Tensor):
+        self.loss = loss
+
+    def __str__(self) -> str:
+        return f"{float(self.loss):.4f}"  # the one copy to the host, when the bar redraws
+
+    def __len__(self) -> int:  # fastprogress 1.0 asks len() whether there is a comment:
+        return 1  # there is, and answering must not copy the loss to the host
+
+
+class ProgressWithoutSync(ProgressCallback):
+    """fastai's live progress bar, without a CPU round trip per batch.
+
+    fastai writes ``smooth_loss.item()`` into the bar's comment after every
+    batch, a copy that makes the CPU wait for the GPU each step, in exactly the
+    setting where the bar shows: a notebook. The bar redraws at most five
+    times a second, so the loss is read from the device only then.
+    """
+
+    name = "progress"  # what fastai's own callbacks look for (ShowGraphCallback)
+
+    def after_batch(self):
+        if hasattr(self, "smooth_loss"):
+            self.pbar.comment = _LossText(self.smooth_loss)
+        self.pbar.update(self.iter + 1)
+
+
+class AgeLearner(Learner):
+    """fastai's ``Learner``, whose ``no_bar`` puts back the bar it took away.
+
+    fastai's ``no_bar`` re-adds a fresh ``ProgressCallback``: after the first
+    prediction (which hides the bar) the learner would show fastai's bar again,
+    with its copy to the host per batch, instead of :class:`ProgressWithoutSync`.
+    """
+
+    @contextlib.contextmanager
+    def no_bar(self):
+        bar = getattr(self, "progress", None)
+        if bar is not None:
+            self.remove_cb(bar)
+        try:
+            yield self
+        finally:
+            if bar is not None:
+                self.add_cb(bar)
+
+
 def _interactive() -> bool:
     """True in a notebook or a terminal, where fastai's live progress bar helps."""
     import sys
@@ -191,10 +242,12 @@ def make_learner(dls, model: models.AgeModel, loss: str, lr: float = 1e-3,
     on_cuda = dls.device is not None and torch.device(dls.device).type == "cuda"  # "cpu" too
     opt = partial(OptimWrapper, opt=torch.optim.AdamW, weight_decay=weight_decay,
                   **({"fused": True} if on_cuda else {}))
-    learn = Learner(dls, model, loss_func=loss_func, opt_func=opt, lr=lr,
+    learn = AgeLearner(dls, model, loss_func=loss_func, opt_func=opt, lr=lr,
                     metrics=metrics.fastai_metrics(model.head.to_age), wd=None,
                     cbs=[SmoothLossOnDevice()],
                     path=settings.data_home() / "fastai")  # lr_find's scratch files go there
+    if any(isinstance(cb, ProgressCallback) for cb in learn.cbs):  # same bar, no sync
+        learn.remove_cb(ProgressCallback).add_cb(ProgressWithoutSync())
     if mixed_precision and on_cuda:
         learn = learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
     return learn

@@ -298,6 +298,36 @@ def test_a_fit_that_breaks_off_keeps_its_finished_epochs_losses_as_floats(synthe
     assert first_epoch and all(isinstance(v, float) for v in first_epoch)
 
 
+def item_calls_in_a_fit_with_the_bar(learn, monkeypatch) -> int:
+    """How often a fit (progress bar on) copies a one-value tensor to the host."""
+    calls = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: calls.append(1) or item(t))
+    with learn.no_logging():
+        learn.fit(1, 1e-3)
+    monkeypatch.setattr(torch.Tensor, "item", item)
+    return len(calls)
+
+
+def test_the_progress_bar_reads_the_loss_only_when_it_redraws(synthetic_faces, monkeypatch):
+    """fastai's bar calls smooth_loss.item() after every batch (a sync per step on a GPU);
+    ours hands the bar the tensor and reads it only when the bar draws the text."""
+    ours = learner(synthetic_faces, batch_size=4)
+    assert isinstance(ours.progress, training.ProgressWithoutSync)  # fastai's name for the bar
+    bar = ours.progress
+    with ours.no_bar():
+        assert not any(isinstance(cb, training.ProgressCallback) for cb in ours.cbs)
+    assert ours.progress is bar and bar in ours.cbs  # the same bar back (fastai's: a new one)
+    theirs = learner(synthetic_faces, batch_size=4)
+    theirs.remove_cb(training.ProgressWithoutSync).add_cb(training.ProgressCallback())
+    saved = (item_calls_in_a_fit_with_the_bar(theirs, monkeypatch)
+             - item_calls_in_a_fit_with_the_bar(ours, monkeypatch))
+    assert saved >= len(ours.dls.train) >= 8  # at least one copy per training batch
+    comment = ours.progress.pbar.comment
+    assert not isinstance(comment, str) and comment and len(comment)  # fastprogress 1.1, 1.0
+    assert str(comment) == f"{comment}" == f"{float(ours.smooth_loss):.4f}"  # fastai's text
+
+
 def test_lr_find_still_works_with_the_loss_on_the_device(synthetic_faces):
     learn = learner(synthetic_faces)
     with learn.no_bar(), learn.no_logging():
