@@ -27,37 +27,66 @@ def labelled(faces) -> pd.DataFrame:
 
 
 def run_label(record) -> str:
-    """A short name for a run in tables and legends: tag, model, and what the run changed.
+    """A short name for a run in tables and legends: tag, model, what the run changed, and
+    (where they are not the defaults) pretrained weights and the seed, so two runs of one
+    setting never share a name.
 
     >>> run_label({"tag": "ch10", "backbone": "resnet18", "variant": "balanced sampling"})
     'ch10 resnet18 (balanced sampling)'
     >>> run_label({"tag": "ch02", "backbone": "resnet18", "head": "regression", "loss": "l1"})
     'ch02 resnet18 · regression · l1'
+    >>> run_label({"tag": "ch08", "backbone": "hybrid_atto", "variant": "baseline", "seed": 2,
+    ...            "pretrained": True})
+    'ch08 hybrid_atto (baseline) · pretrained · seed 2'
     """
     variant = record.get("variant") or ""
     model = (f"{record['backbone']} ({variant})" if variant else
              f"{record['backbone']} · {record['head']} · {record['loss']}")
+    pretrained, seed, trained = (record.get(k) for k in ("pretrained", "seed", "n_train"))
+    if pd.notna(pretrained) and pretrained and (pd.isna(trained) or trained):  # off-the-shelf
+        model += " · pretrained"                       # models say so in their variant already
+    if pd.notna(seed) and int(seed) != 0:
+        model += f" · seed {int(seed)}"
     return f"{record.get('tag', '')} {model}".strip()
+
+
+def runs_with_predictions(table: pd.DataFrame, faces, mode: str | None = None) -> pd.DataFrame:
+    """The records of runs on these faces (in ``mode``) that kept per-face predictions, the
+    latest per :func:`run_label` (a re-run replaces its earlier twin), oldest first."""
+    if table.empty or "predictions" not in table:
+        return table.iloc[:0]
+    keep = table[table["data_fingerprint"] == faces.fingerprint] if "data_fingerprint" in table else table
+    if mode is not None:
+        keep = keep[keep["mode"] == mode]
+    keep = keep[keep["predictions"].notna()].sort_values("date", kind="stable")
+    labels = keep.apply(run_label, axis=1) if len(keep) else pd.Series(dtype=str)
+    return keep.assign(label=labels).drop_duplicates("label", keep="last")
+
+
+def best_trained(table: pd.DataFrame, faces, mode: str | None = None) -> str | None:
+    """The label of the run, trained here, with the lowest *validation* MAE.
+
+    Chosen on validation, as every model choice in the course is: the test set
+    only reports. Off-the-shelf models (nothing trained here, no validation
+    score) are never the "best model", whatever their test MAE.
+    """
+    runs = runs_with_predictions(table, faces, mode)
+    if "n_train" in runs:
+        runs = runs[runs["n_train"].fillna(0) > 0]
+    runs = runs[runs["valid_mae"].notna()] if "valid_mae" in runs else runs.iloc[:0]
+    return None if runs.empty else runs.loc[runs["valid_mae"].astype(float).idxmin(), "label"]
 
 
 def model_predictions(table: pd.DataFrame, faces, mode: str | None = None,
                       folder=None) -> dict[str, pd.DataFrame]:
-    """Per-face test predictions, with labels, of every run on these faces (latest per setting).
+    """Per-face test predictions, with labels, of every run on these faces (latest per label).
 
     ``table`` is :func:`agelib.records.load_records`; runs on other data, in
     another mode, or recorded before predictions were kept are left out.
     """
-    if table.empty:
-        return {}
-    keep = table[table["data_fingerprint"] == faces.fingerprint] if "data_fingerprint" in table else table
-    if mode is not None:
-        keep = keep[keep["mode"] == mode]
-    if "predictions" not in keep:
-        return {}
-    keep = keep[keep["predictions"].notna()].sort_values("date", kind="stable")
     labels = labelled(faces)
     out: dict[str, pd.DataFrame] = {}
-    for _, record in keep.iterrows():
+    for _, record in runs_with_predictions(table, faces, mode).iterrows():
         try:
             preds = records.load_predictions(record, folder)
         except FileNotFoundError:
@@ -65,7 +94,7 @@ def model_predictions(table: pd.DataFrame, faces, mode: str | None = None,
         joined = preds.merge(labels, on="sha1", how="left", validate="one_to_one")
         joined["age band"] = pd.Categorical(plots.age_band(joined["age"]),
                                             categories=plots.band_labels(), ordered=True)
-        out[run_label(record)] = joined.assign(error=(joined["pred"] - joined["age"]).abs())
+        out[record["label"]] = joined.assign(error=(joined["pred"] - joined["age"]).abs())
     return out
 
 

@@ -132,8 +132,10 @@ class ClassificationHead(nn.Module):
 class CoralHead(nn.Module):
     """CORAL (Cao, Mirjalili & Raschka 2020): one shared weight vector, K-1 biases.
 
-    Sharing the weights makes the K-1 binary tasks "age > k" rank-consistent:
-    their probabilities can only fall as k grows.
+    Sharing the weights leaves the K-1 binary tasks "age > k" differing only in
+    their biases, so their probabilities fall as k grows whenever the biases do:
+    the biases start in falling order, and the CORAL paper proves that training
+    keeps them so at the loss's optimum (chapter 04 counts the exceptions).
     """
 
     kind = "coral"

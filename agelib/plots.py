@@ -38,10 +38,12 @@ def figures_dir() -> Path:
 def save_figure(fig: plt.Figure, name: str, real: bool = True, dpi: int = 110) -> Path:
     """Save ``fig`` as ``figures/NAME.png`` (small enough to commit) and return the path.
 
-    Figures of synthetic faces (``real=False``) go to the ignored data home
-    instead, so a test run on a fresh clone never overwrites the real figures.
+    ``real``: the figure shows a real result (real faces, full mode), the kind
+    README shows. Any other (synthetic faces, a smoke run: ``real=False``) goes
+    to ``figures-scratch/`` in the ignored data home instead, so a test run on a
+    fresh clone never overwrites the figures of a real run.
     """
-    folder = figures_dir() if real else settings.data_home() / "figures-synthetic"
+    folder = figures_dir() if real else settings.data_home() / "figures-scratch"
     path = folder / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")

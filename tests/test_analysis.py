@@ -54,6 +54,33 @@ def test_runs_on_other_data_other_modes_or_without_predictions_are_left_out(synt
     assert analysis.model_predictions(pd.DataFrame(), synthetic_faces) == {}
 
 
+def test_seeds_and_pretrained_runs_keep_their_own_predictions(synthetic_faces, results):
+    """Runs that differ only in seed or weights are different runs: none hides another."""
+    test = loaders.split_tables(synthetic_faces.samples, synthetic_faces.split(0), MODE).test
+    for seed in (0, 1, 2):
+        fake_run(synthetic_faces, test, test["age"] + seed, variant="base", seed=seed, id=f"s{seed}")
+    fake_run(synthetic_faces, test, test["age"], pretrained=True, n_train=10, id="imagenet")
+    fake_run(synthetic_faces, test, test["age"], id="scratch")
+    found = analysis.model_predictions(records.load_records(), synthetic_faces, "smoke")
+    assert set(found) == {"t m (base)", "t m (base) · seed 1", "t m (base) · seed 2",
+                          "t m · regression · l1 · pretrained", "t m · regression · l1"}
+    np.testing.assert_allclose(found["t m (base) · seed 2"]["error"], 2.0, atol=0.01)
+
+
+def test_the_best_model_is_chosen_on_validation_among_models_trained_here(synthetic_faces,
+                                                                         results):
+    test = loaders.split_tables(synthetic_faces.samples, synthetic_faces.split(0), MODE).test
+    fake_run(synthetic_faces, test, test["age"] + 4, variant="best on test", valid_mae=6.0,
+             n_train=64, id="a")
+    fake_run(synthetic_faces, test, test["age"] + 5, variant="best on valid", valid_mae=5.0,
+             n_train=64, id="b")
+    fake_run(synthetic_faces, test, test["age"], variant="off-the-shelf", valid_mae=None,
+             n_train=0, pretrained=True, id="c")
+    table = records.load_records()
+    assert analysis.best_trained(table, synthetic_faces, "smoke") == "t m (best on valid)"
+    assert analysis.best_trained(table, synthetic_faces, "full") is None
+
+
 def test_group_tables_and_summary_agree_with_the_metrics(synthetic_faces, results):
     test = loaders.split_tables(synthetic_faces.samples, synthetic_faces.split(0), MODE).test
     rng = np.random.default_rng(0)

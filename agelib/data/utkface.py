@@ -151,7 +151,8 @@ class DataReport:
             f"duplicate groups     {self.n_duplicate_groups} "
             f"({self.n_duplicate_files} extra files)",
             f"  age conflicts      {self.n_age_conflicts} groups (left out: no trustworthy age)",
-            f"  gender/race only   {self.n_attribute_conflicts} groups (kept, attribute unknown)",
+            f"  gender/race only   {self.n_attribute_conflicts} groups "
+            "(kept: the majority's attribute, unknown on a tie)",
             f"images used          {self.n_used}",
             f"age range            {self.age_min}..{self.age_max} (median {self.age_median})",
         ]
