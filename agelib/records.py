@@ -38,7 +38,12 @@ def results_dir() -> Path:
 
 
 def code_version() -> str:
-    """agelib's version plus the git commit when run from a checkout (``+dirty`` if edited)."""
+    """agelib's version plus the git commit when run from a checkout.
+
+    ``.dirty`` when the library (``agelib/``, ``pyproject.toml``) differs from that
+    commit. Notebooks, records and figures do not count: executing a chapter
+    rewrites its outputs and adds records, so they always differ during a run.
+    """
     version = metadata.version("agelib") if _installed() else "unknown"
     root = settings.repo_root()
     if root is None:
@@ -46,7 +51,8 @@ def code_version() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
                                 capture_output=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                "agelib", "pyproject.toml"],
                                cwd=root, text=True, capture_output=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return version

@@ -236,3 +236,23 @@ def test_two_records_with_the_same_id_are_both_kept(tmp_path):
     second = records.save_record({"id": "same", "test_mae": 2.0}, tmp_path)
     assert first != second and len(list(tmp_path.glob("*.json"))) == 2
     assert sorted(records.load_records(tmp_path)["test_mae"]) == [1.0, 2.0]
+
+
+def test_running_a_chapter_does_not_make_the_code_dirty(tmp_path, monkeypatch):
+    """Only the library counts: a chapter rewrites its notebook and adds records as it runs."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "agelib").mkdir()
+    (tmp_path / "agelib" / "x.py").write_text("a = 1\n")
+    (tmp_path / "notebook.ipynb").write_text("{}\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    monkeypatch.setattr(records.settings, "repo_root", lambda: tmp_path)
+    (tmp_path / "notebook.ipynb").write_text('{"outputs": 1}\n')
+    assert not records.code_version().endswith(".dirty")
+    (tmp_path / "agelib" / "x.py").write_text("a = 2\n")
+    assert records.code_version().endswith(".dirty")
