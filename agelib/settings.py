@@ -138,6 +138,12 @@ def package_versions(names) -> dict:
     for name in names:
         try:
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
+        except metadata.PackageNotFoundError:  # agelib imported from a checkout on PYTHONPATH
+            versions[name] = _agelib_version() if name == "agelib" else None  # (a GPU image)
     return versions
+
+
+def _agelib_version() -> str:
+    from . import __version__
+
+    return __version__

@@ -158,3 +158,19 @@ def test_get_device_honours_agelib_device_and_prefer(monkeypatch):
     monkeypatch.setenv("AGELIB_DEVICE", "meta")
     assert settings.get_device() == torch.device("meta")
     assert settings.get_device("cpu") == torch.device("cpu")
+
+
+def test_agelib_has_a_version_when_imported_from_a_checkout_without_install(monkeypatch):
+    """The GPU run puts the checkout on PYTHONPATH instead of installing it: agelib is
+    there all the same, and chapter 00 must not call it missing."""
+    from importlib import metadata
+
+    import agelib
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    versions = settings.package_versions(["agelib", "no-such-package"])
+    assert versions["agelib"] == agelib.__version__
+    assert versions["no-such-package"] is None
