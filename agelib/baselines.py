@@ -60,8 +60,16 @@ def evaluate_dlib(faces, test: pd.DataFrame, mode, tag: str = "baseline",
     treats it like any other model; ``pretrained`` is true (it was trained
     elsewhere) and ``epochs`` 0 (we trained nothing).
     """
+    sizes: set[int] = set()  # what the model read: the files as they are (it aligns them itself)
+
+    def opened():
+        for sha1 in test["sha1"]:
+            image = faces.open_image(sha1)
+            sizes.add(max(image.size))
+            yield image
+
     start = time.perf_counter()
-    pred = dlib_ages(faces.open_image(s) for s in test["sha1"])
+    pred = dlib_ages(opened())
     seconds = time.perf_counter() - start
     true = test["age"].to_numpy(dtype=np.float32)
     now = dt.datetime.now(dt.timezone.utc)
@@ -72,7 +80,8 @@ def evaluate_dlib(faces, test: pd.DataFrame, mode, tag: str = "baseline",
         "data_fingerprint": faces.fingerprint,
         "split": "standard seed 0 (70/10/20, age-stratified, deduplicated)",
         "n_train": 0, "n_valid": 0, "n_test": int(len(test)), "seed": 0, "mode": mode.name,
-        "epochs": 0, "best_epoch": -1, "image_size": 64, "batch_size": 1, "lr": 0.0,
+        "epochs": 0, "best_epoch": -1, "image_size": max(sizes, default=0), "batch_size": 1,
+        "lr": 0.0,
         "schedule": "n/a", "device": records.device_name("cpu"), "seconds": round(seconds, 1),
         "params": 0, "valid_mae": None,
         "test_mae": round(metrics.mae(pred, true), 3),

@@ -559,13 +559,14 @@ def speed_table(result: dict) -> "pd.DataFrame":
 
 
 def readme_bench_table(runs: list[dict]) -> str:
-    """README's table: the latest measurement of each (device, mode, model, size, pipeline)
-    in the saved results, so that a later bench of one model does not hide another's.
-    The speed-up is always against the typical pipeline of the same run, and the data
-    column says what the typical pipeline decoded (the original JPEGs or a WebP pack)."""
+    """README's table: the latest full-mode measurement of each (device, model, size,
+    pipeline) in the saved results, so that a later bench of one model does not hide
+    another's. Smoke benches (a few steps, one worker: a check that the bench runs) are
+    left out. The speed-up is always against the typical pipeline of the same run, and the
+    data column says what the typical pipeline decoded (the original JPEGs or a WebP pack)."""
     latest: dict[tuple, tuple] = {}
     for run in runs:  # oldest first: a later run of the same row replaces it
-        if run.get("results"):
+        if run.get("results") and run.get("mode") == "full":
             for r in speed_table(run).itertuples():
                 latest[(_device(run), run["mode"], r.model, r.size, r.pipeline)] = (r, run)
     if not latest:

@@ -232,7 +232,8 @@ def cmd_train(args) -> int:
     sizes = {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size}
     mode = settings.run_mode(**{k: v for k, v in sizes.items() if v})  # describe what runs
     print(mode.describe())
-    result = training.train_age_model(config, mode=mode, checkpoint=args.out)
+    out = training.checkpoint_path(args.out) if args.out else None  # where --init-* look too
+    result = training.train_age_model(config, mode=mode, checkpoint=out)
     r = result.record
     print(f"{r['backbone']} + {r['head']} head, {r['loss']} loss, {r['epochs']} epochs on "
           f"{r['data']} ({r['mode']}): valid MAE {r['valid_mae']:.2f}, test MAE "
@@ -419,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-from", metavar="CKPT", help="a trained teacher whose ages guide training")
     p.add_argument("--distill-alpha", type=float, default=0.5, help="weight of the teacher term")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
-    p.add_argument("--out", help="checkpoint to write")
+    p.add_argument("--out", help="checkpoint to write; a bare file name goes to <data home>/"
+                   "checkpoints/, where --init-cnn, --init-vit and --distill-from look for one")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="n, MAE and CS@5 of a checkpoint on a labelled folder")

@@ -191,12 +191,13 @@ def to_markdown(report: pd.DataFrame) -> str:
     """A report as a Markdown table (what README and chapters show)."""
     if report.empty:
         return "_no run records yet_"
-    lines = ["| data | mode | model | head | loss | pretrained | px | epochs | runs | test MAE | "
-             "CS@5 | flip-averaged MAE | valid MAE | device | date |", "|" + "---|" * 15]
+    lines = ["| tag | data | mode | model | head | loss | pretrained | px | epochs | runs | "
+             "test MAE | CS@5 | flip-averaged MAE | valid MAE | device | date |",
+             "|" + "---|" * 16]  # tag: which chapter (or `train --tag`) made the runs
     for r in report.itertuples():
         std = f" ± {r.test_mae_std:.2f}" if r.runs > 1 and not np.isnan(r.test_mae_std) else ""
         model = f"{r.backbone} ({r.variant})" if r.variant else r.backbone  # what the run changed
-        lines.append(f"| {r.data} | {r.mode} | {model} | {r.head} | {r.loss} | "
+        lines.append(f"| {r.tag} | {r.data} | {r.mode} | {model} | {r.head} | {r.loss} | "
                      f"{'yes' if r.pretrained else 'no'} | {r.image_size} | {r.epochs} | {r.runs} | "
                      f"{r.test_mae:.2f}{std} | {r.test_cs5:.3f} | {_or_dash(r.test_mae_flip)} | "
                      f"{_or_dash(r.valid_mae)} | "

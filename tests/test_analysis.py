@@ -147,6 +147,8 @@ def test_the_baseline_is_recorded_like_any_run(synthetic_faces, results):
     record = baselines.evaluate_dlib(synthetic_faces, test, MODE, tag="t")
     assert record["pretrained"] is True and record["epochs"] == 0
     assert record["n_test"] == 8 and record["mode"] == "smoke"
+    first = synthetic_faces.open_image(test["sha1"].iloc[0])
+    assert record["image_size"] == max(first.size)  # what it read, not a training size
     table = records.load_records()
     assert len(table) == 1
     preds = records.load_predictions(table.iloc[0])

@@ -208,10 +208,10 @@ def test_to_markdown_shows_one_line_per_setting_with_mean_and_std():
                                                                  pretrained=True)])
     text = records.to_markdown(records.report_table(table))
     lines = text.splitlines()
-    assert lines[0].startswith("| data | mode | model |") and set(lines[1]) == {"|", "-"}
+    assert lines[0].startswith("| tag | data | mode | model |") and set(lines[1]) == {"|", "-"}
     assert len(lines) == 4
     resnet = next(line for line in lines if "resnet18" in line)
-    cells = [c.strip() for c in resnet.strip("|").split("|")]
+    cells = [c.strip() for c in resnet.strip("|").split("|")][1:]  # after the tag
     assert cells[:9] == ["synthetic", "smoke", "resnet18", "regression", "l1", "no", "64", "1", "2"]
     assert cells[9] == "7.00 ± 1.41" and cells[10] == "0.400" and cells[12] == "7.50"
     assert cells[11] == "–"  # these records have no flip-averaged score: a dash, not a zero

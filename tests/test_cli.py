@@ -189,3 +189,23 @@ def test_readme_bench_table_matches_the_saved_benches():
     assert bench.readme_with_latency(bench.readme_with_bench(text, runs), runs) == text, (
         "README's bench or latency table differs from results/bench: "
         "run `python -m agelib report --write-readme`")
+
+
+def test_train_writes_a_bare_out_name_where_init_and_distill_look(monkeypatch, tmp_path):
+    """`--out convnext.pt` then `--init-cnn convnext.pt` must name the same file."""
+    from agelib import cli, training
+
+    monkeypatch.setenv("AGELIB_HOME", str(tmp_path))
+    seen = {}
+
+    def fake_train(config, mode, checkpoint):
+        seen["checkpoint"] = checkpoint
+        raise SystemExit(0)  # stop before training
+
+    monkeypatch.setattr(training, "train_age_model", fake_train)
+    for out, expected in [("convnext.pt", training.checkpoint_path("convnext.pt")),
+                          ("mine/convnext.pt", Path("mine/convnext.pt"))]:
+        with pytest.raises(SystemExit):
+            cli.main(["train", "--model", "resnet18", "--out", out])
+        assert Path(seen["checkpoint"]) == expected
+    assert training.checkpoint_path("convnext.pt").parent == tmp_path / "checkpoints"

@@ -142,9 +142,9 @@ def test_report_prints_the_markdown_table_of_the_run(trained, runs, work):
     result = runs["report"]
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert lines[0].startswith("| data | mode | model | head | loss |") and len(lines) == 3
+    assert lines[0].startswith("| tag | data | mode | model | head | loss |") and len(lines) == 3
     r = json.loads(next(work["results"].glob("*-resnet18-*.json")).read_text())
-    assert lines[2].startswith("| synthetic | smoke | resnet18 | regression | l1 | no | 32 | 1 | 1 |")
+    assert lines[2].startswith("| cli | synthetic | smoke | resnet18 | regression | l1 | no | 32 | 1 | 1 |")
     assert f"| {r['test_mae']:.2f} |" in lines[2] and f"| {r['valid_mae']:.2f} |" in lines[2]
     table = records.report_table(records.load_records(work["results"]), tag="cli")
     assert result.stdout.strip() == records.to_markdown(table)
