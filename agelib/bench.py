@@ -570,7 +570,8 @@ def readme_bench_table(runs: list[dict]) -> str:
             for r in speed_table(run).itertuples():
                 latest[(_device(run), run["mode"], r.model, r.size, r.pipeline)] = (r, run)
     if not latest:
-        return "_no bench recorded yet (`python -m agelib bench --save`)_"
+        return ("_no full-mode bench recorded yet (`python -m agelib bench --save`; smoke "
+                "benches only check that the bench runs)_")
     lines = ["| device | mode | data | model | px | batch | pipeline | data only, img/s "
              "| training, img/s | vs typical | date |",
              "|---|---|---|---|---:|---:|---|---:|---:|---:|---|"]

@@ -172,7 +172,7 @@ def test_saved_benches_load_back_and_make_the_readme_table(tmp_path):
             "resident | 7,000 | 3,500 | 3.50× | 2026-11-23 |") in table  # the data says what was decoded
     assert "2026-11-22" not in table  # the later run of the same device and mode replaced it
     assert len(table.splitlines()) == 2 + 2  # header, rule, two pipelines
-    assert "no bench recorded" in bench.readme_bench_table([])
+    assert "no full-mode bench recorded" in bench.readme_bench_table([])
     smoke = bench_result(resident=99_000.0, mode="smoke", date="2026-11-30")
     assert bench.readme_bench_table(runs + [smoke]) == table  # a smoke bench is a check, not a row
     text = f"a\n{bench.BENCH_START}\nold\n{bench.BENCH_END}\nb"
