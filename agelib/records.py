@@ -187,6 +187,28 @@ def report_table(table: pd.DataFrame, tag: str | None = None, latest_only: bool 
     return out.reset_index().sort_values(["tag", "test_mae"], ignore_index=True)
 
 
+def same_budget(report: pd.DataFrame, data: str, mode: str, image_size: int, epochs: int,
+                tags=("ch02", "ch05", "ch06", "ch07")) -> pd.DataFrame:
+    """The rows of :func:`report_table` that a fair comparison of families may set side by side.
+
+    Same data, mode, image size and epochs, all trained from scratch: chapter 02's
+    ResNet-18 (L1), chapter 05's plain ViT, and every run of the other ``tags``
+    (ConvNeXt, the hybrids). Each family keeps its own usual recipe. Sorted by
+    test MAE, the column these tables report.
+    """
+    if report.empty:
+        return report
+    family = (((report["tag"] == "ch02") & (report["backbone"] == "resnet18")
+               & (report["loss"] == "l1"))
+              | ((report["tag"] == "ch05") & (report["variant"] == ""))
+              | report["tag"].isin([t for t in tags if t not in ("ch02", "ch05")]))
+    keep = ((report["data"] == data) & (report["mode"] == mode)
+            & (report["image_size"] == image_size) & (report["epochs"] == epochs)
+            & ~report["pretrained"].fillna(False).astype(bool)
+            & report["tag"].isin(list(tags)) & family)
+    return report[keep].sort_values("test_mae")
+
+
 def to_markdown(report: pd.DataFrame) -> str:
     """A report as a Markdown table (what README and chapters show)."""
     if report.empty:

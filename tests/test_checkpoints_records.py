@@ -256,3 +256,21 @@ def test_running_a_chapter_does_not_make_the_code_dirty(tmp_path, monkeypatch):
     assert not records.code_version().endswith(".dirty")
     (tmp_path / "agelib" / "x.py").write_text("a = 2\n")
     assert records.code_version().endswith(".dirty")
+
+
+def test_same_budget_keeps_each_familys_plain_run_at_one_size_and_length():
+    rows = [record(0, 6.0, tag="ch02"), record(0, 6.5, tag="ch02", loss="mse"),
+            record(0, 7.0, tag="ch05", backbone="vit_tiny"),
+            record(0, 7.5, tag="ch05", backbone="vit_tiny", variant="regularised"),
+            record(0, 5.0, tag="ch06", backbone="convnext_tiny"),
+            record(0, 4.0, tag="ch06", backbone="efficientnet_lite0", pretrained=True),
+            record(0, 5.5, tag="ch07", backbone="hybrid_paper"),
+            record(0, 3.0, tag="ch07", backbone="hybrid_paper", epochs=2),
+            record(0, 3.5, tag="ch07", backbone="hybrid_paper", image_size=128)]
+    report = records.report_table(pd.DataFrame(rows))
+    kept = records.same_budget(report, "synthetic", "smoke", 64, 1)
+    assert kept["backbone"].tolist() == ["convnext_tiny", "hybrid_paper", "resnet18", "vit_tiny"]
+    assert kept["test_mae"].is_monotonic_increasing
+    six = records.same_budget(report, "synthetic", "smoke", 64, 1, tags=("ch02", "ch05", "ch06"))
+    assert "hybrid_paper" not in set(six["backbone"])
+    assert records.same_budget(report.iloc[:0], "synthetic", "smoke", 64, 1).empty
