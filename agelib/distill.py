@@ -7,6 +7,8 @@ the *same* augmented batch::
 
     loss = task_loss(student, true_age) + alpha * |student_age - teacher_age|
 
+where ``teacher_age`` is the teacher's age of the face averaged with its age of
+the mirror image (flip averaging: the teacher's best guess, ``flip=False`` for one view).
 Only training batches change. Validation and test still score the student
 against the true ages alone, so its records compare with every other run.
 The logged training loss (``learn.loss``) stays the task loss for the same
@@ -49,18 +51,24 @@ def distillation_loss(student_age: torch.Tensor, teacher_age: torch.Tensor) -> t
 
 
 @torch.no_grad()
-def teacher_ages(teacher: models.AgeModel, x: torch.Tensor, size: int | None = None
-                 ) -> torch.Tensor:
+def teacher_ages(teacher: models.AgeModel, x: torch.Tensor, size: int | None = None,
+                 flip: bool = True) -> torch.Tensor:
     """The teacher's ages ``(B,)`` for a normalised batch ``(B, 3, H, W)``.
 
     ``size``: the side the teacher was trained at; the batch is resized to it
     (antialiased when shrinking) if it differs, since a model sees faces best at
-    the scale it learned them.
+    the scale it learned them. ``flip`` averages each face's age with its mirror
+    image's (one forward pass of both views): the teacher's best guess, as flip
+    test-time averaging is for any model (the column "flip-averaged MAE" of the
+    records), at the price of one more teacher pass on a small model.
     """
     if size is not None and tuple(x.shape[-2:]) != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                           antialias=size < max(x.shape[-2:]))  # (B, 3, size, size)
-    return teacher.head.to_age(teacher(x)).float()
+    if not flip:
+        return teacher.head.to_age(teacher(x)).float()
+    ages = teacher.head.to_age(teacher(torch.cat([x, x.flip(-1)]))).float()  # (2B,)
+    return (ages[:len(x)] + ages[len(x):]) / 2
 
 
 class DistillFromTeacher(Callback):
@@ -70,6 +78,7 @@ class DistillFromTeacher(Callback):
     frozen, in eval mode, on the student's device, and gets no gradient.
     ``teacher_size``: the image side the teacher was trained at (default: the
     ``img_size`` saved in its config; None there means "the batch's size").
+    ``flip``: the teacher's age of a face is averaged with its mirror image's.
     The student may have any head whose ``to_age`` is differentiable (regression,
     or a class/ordinal head with ``decode="expected"``).
     """
@@ -80,7 +89,7 @@ class DistillFromTeacher(Callback):
     run_valid = False  # validation and get_preds never see the teacher
 
     def __init__(self, teacher: models.AgeModel | str | Path, alpha: float = 0.5,
-                 teacher_size: int | None = None):
+                 teacher_size: int | None = None, flip: bool = True):
         super().__init__()
         if isinstance(teacher, (str, Path)):
             teacher = checkpoints.load_checkpoint(teacher)[0]
@@ -93,6 +102,7 @@ class DistillFromTeacher(Callback):
         self.alpha = float(alpha)
         config_size = teacher.config.img_size if teacher.config is not None else None
         self.teacher_size = teacher_size or config_size
+        self.flip = flip
         self.teacher_age: torch.Tensor | None = None
         self._last_term: torch.Tensor | None = None  # kept on the device: no sync per batch
 
@@ -106,7 +116,8 @@ class DistillFromTeacher(Callback):
         self.teacher.to(device).eval()  # Learner.fit puts only the student in train mode
 
     def after_pred(self):
-        self.teacher_age = teacher_ages(self.teacher, self.xb[0], self.teacher_size)  # (B,)
+        self.teacher_age = teacher_ages(self.teacher, self.xb[0], self.teacher_size,
+                                        self.flip)  # (B,)
 
     def after_loss(self):
         student_age = self.learn.model.head.to_age(self.pred)  # (B,)

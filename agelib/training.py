@@ -65,6 +65,7 @@ class TrainConfig:
     init_from: dict | None = None
     distill_from: str | None = None  # checkpoint of a trained teacher whose ages guide training
     distill_alpha: float = 0.5  # weight of |student age - teacher age| in the training loss
+    distill_flip: bool = True  # the teacher's age of a face: averaged with its mirror image's
     tag: str = ""  # free label for reports, e.g. "ch02"
     variant: str = ""  # what this run changes, for ablation tables, e.g. "projection bridge"
 
@@ -383,7 +384,7 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
     cbs = [keep] + list(cbs or [])
     if config.distill_from:
         cbs.append(distill.DistillFromTeacher(checkpoint_path(config.distill_from),
-                                              config.distill_alpha))
+                                              config.distill_alpha, flip=config.distill_flip))
     live = verbose and _interactive()  # headless (logs, CI): one text line per epoch instead
     if verbose and not live:
         cbs.append(EpochLine())

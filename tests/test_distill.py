@@ -157,8 +157,8 @@ def test_distillation_adds_alpha_times_the_l1_gap_to_the_teacher(synthetic_faces
     seen, learn, cb = one_batch(synthetic_faces, teacher, alpha=0.5)
     assert torch.equal(seen.batch, plain.batch)  # the same augmented batch, the same student
     assert torch.equal(plain.total_loss, plain.task_loss)  # alpha 0: nothing added
-    gap = distill.distillation_loss(learn.model.head.to_age(seen.output),
-                                    teacher.predict_age(seen.batch))
+    both_views = (teacher.predict_age(seen.batch) + teacher.predict_age(seen.batch.flip(-1))) / 2
+    gap = distill.distillation_loss(learn.model.head.to_age(seen.output), both_views)
     assert gap > 1 and cb.last_term == pytest.approx(float(gap))
     assert seen.total_loss == pytest.approx(float(seen.task_loss + 0.5 * gap), rel=1e-5)
     assert seen.task_loss == pytest.approx(float(plain.task_loss))  # logged: the task loss only
@@ -166,6 +166,22 @@ def test_distillation_adds_alpha_times_the_l1_gap_to_the_teacher(synthetic_faces
     assert "head.net.0.weight" in changed
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     assert not teacher.training
+
+
+def test_the_teacher_averages_a_face_with_its_mirror_image(synthetic_faces, teacher):
+    teacher.eval()  # as DistillFromTeacher keeps it
+    x = next(iter(data.face_dataloaders(synthetic_faces, mode=MODE, size=32, batch_size=8,
+                                        device="cpu").train))[0]
+    one_view = distill.teacher_ages(teacher, x, flip=False)
+    mirror = distill.teacher_ages(teacher, x.flip(-1), flip=False)
+    assert torch.allclose(one_view, teacher.predict_age(x))
+    assert not torch.allclose(one_view, mirror)  # the views differ, so the average matters
+    both = distill.teacher_ages(teacher, x)
+    assert torch.allclose(both, (one_view + mirror) / 2, atol=1e-5)
+    assert torch.allclose(distill.teacher_ages(teacher, x.flip(-1)), both, atol=1e-5)
+    seen, learn, cb = one_batch(synthetic_faces, teacher, alpha=1.0, flip=False)
+    assert not cb.flip and cb.last_term == pytest.approx(float(distill.distillation_loss(
+        learn.model.head.to_age(seen.output), teacher.predict_age(seen.batch))), rel=1e-5)
 
 
 def test_distillation_leaves_validation_alone(synthetic_faces, teacher):
