@@ -132,10 +132,16 @@ def test_resident_images_stay_put_on_the_cpu(synthetic_faces):
 
 
 # --------------------------------------------------------------------------- the hybrid's levers
-def test_three_stage_recipe_and_distillation_run_from_the_config(synthetic_faces, results):
+def test_three_stage_recipe_and_distillation_run_from_the_config(synthetic_faces, results,
+                                                                 monkeypatch):
     from dataclasses import replace
 
-    from agelib import hybrid
+    from agelib import distill, hybrid
+
+    flips = []  # what the config's distill_flip made of each teacher pass
+    teacher_ages = distill.teacher_ages
+    monkeypatch.setattr(distill, "teacher_ages",
+                        lambda *args: flips.append(args[-1]) or teacher_ages(*args))
 
     base = training.TrainConfig(model=models.named_config("hybrid_atto", img_size=32),
                                 loss="adaptive", tag="t")
@@ -145,8 +151,9 @@ def test_three_stage_recipe_and_distillation_run_from_the_config(synthetic_faces
     vit = training.load_or_train(replace(base, model=vit_cfg, loss="adaptive"), synthetic_faces,
                                  mode=MODE, device="cpu")
     staged = replace(base, init_from={"cnn": cnn.checkpoint.name, "vit": vit.checkpoint.name},
-                     distill_from=cnn.checkpoint.name, distill_alpha=0.5)
+                     distill_from=cnn.checkpoint.name, distill_alpha=0.5, distill_flip=False)
     run = training.train_age_model(staged, synthetic_faces, mode=MODE, device="cpu", verbose=False)
+    assert flips and not any(flips) and run.record["config"]["distill_flip"] is False
     assert run.record["config"]["init_from"] == {"cnn": cnn.checkpoint.name,
                                                  "vit": vit.checkpoint.name}
     assert "/" not in run.record["config"]["distill_from"]  # names, not machine paths
