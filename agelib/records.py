@@ -173,9 +173,11 @@ def report_table(table: pd.DataFrame, tag: str | None = None, latest_only: bool 
     # records written before flip averaging was measured have none: NaN, shown as a dash
     flip = table["test_mae_flip"] if "test_mae_flip" in table else np.nan
     table = table.assign(test_mae_flip=pd.to_numeric(flip, errors="coerce"))
-    table = table.assign(variant=table["variant"].fillna(""))
-    keys = ["tag", "variant", "data", "mode", "backbone", "head", "loss", "pretrained",
-            "image_size", "epochs"]
+    table = table.assign(variant=table["variant"].fillna(""),
+                         backbone_args=[_backbone_args(c) for c in table.get(
+                             "config", pd.Series(None, index=table.index))])
+    keys = ["tag", "variant", "data", "mode", "backbone", "backbone_args", "head", "loss",
+            "pretrained", "image_size", "epochs"]
     if latest_only:  # a re-run replaces the older run with the same settings and seed
         table = table.sort_values("date").drop_duplicates(keys + ["seed"], keep="last")
     grouped = table.groupby(keys, dropna=False)
@@ -185,6 +187,16 @@ def report_table(table: pd.DataFrame, tag: str | None = None, latest_only: bool 
                       test_mae_flip=("test_mae_flip", "mean"),
                       device=("device", "last"), date=("date", "max"))
     return out.reset_index().sort_values(["tag", "test_mae"], ignore_index=True)
+
+
+def _backbone_args(config) -> str:
+    """A record's backbone settings as ``"k=v, k=v"`` ("" for the backbone's defaults).
+
+    Two runs of one backbone built with other settings (a 2-block ViT, the projection
+    bridge) are other models: they get their own row, and the table names the settings.
+    """
+    args = (config or {}).get("model", {}).get("backbone_args") if isinstance(config, dict) else None
+    return ", ".join(f"{k}={v}" for k, v in sorted(args.items())) if args else ""
 
 
 def same_budget(report: pd.DataFrame, data: str, mode: str, image_size: int, epochs: int,
@@ -218,7 +230,8 @@ def to_markdown(report: pd.DataFrame) -> str:
              "|" + "---|" * 16]  # tag: which chapter (or `train --tag`) made the runs
     for r in report.itertuples():
         std = f" ± {r.test_mae_std:.2f}" if r.runs > 1 and not np.isnan(r.test_mae_std) else ""
-        model = f"{r.backbone} ({r.variant})" if r.variant else r.backbone  # what the run changed
+        model = r.backbone + (f" [{r.backbone_args}]" if getattr(r, "backbone_args", "") else "")
+        model += f" ({r.variant})" if r.variant else ""  # what the run changed
         lines.append(f"| {r.tag} | {r.data} | {r.mode} | {model} | {r.head} | {r.loss} | "
                      f"{'yes' if r.pretrained else 'no'} | {r.image_size} | {r.epochs} | {r.runs} | "
                      f"{r.test_mae:.2f}{std} | {r.test_cs5:.3f} | {_or_dash(r.test_mae_flip)} | "

@@ -223,6 +223,15 @@ def test_to_markdown_shows_one_line_per_setting_with_mean_and_std():
         "_no run records yet_"
 
 
+def test_runs_of_one_backbone_with_other_settings_are_other_models():
+    small = record(0, 9.0, "2025-01-02T00:00:00+00:00")
+    small["config"]["model"]["backbone_args"] = {"depth": 2, "embed_dim": 80}
+    report = records.report_table(pd.DataFrame([record(0, 6.0), small]))
+    assert len(report) == 2  # not one run replacing the other as a re-run of the same model
+    text = records.to_markdown(report)
+    assert "| resnet18 |" in text and "| resnet18 [depth=2, embed_dim=80] |" in text
+
+
 def test_code_version_names_agelibs_version_and_the_commit():
     version = records.code_version()
     # "0.1.0", or from a git checkout "0.1.0+1a2b3c4" ("+1a2b3c4.dirty" with edits)
