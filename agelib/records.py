@@ -195,7 +195,7 @@ def _backbone_args(config) -> str:
     Two runs of one backbone built with other settings (a 2-block ViT, the projection
     bridge) are other models: they get their own row, and the table names the settings.
     """
-    args = (config or {}).get("model", {}).get("backbone_args") if isinstance(config, dict) else None
+    args = config.get("model", {}).get("backbone_args") if isinstance(config, dict) else None
     return ", ".join(f"{k}={v}" for k, v in sorted(args.items())) if args else ""
 
 
