@@ -134,10 +134,19 @@ def fastai_metrics(decode: Callable[[torch.Tensor], torch.Tensor], k: int = 5) -
     Each is an ``AccumMetric``: it keeps every validation prediction and computes
     once, over samples, at the end of the epoch, never as a mean of batch means.
     ``decode`` is e.g. ``losses.expected_age`` or ``losses.decoder_for("coral")``.
+    Unlike fastai's, they keep the predictions on the model's device until then:
+    fastai copies each batch's to the CPU, a wait for the GPU per batch.
     """
     with warnings.catch_warnings():  # fastai's import warns about torch.jit; not ours to fix
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script")
         from fastai.metrics import AccumMetric
+
+    class KeptOnDevice(AccumMetric):
+        """fastai's ``AccumMetric`` without its copy to the CPU per batch."""
+
+        def accum_values(self, preds, targs, learn=None):
+            self.preds.append(preds.detach())
+            self.targs.append(targs.detach())
 
     def mae_of_outputs(outputs: torch.Tensor, ages: torch.Tensor) -> float:
         return mae(decode(outputs), ages)
@@ -146,5 +155,5 @@ def fastai_metrics(decode: Callable[[torch.Tensor], torch.Tensor], k: int = 5) -
         return cs_at(decode(outputs), ages, k)
 
     # flatten=False: (B, K) logits must reach decode whole, not flattened to (B*K,)
-    return [AccumMetric(mae_of_outputs, flatten=False, name="mae"),
-            AccumMetric(cs_of_outputs, flatten=False, name=f"cs{k}")]
+    return [KeptOnDevice(mae_of_outputs, flatten=False, name="mae"),
+            KeptOnDevice(cs_of_outputs, flatten=False, name=f"cs{k}")]

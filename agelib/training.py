@@ -30,7 +30,8 @@ with warnings.catch_warnings():  # fastai's import warns about torch.jit; not ou
     from fastai.callback.all import (CancelFitException, Callback, ParamScheduler,
                                      ProgressCallback, SchedCos, SchedLin, TrackerCallback,
                                      combine_scheds)
-    from fastai.learner import AvgSmoothLoss, Learner, Recorder
+    from fastai.learner import AvgLoss, AvgSmoothLoss, Learner, Recorder
+    from fastai.torch_core import find_bs
     from fastai.optimizer import OptimWrapper
 
 SCHEDULES = ("one_cycle", "warmup_cosine", "constant")
@@ -140,16 +141,27 @@ class _SmoothLossHere(AvgSmoothLoss):
         self.val = torch.lerp(loss, self.val, self.beta)
 
 
-class SmoothLossOnDevice(Callback):
-    """Keep the smoothed training loss on the GPU: no CPU round trip per batch.
+class _AvgLossHere(AvgLoss):
+    """fastai's validation loss (a mean over samples), summed on the loss's own device."""
 
-    fastai's ``AvgSmoothLoss`` copies every batch's loss to the CPU, and that
-    copy makes the CPU wait until the GPU has finished the step before it may
-    queue the next one: on a fast GPU and a small model, the GPU then idles while
-    Python prepares each batch. This callback gives the ``Recorder`` a smoothed
-    loss that stays on the device (the same numbers), and brings the epoch's
-    per-batch values to the CPU once, at its end (where fastai syncs anyway), as
-    floats in ``recorder.losses``; so do a fit's end and a cancelled fit.
+    def accumulate(self, learn):
+        bs = find_bs(learn.yb)
+        self.total = self.total + learn.loss.detach().float().mean() * bs  # 0. + tensor: a tensor
+        self.count += bs
+
+
+class LossesOnDevice(Callback):
+    """Keep the training and validation losses on the GPU: no CPU round trip per batch.
+
+    fastai's ``AvgSmoothLoss`` (training) and ``AvgLoss`` (validation) copy every
+    batch's loss to the CPU, and that copy makes the CPU wait until the GPU has
+    finished the batch before it may queue the next one: on a fast GPU and a
+    small model, the GPU then idles while Python prepares each batch. This
+    callback gives the ``Recorder`` both losses kept on the device (the same
+    numbers; the metrics of :func:`metrics.fastai_metrics` stay there too), and
+    brings the epoch's per-batch training values to the CPU once, at its end
+    (where fastai syncs anyway), as floats in ``recorder.losses``; so do a fit's
+    end and a cancelled fit.
     """
 
     order = Recorder.order - 1  # before the Recorder's before_fit resets the smoother
@@ -158,6 +170,7 @@ class SmoothLossOnDevice(Callback):
         recorder = getattr(self.learn, "recorder", None)
         if recorder is not None:  # vars(): fastai warns on any callback attribute the learner has
             vars(recorder)["smooth_loss"] = _SmoothLossHere(recorder.smooth_loss.beta)
+            vars(recorder)["loss"] = _AvgLossHere()
 
     def after_epoch(self):
         self._losses_to_floats()
@@ -245,7 +258,7 @@ def make_learner(dls, model: models.AgeModel, loss: str, lr: float = 1e-3,
                   **({"fused": True} if on_cuda else {}))
     learn = AgeLearner(dls, model, loss_func=loss_func, opt_func=opt, lr=lr,
                     metrics=metrics.fastai_metrics(model.head.to_age), wd=None,
-                    cbs=[SmoothLossOnDevice()],
+                    cbs=[LossesOnDevice()],
                     path=settings.data_home() / "fastai")  # lr_find's scratch files go there
     if any(isinstance(cb, ProgressCallback) for cb in learn.cbs):  # same bar, no sync
         learn.remove_cb(ProgressCallback).add_cb(ProgressWithoutSync())

@@ -44,18 +44,20 @@ def test_a_hybrid_trains_on_the_gpu_with_mixed_precision(synthetic_faces, result
 
 
 class CountSyncs(training.Callback):
-    """Count host-device synchronisations during the training batches only."""
+    """Count host-device synchronisations during the training (or validation) batches only."""
 
-    def __init__(self):
-        self.caught = []
+    def __init__(self, phase: str = "train"):
+        self.caught, self.phase = [], phase
+        setattr(self, f"before_{phase}", self._start)
+        setattr(self, f"after_{phase}", self._stop)
 
-    def before_train(self):
+    def _start(self):
         self.recording = warnings.catch_warnings(record=True)
         self.caught = self.recording.__enter__()
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
 
-    def after_train(self):
+    def _stop(self):
         torch.cuda.set_sync_debug_mode(0)
         self.recording.__exit__(None, None, None)
         self.syncs = [w for w in self.caught if "synchroniz" in str(w.message)]
@@ -105,3 +107,16 @@ def test_a_cuda_graph_replays_the_same_ages_faster_at_batch_1():
     assert graph_ms < eager_ms
     with pytest.raises(ValueError, match="captured for"):
         replay(torch.randn(2, 3, 64, 64, device="cuda"))  # one graph per input shape
+
+
+def test_validation_batches_do_not_wait_for_the_gpu(synthetic_faces):
+    """The validation loss and predictions stay on the GPU until the epoch's metrics."""
+    dls = data.face_dataloaders(synthetic_faces, mode=MODE, size=32, batch_size=2, device="cuda")
+    model = models.create_model(models.ModelConfig("test_resnet", img_size=32)).cuda()
+    learn = training.make_learner(dls, training.speed_up(model, torch.device("cuda")), "l1")
+    counter = CountSyncs("validate")
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-3, cbs=[counter])
+    batches = len(dls.valid)
+    assert batches >= 8
+    assert len(counter.syncs) < batches // 2, [str(w.message)[:120] for w in counter.syncs[:5]]

@@ -272,17 +272,42 @@ def test_a_recorded_run_is_found_by_its_settings_and_nothing_else_is(synthetic_f
 def test_the_smoothed_loss_kept_on_the_device_equals_fastais(synthetic_faces):
     """SmoothLossOnDevice changes where the smoothing runs, not its numbers."""
     ours = learner(synthetic_faces)
-    assert any(isinstance(cb, training.SmoothLossOnDevice) for cb in ours.cbs)
+    assert any(isinstance(cb, training.LossesOnDevice) for cb in ours.cbs)
     with ours.no_bar(), ours.no_logging():
         ours.fit(2, 1e-3)
     theirs = learner(synthetic_faces)
-    theirs.remove_cb(training.SmoothLossOnDevice)  # fastai's own AvgSmoothLoss
+    theirs.remove_cb(training.LossesOnDevice)  # fastai's own AvgSmoothLoss
     with theirs.no_bar(), theirs.no_logging():
         theirs.fit(2, 1e-3)
     assert all(isinstance(v, float) for v in ours.recorder.losses)  # on the CPU, once, at the end
     assert ours.recorder.losses == pytest.approx([float(v) for v in theirs.recorder.losses], rel=1e-5)
     assert [row[0] for row in ours.recorder.values] == pytest.approx(
         [row[0] for row in theirs.recorder.values], rel=1e-5)  # the epoch's train_loss
+
+
+@pytest.mark.parametrize("head,loss", [("regression", "adaptive"), ("classification", "ldl")])
+def test_validation_kept_on_the_device_gives_fastais_numbers_without_a_copy_per_batch(
+        synthetic_faces, monkeypatch, head, loss):
+    """The validation loss and metrics stay on the device until the epoch ends: the same
+    numbers as fastai's AvgLoss and AccumMetric, which copy every batch to the CPU."""
+    from fastai.metrics import AccumMetric
+
+    ours = learner(synthetic_faces, head=head, loss=loss, batch_size=4)
+    theirs = learner(synthetic_faces, head=head, loss=loss, batch_size=4)
+    theirs.remove_cb(training.LossesOnDevice)  # fastai's own AvgLoss
+    theirs.metrics = [AccumMetric(m.func, flatten=False, name=m.name) for m in ours.metrics]
+    copies = []
+    to_detach = training.Learner.to_detach
+    monkeypatch.setattr(training.Learner, "to_detach",
+                        lambda self, *a, **k: copies.append(1) or to_detach(self, *a, **k))
+    with ours.no_bar(), ours.no_logging():
+        ours_values = ours.validate()
+    assert copies == [] and len(ours.dls.valid) >= 3
+    with theirs.no_bar(), theirs.no_logging():
+        their_values = theirs.validate()
+    assert len(copies) >= 3 * len(theirs.dls.valid)  # loss, predictions, ages: every batch
+    assert [float(v) for v in ours_values] == pytest.approx([float(v) for v in their_values],
+                                                            rel=1e-6)
 
 
 def test_a_fit_that_breaks_off_keeps_its_finished_epochs_losses_as_floats(synthetic_faces):
