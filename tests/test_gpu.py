@@ -47,7 +47,7 @@ class CountSyncs(training.Callback):
     """Count host-device synchronisations during the training (or validation) batches only."""
 
     def __init__(self, phase: str = "train"):
-        self.caught, self.phase = [], phase
+        self.caught = []
         setattr(self, f"before_{phase}", self._start)
         setattr(self, f"after_{phase}", self._stop)
 

@@ -270,7 +270,7 @@ def test_a_recorded_run_is_found_by_its_settings_and_nothing_else_is(synthetic_f
 
 # --------------------------------------------------------------------------- no sync per batch
 def test_the_smoothed_loss_kept_on_the_device_equals_fastais(synthetic_faces):
-    """SmoothLossOnDevice changes where the smoothing runs, not its numbers."""
+    """LossesOnDevice changes where the smoothing runs, not its numbers."""
     ours = learner(synthetic_faces)
     assert any(isinstance(cb, training.LossesOnDevice) for cb in ours.cbs)
     with ours.no_bar(), ours.no_logging():
