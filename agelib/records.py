@@ -189,6 +189,22 @@ def report_table(table: pd.DataFrame, tag: str | None = None, latest_only: bool 
     return out.reset_index().sort_values(["tag", "test_mae"], ignore_index=True)
 
 
+def per_seed(table: pd.DataFrame, tag: str | None = None) -> pd.DataFrame:
+    """Test MAE by (backbone, variant) and training seed: the latest run of each seed.
+
+    A lever's effect is honest only against the run before it with the *same* seed;
+    this is the table that pairs them (NaN where a seed was not run).
+    """
+    if tag is not None:
+        table = table[table["tag"] == tag]
+    if table.empty:
+        return pd.DataFrame(columns=pd.Index([], name="seed"),
+                            index=pd.MultiIndex.from_tuples([], names=["backbone", "variant"]))
+    table = table.assign(variant=table["variant"].fillna("") if "variant" in table else "")
+    return table.sort_values("date").pivot_table(index=["backbone", "variant"], columns="seed",
+                                                 values="test_mae", aggfunc="last")
+
+
 def _backbone_args(config) -> str:
     """A record's backbone settings as ``"k=v, k=v"`` ("" for the backbone's defaults).
 

@@ -203,6 +203,22 @@ def test_report_table_averages_seeds_and_keeps_the_latest_run_of_each_seed():
     assert len(only) == 1 and only.iloc[0]["test_mae"] == 5.0
 
 
+def test_per_seed_pairs_runs_by_seed_and_keeps_the_latest_of_each():
+    table = pd.DataFrame([
+        record(0, 9.0, "2025-01-02T00:00:00+00:00", variant="from scratch"),
+        record(0, 7.0, "2025-01-01T00:00:00+00:00", variant="from scratch"),  # older: dropped
+        record(1, 8.0, "2025-01-01T00:00:00+00:00", variant="from scratch"),
+        record(0, 6.0, "2025-01-03T00:00:00+00:00", variant="three-stage"),  # seed 0 only
+        record(0, 5.0, "2025-01-01T00:00:00+00:00", variant="three-stage", tag="ch03"),
+    ])
+    seeds = records.per_seed(table, tag="ch02")
+    assert list(seeds.columns) == [0, 1]
+    assert seeds.loc[("resnet18", "from scratch")].tolist() == [9.0, 8.0]
+    assert seeds.loc[("resnet18", "three-stage"), 0] == 6.0  # not ch03's 5.0
+    assert math.isnan(seeds.loc[("resnet18", "three-stage"), 1])
+    assert records.per_seed(table, tag="nothing").empty
+
+
 def test_to_markdown_shows_one_line_per_setting_with_mean_and_std():
     table = pd.DataFrame([record(0, 6.0), record(1, 8.0), record(0, 4.0, backbone="vit_small",
                                                                  pretrained=True)])
