@@ -168,19 +168,11 @@ def report_table(table: pd.DataFrame, tag: str | None = None, latest_only: bool 
         table = table[table["tag"] == tag]
     if table.empty:
         return pd.DataFrame(columns=["runs", "test_mae", "test_cs5", "valid_mae"])
-    if "variant" not in table:
-        table = table.assign(variant="")
     # records written before flip averaging was measured have none: NaN, shown as a dash
     flip = table["test_mae_flip"] if "test_mae_flip" in table else np.nan
     table = table.assign(test_mae_flip=pd.to_numeric(flip, errors="coerce"))
-    table = table.assign(variant=table["variant"].fillna(""),
-                         backbone_args=[_backbone_args(c) for c in table.get(
-                             "config", pd.Series(None, index=table.index))])
-    keys = ["tag", "variant", "data", "mode", "backbone", "backbone_args", "head", "loss",
-            "pretrained", "image_size", "epochs"]
-    if latest_only:  # a re-run replaces the older run with the same settings and seed
-        table = table.sort_values("date").drop_duplicates(keys + ["seed"], keep="last")
-    grouped = table.groupby(keys, dropna=False)
+    table = _latest_runs(table) if latest_only else _with_settings(table)
+    grouped = table.groupby(RUN_KEYS, dropna=False)
     out = grouped.agg(runs=("seed", "count"), params=("params", "first"),
                       valid_mae=("valid_mae", "mean"), test_mae=("test_mae", "mean"),
                       test_mae_std=("test_mae", "std"), test_cs5=("test_cs5", "mean"),
@@ -200,9 +192,25 @@ def per_seed(table: pd.DataFrame, tag: str | None = None) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame(columns=pd.Index([], name="seed"),
                             index=pd.MultiIndex.from_tuples([], names=["backbone", "variant"]))
-    table = table.assign(variant=table["variant"].fillna("") if "variant" in table else "")
-    return table.sort_values("date").pivot_table(index=["backbone", "variant"], columns="seed",
-                                                 values="test_mae", aggfunc="last")
+    return _latest_runs(table).pivot_table(index=["backbone", "variant"], columns="seed",
+                                           values="test_mae", aggfunc="last")
+
+
+# the settings that make two runs the same model and protocol (a run's seed aside)
+RUN_KEYS = ["tag", "variant", "data", "mode", "backbone", "backbone_args", "head", "loss",
+            "pretrained", "image_size", "epochs"]
+
+
+def _with_settings(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with ``variant`` ("" for none) and ``backbone_args`` filled in, sorted by date."""
+    variant = table["variant"].fillna("") if "variant" in table else ""
+    return table.assign(variant=variant, backbone_args=[_backbone_args(c) for c in table.get(
+        "config", pd.Series(None, index=table.index))]).sort_values("date")
+
+
+def _latest_runs(table: pd.DataFrame) -> pd.DataFrame:
+    """One run per setting and seed: a re-run replaces the older run with the same settings."""
+    return _with_settings(table).drop_duplicates(RUN_KEYS + ["seed"], keep="last")
 
 
 def _backbone_args(config) -> str:
