@@ -97,6 +97,15 @@ def test_the_template_is_where_real_utkface_faces_are(real_folder):
     assert np.abs(faces.landmark_template(images) - faces.UTKFACE_LANDMARKS).max() < 0.04
 
 
+def test_the_template_does_not_depend_on_the_frame_around_the_faces(real_folder):
+    # MTCNN puts the landmarks of a face that fills the crop in the wrong place (the eyes on
+    # the eyebrows): the template must come out the same with a wider border
+    images = sorted(real_folder.glob("*.jpg"))[:12]
+    framed, wider = faces.landmark_template(images), faces.landmark_template(images, pad=0.5)
+    assert np.abs(framed - wider).max() < 0.02
+    assert 0.25 < framed[:2, 1].mean() < 0.33  # eyes on the darkest rows of UTKFace's mean face
+
+
 def test_blank_noise_and_tiny_images_have_no_face():
     noise = np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)
     for image in (Image.new("RGB", (256, 256), (128, 128, 128)), noise,
