@@ -113,15 +113,49 @@ def write_links(repo: str | None = None) -> list[str]:
 COURSE_START, COURSE_END = "<!-- course-run:start -->", "<!-- course-run:end -->"
 
 
-# one chapter in a fresh kernel, outputs written back in place (nbclient: what nbval uses too)
+# --------------------------------------------------------------------------- dataset photos
+#: The tag of a cell that shows single UTKFace photos. UTKFace's licence allows research use
+#: but not redistribution, so a chapter run on the real faces is saved without those
+#: pictures: the learner sees them when running the cell on their own copy of the data.
+DATASET_FACES = "dataset-faces"
+LEFT_OUT = ("[The picture is left out of the saved notebook: it shows UTKFace photos, whose "
+            "licence does not allow redistributing them. Run the cell on your copy of the data "
+            "to see it.]\n")
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/svg+xml")
+
+
+def leave_out_dataset_faces(nb: dict) -> int:
+    """Drop the pictures of every cell tagged :data:`DATASET_FACES` from ``nb`` (a notebook
+    as JSON or ``nbformat`` node), each replaced by a line that says why; return how many.
+
+    Tables and printed text stay: only the photos may not travel.
+    """
+    dropped = 0
+    for cell in nb["cells"]:
+        if DATASET_FACES not in cell.get("metadata", {}).get("tags", []):
+            continue
+        kept = [o for o in cell.get("outputs", [])
+                if not any(t in o.get("data", {}) for t in IMAGE_TYPES)]
+        if len(kept) < len(cell.get("outputs", [])):
+            dropped += len(cell["outputs"]) - len(kept)
+            cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": LEFT_OUT},
+                               *kept]
+    return dropped
+
+
+# one chapter in a fresh kernel, outputs written back in place (nbclient: what nbval uses too);
+# on real faces, without the cells' pictures of single UTKFace photos
 _EXECUTE = """
 import sys, nbformat
 from nbclient import NotebookClient
-path, timeout = sys.argv[1], int(sys.argv[2])
+path, timeout, real = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 nb = nbformat.read(path, as_version=4)
 try:
     NotebookClient(nb, timeout=timeout, kernel_name="python3").execute()
 finally:
+    if real:
+        from agelib.course import leave_out_dataset_faces
+        leave_out_dataset_faces(nb)
     nbformat.write(nb, path)
 """
 
@@ -164,10 +198,11 @@ def run_chapters(files: list[str] | None = None, full: bool = False, timeout: in
            "date": now.isoformat(timespec="seconds"), "code": records.code_version(),
            "total_seconds": 0.0, "chapters": []}
     path = records.results_dir() / "course" / f"{now:%Y%m%d-%H%M%S}-{mode.name}.json"
+    real = "1" if _real_faces(env) else "0"
     for name in wanted:
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", _EXECUTE, name, str(timeout)], cwd=folder,
-                              env=env, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-c", _EXECUTE, name, str(timeout), real],
+                              cwd=folder, env=env, capture_output=True, text=True)
         seconds = round(time.perf_counter() - start, 1)
         run["chapters"].append({"notebook": name, "seconds": seconds, "ok": done.returncode == 0,
                                 "error": None if done.returncode == 0 else done.stderr.strip()[-600:]})
@@ -178,6 +213,19 @@ def run_chapters(files: list[str] | None = None, full: bool = False, timeout: in
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(run, indent=2))
     return run
+
+
+def _real_faces(env: dict) -> bool:
+    """Whether the chapters will read real faces: the data the kernels' environment finds
+    (``AGELIB_DATA`` or the usual places) is not the synthetic set."""
+    from .data import sources
+
+    asked = env.get("AGELIB_DATA") or None
+    try:
+        found = None if asked == "synthetic" else sources.find_data(asked)
+        return found is not None and sources.load_faces(found, verbose=False).real
+    except (OSError, ValueError):  # missing or unreadable: the chapters will say so themselves,
+        return True  # and leaving photos out loses nothing
 
 
 def load_course_runs(folder: Path | None = None) -> list[dict]:

@@ -186,6 +186,10 @@ def create_head(config: ModelConfig, in_features: int) -> nn.Module:
     if c.head == "classification":
         return ClassificationHead(in_features, c.num_classes, c.min_age, c.hidden, c.decode,
                                   c.drop_rate, c.head_norm, c.hidden_act)
+    if c.hidden and c.head in ("coral", "corn"):
+        raise ValueError(f"a {c.head} head has no hidden layer: hidden={c.hidden} would be "
+                         "ignored. Leave hidden unset, or put your own layers before a "
+                         f"{'CoralHead' if c.head == 'coral' else 'CornHead'} in a module.")
     if c.head == "coral":
         return CoralHead(in_features, c.num_classes, c.min_age, c.decode, c.drop_rate)
     return CornHead(in_features, c.num_classes, c.min_age, c.decode, c.drop_rate)
@@ -365,9 +369,15 @@ REGISTRY: dict[str, ModelConfig] = {
 
 
 def named_config(name: str, **changes) -> ModelConfig:
-    """A copy of a registered configuration, with some fields changed."""
+    """A copy of a registered configuration, with some fields changed.
+
+    Asking for an ordinal head drops the registered hidden layer (it belongs to the
+    regression head, and CORAL and CORN heads have none) unless ``hidden`` is given too.
+    """
     if name not in REGISTRY:
         raise ValueError(f"unknown model configuration {name!r}; registered: {sorted(REGISTRY)}")
+    if changes.get("head") in ("coral", "corn"):
+        changes.setdefault("hidden", None)
     return ModelConfig(**{**REGISTRY[name].to_dict(), **changes})
 
 

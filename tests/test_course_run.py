@@ -117,3 +117,64 @@ def test_the_pending_chapters_are_those_whose_latest_run_on_this_device_failed_o
     assert capsys.readouterr().out.split() == pending
     assert cli.main(["course", "--full", "--pending", "--epochs", "2"]) == 0
     assert "05" not in capsys.readouterr().out.split()
+
+
+# --------------------------------------------------------------------------- dataset photos
+PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5"
+       "ErkJggg==")  # one pixel
+
+
+def figure_cell(tagged: bool):
+    cell = nbformat.v4.new_code_cell(
+        "from IPython.display import display\n"
+        f"display({{'image/png': {PNG!r}, 'text/plain': '<Figure>'}}, raw=True)\nprint('a table')")
+    if tagged:
+        cell.metadata["tags"] = [course.DATASET_FACES]
+    return cell
+
+
+def test_tagged_cells_lose_their_pictures_and_say_why():
+    nb = nbformat.v4.new_notebook(cells=[figure_cell(True), figure_cell(False)])
+    for cell in nb.cells:
+        cell.outputs = [nbformat.v4.new_output("display_data", data={"image/png": PNG}),
+                        nbformat.v4.new_output("stream", text="a table\n")]
+    assert course.leave_out_dataset_faces(nb) == 1
+    tagged, plain = nb.cells
+    assert [o.get("text") for o in tagged.outputs] == [course.LEFT_OUT, "a table\n"]
+    assert "image/png" in plain.outputs[0]["data"]  # an untagged picture (a plot) stays
+    assert course.leave_out_dataset_faces(nb) == 0  # and doing it again changes nothing
+
+
+@pytest.mark.parametrize("real", [True, False])
+def test_a_run_on_real_faces_saves_no_tagged_picture(chapters, monkeypatch, real):
+    nb = nbformat.v4.new_notebook(cells=[figure_cell(True), figure_cell(False)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, chapters / "00_setup.ipynb")
+    monkeypatch.setattr(course, "_real_faces", lambda env: real)
+    assert course.run_chapters(["00"], timeout=60, save=False)["chapters"][0]["ok"]
+    tagged, plain = nbformat.read(chapters / "00_setup.ipynb", as_version=4).cells
+    pictures = [o for o in tagged.outputs if "image/png" in o.get("data", {})]
+    assert (pictures == []) == real and (tagged.outputs[0].get("text") == course.LEFT_OUT) == real
+    assert any("image/png" in o.get("data", {}) for o in plain.outputs)
+
+
+COMMITTED = sorted((course.notebooks_dir()).glob("*.ipynb"))
+SHOWS_PHOTOS = ("face_grid(", "cam_figure(shown[")  # the helpers that draw single dataset photos
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name[:2])
+def test_committed_chapters_hold_no_utkface_photo(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    text = path.read_text(encoding="utf-8")
+    real = "real faces:" in text  # the data banner every chapter prints first
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        source, tags = "".join(cell["source"]), cell.get("metadata", {}).get("tags", [])
+        if any(s in source for s in SHOWS_PHOTOS):
+            assert course.DATASET_FACES in tags, f"cell {i} shows dataset photos: tag it"
+        if course.DATASET_FACES in tags:
+            assert "save_figure(" not in source, f"cell {i} would commit photos to figures/"
+            if real:
+                assert not any(t in o.get("data", {}) for o in cell.get("outputs", [])
+                               for t in course.IMAGE_TYPES), f"cell {i} holds UTKFace photos"

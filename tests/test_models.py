@@ -303,3 +303,12 @@ def test_data_config_is_timms_for_the_backbone():
     config = models.data_config(model)
     assert config == timm.data.resolve_model_data_config(model.backbone)
     assert {"input_size", "mean", "std"} <= set(config)
+
+
+@pytest.mark.parametrize("head", ["coral", "corn"])
+def test_an_ordinal_head_refuses_a_hidden_layer_it_would_ignore(head):
+    with pytest.raises(ValueError, match="no hidden layer"):
+        models.create_model(models.ModelConfig("resnet18", head=head, hidden=64))
+    # a registered hybrid's hidden layer belongs to its regression head: asking for an
+    # ordinal head by name drops it, so `agelib train --model hybrid_atto --head coral` works
+    assert models.named_config("hybrid_atto", head=head).hidden is None
