@@ -138,8 +138,8 @@ def leave_out_dataset_faces(nb: dict) -> int:
                 if not any(t in o.get("data", {}) for t in IMAGE_TYPES)]
         if len(kept) < len(cell.get("outputs", [])):
             dropped += len(cell["outputs"]) - len(kept)
-            cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": LEFT_OUT},
-                               *kept]
+            note = type(cell)(output_type="stream", name="stdout", text=LEFT_OUT)  # same kind
+            cell["outputs"] = [note, *kept]  # of node (dict or nbformat's) as the cell's own
     return dropped
 
 
