@@ -178,3 +178,20 @@ def test_committed_chapters_hold_no_utkface_photo(path):
             if real:
                 assert not any(t in o.get("data", {}) for o in cell.get("outputs", [])
                                for t in course.IMAGE_TYPES), f"cell {i} holds UTKFace photos"
+
+
+def test_photos_are_left_out_unless_the_data_is_known_to_be_synthetic(quirky_folder, home,
+                                                                       tmp_path, monkeypatch):
+    from agelib.data import cache, sources
+
+    monkeypatch.delenv("AGELIB_DATA", raising=False)  # the run's environment is what counts
+
+    assert course._real_faces({"AGELIB_DATA": str(quirky_folder)})  # a UTKFace-style folder
+    faces = sources.load_folder(quirky_folder)
+    for real in (True, False):  # a pack says what it holds
+        pack = cache.write_pack(faces.samples, faces.images(16), tmp_path / f"{real}.tar",
+                                real=real)
+        assert course._real_faces({"AGELIB_DATA": str(pack)}) == real
+    assert not course._real_faces({"AGELIB_DATA": "synthetic"})
+    assert not course._real_faces({})  # nothing found: the chapters use the synthetic faces
+    assert course._real_faces({"AGELIB_DATA": str(tmp_path / "missing")})  # when in doubt
