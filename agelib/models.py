@@ -211,7 +211,12 @@ class AgeModel(nn.Module):
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         pooled = self.backbone.forward_head(features, pre_logits=True)  # (B, C)
-        return self.head(pooled)
+        # the head in float32 even under mixed precision: bfloat16 has 8 bits of mantissa,
+        # so an age computed in it lands on a grid of 1/8 year at 20 and 1/2 year at 70
+        if pooled.device.type == "meta":  # shapes only (sizes, counts): autocast has no meta
+            return self.head(pooled)
+        with torch.autocast(pooled.device.type, enabled=False):
+            return self.head(pooled.float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -48,6 +48,17 @@ def test_build_cache_is_keyed_by_ids_and_size(tmp_path):
         cache.build_cache(["a", "b", "c"], never_open, 24, tmp_path)
     with pytest.raises(AssertionError, match="decoded again"):
         cache.build_cache(["a", "b", "x"], never_open, 32, tmp_path)
+    with pytest.raises(AssertionError, match="decoded again"):  # same ids, other copy
+        cache.build_cache(["a", "b", "c"], never_open, 32, tmp_path, source="a pack")
+
+
+def test_a_folder_and_its_pack_do_not_share_decoded_pixels(quirky_faces, tmp_path, home):
+    # the pack keeps the files' content hashes but holds re-encoded (WebP) pixels
+    pack = data.load_pack(cache.write_pack(quirky_faces.samples, quirky_faces.images(32),
+                                           tmp_path / "faces.tar", quality=10))
+    from_pack = np.array(pack.images(32))
+    assert not np.array_equal(np.array(quirky_faces.images(32)), from_pack)
+    assert len(list((home / "cache").glob("*.npy"))) == 2
 
 
 def test_build_cache_turns_odd_modes_into_rgb(quirky_folder, tmp_path):

@@ -146,6 +146,20 @@ def test_forward_is_forward_head_of_forward_features(head):
         assert torch.equal(model(x), model.forward_head(features))
 
 
+@pytest.mark.parametrize("head", HEADS)
+def test_the_head_computes_ages_in_float32_under_mixed_precision(head):
+    # autocast runs Linear layers in bfloat16, whose ages fall on a 1/8-1/2 year grid
+    model = tiny_model(head=head).eval()
+    x = images()
+    with torch.no_grad():
+        exact = model.head.to_age(model(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+    assert out.dtype == torch.float32
+    ages = model.head.to_age(out)
+    assert ages.dtype == torch.float32 and (ages - exact).abs().max() < 2.0  # backbone in bf16
+
+
 def test_predict_age_uses_eval_mode_and_restores_the_previous_mode():
     model = tiny_model(head="classification")
     x = images()

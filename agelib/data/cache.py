@@ -64,21 +64,27 @@ def square_resize(im: Image.Image, size: int) -> Image.Image:
     return ImageOps.fit(to_rgb(im), (size, size), Image.Resampling.BICUBIC)
 
 
-def cache_key(ids: list[str], size: int) -> str:
-    """Stable name for the cache of these images at this size."""
-    digest = hashlib.sha1(f"{size}\n".encode() + "\n".join(ids).encode()).hexdigest()
+def cache_key(ids: list[str], size: int, source: str = "") -> str:
+    """Stable name for the cache of these images at this size, decoded from ``source``.
+
+    The source matters: a pack keeps the original files' content hashes but holds
+    re-encoded pixels, so the folder and its pack must not share a cache.
+    """
+    digest = hashlib.sha1(f"{source}\n{size}\n".encode() + "\n".join(ids).encode()).hexdigest()
     return f"faces-{size}px-{len(ids)}-{digest[:12]}"
 
 
 def build_cache(ids: list[str], open_image: Callable[[int], Image.Image], size: int,
-                cache_dir: str | Path, workers: int | None = None) -> np.ndarray:
+                cache_dir: str | Path, workers: int | None = None,
+                source: str = "") -> np.ndarray:
     """Decode ``len(ids)`` images once into a ``(N, size, size, 3)`` uint8 array on disk.
 
-    ``open_image(i)`` returns image ``i``; ``ids`` (content hashes) name the cache,
-    so asking again for the same images and size just memory-maps the saved file.
+    ``open_image(i)`` returns image ``i``; ``ids`` (content hashes) and ``source``
+    (which copy of the data they are read from) name the cache, so asking again for
+    the same images and size just memory-maps the saved file.
     """
     cache_dir = Path(cache_dir)
-    path = cache_dir / f"{cache_key(ids, size)}.npy"
+    path = cache_dir / f"{cache_key(ids, size, source)}.npy"
     if path.exists():
         return np.load(path, mmap_mode="r")
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ class Faces:
         """Decoded ``(N, size, size, 3)`` uint8 images, from the cache after the first call."""
         ids = list(self.samples["sha1"] if sha1s is None else sha1s)
         return cache.build_cache(ids, lambda i: self.open_image(ids[i]), size,
-                                 settings.data_home() / "cache")
+                                 settings.data_home() / "cache", source=self.name)
 
     def split(self, seed: int = 0) -> pd.Series:
         """The standard train/valid/test split (by ``sha1``), reloaded when saved before."""
