@@ -76,7 +76,7 @@ def device_name(device) -> str:
 
 def make_record(config, faces, mode, device, epochs: int, image_size: int, batch_size: int,
                 best_epoch: int, seconds: float, params: int, n_train: int,
-                valid: tuple, test: tuple, test_flip=None) -> dict:
+                valid: tuple, test: tuple, test_flip=None, epochs_run: int | None = None) -> dict:
     """Everything a reader needs to trust, compare or repeat a number.
 
     ``test_mae`` is always the plain, single-view score; ``test_flip`` (ages
@@ -93,7 +93,9 @@ def make_record(config, faces, mode, device, epochs: int, image_size: int, batch
         "data": faces.name, "data_real": bool(faces.real), "data_fingerprint": faces.fingerprint,
         "split": f"standard seed {config.split_seed} (70/10/20, age-stratified, deduplicated)",
         "n_train": int(n_train), "n_valid": int(len(vt)), "n_test": int(len(tt)),
-        "seed": config.seed, "mode": mode.name, "epochs": int(epochs), "best_epoch": int(best_epoch),
+        "seed": config.seed, "mode": mode.name, "epochs": int(epochs),
+        "epochs_run": int(epochs if epochs_run is None else epochs_run),  # < epochs: stopped early
+        "best_epoch": int(best_epoch),
         "image_size": int(image_size), "batch_size": int(batch_size), "lr": config.lr,
         "schedule": config.schedule, "device": device_name(device),
         "seconds": round(float(seconds), 1), "params": int(params),

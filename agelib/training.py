@@ -105,9 +105,11 @@ class KeepBestEpoch(TrackerCallback):
     def __init__(self, monitor: str = "mae", patience: int | None = None):
         super().__init__(monitor=monitor, comp=np.less)
         self.patience, self.best_state, self.best_epoch = patience, None, -1
+        self.epochs_run = 0  # fewer than asked for when patience stopped the run
 
     def after_epoch(self):
         super().after_epoch()
+        self.epochs_run = self.epoch + 1
         if self.new_best:
             self.best_epoch = self.epoch
             self.best_state = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
@@ -411,7 +413,8 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
     flip_pred, _ = predict_ages(learn, dls[2], flip=True)
     record = records.make_record(
         config=config, faces=faces, mode=mode, device=device, epochs=epochs, image_size=size,
-        batch_size=batch_size, best_epoch=keep.best_epoch, seconds=seconds,
+        batch_size=batch_size, best_epoch=keep.best_epoch, epochs_run=keep.epochs_run,
+        seconds=seconds,
         params=models.count_parameters(model), n_train=len(dls.train.dataset),
         valid=(valid_pred, valid_true), test=(test_pred, test_true), test_flip=flip_pred)
     test_sha1 = dls[2].dataset.table["sha1"].tolist()

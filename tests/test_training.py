@@ -187,6 +187,7 @@ def test_keep_best_epoch_stops_after_patience_epochs_without_progress(synthetic_
     with learn.no_bar(), learn.no_logging():
         training.fit(learn, 6, 1e-3, "constant", cbs=[keep, snaps, SpoilEpochs({1, 2, 3, 4, 5})])
     assert len(learn.recorder.values) == 3 and keep.best_epoch == 0  # epochs 0, 1, 2 ran
+    assert keep.epochs_run == 3  # what the run record states beside the epochs asked for
     state = learn.model.state_dict()
     assert all(torch.equal(state[k], snaps.states[0][k]) for k in state)
 
