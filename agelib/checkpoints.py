@@ -37,6 +37,23 @@ def save_checkpoint(model: models.AgeModel, path: str | Path, train_config: dict
     return path
 
 
+def find_checkpoint(name: str | Path) -> Path:
+    """The file a checkpoint name means: a path as given, or else a bare file name in
+    ``<data home>/checkpoints/``, where ``train --out NAME.pt`` writes it."""
+    from . import settings
+
+    path = Path(name)
+    stored = settings.data_home() / "checkpoints" / path
+    if not path.is_file() and not path.is_absolute() and path.parent == Path(".") \
+            and stored.is_file():
+        return stored
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at '{path}' (a bare file name is also looked "
+                                "for in <data home>/checkpoints/). Train one with "
+                                "`python -m agelib train --out NAME.pt`.")
+    return path
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
                     ) -> tuple[models.AgeModel, dict]:
     """Rebuild the model of a checkpoint; return it (in eval mode) and the whole payload.
@@ -44,15 +61,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     Raises ValueError, saying what is wrong, for a file that is not an agelib
     checkpoint or whose weights do not fit its config.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at '{path}'. Train one with "
-                                "`python -m agelib train --out PATH`.")
+    path = find_checkpoint(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # pickle, zip and unpickling-policy errors all mean "unreadable"
-        raise ValueError(f"'{path.name}' is not a readable checkpoint ({type(err).__name__}: "
-                         f"{str(err)[:200]})") from None
+        # torch's own text suggests weights_only=False, the very protection kept here: not shown
+        raise ValueError(f"'{path.name}' is not a readable checkpoint ({type(err).__name__}); "
+                         "agelib checkpoints are written by `python -m agelib train --out`, "
+                         "and only their weights and settings are ever read.") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"'{path.name}' is not an agelib checkpoint (no '{FORMAT}' marker); "
                          "train one with `python -m agelib train`.")

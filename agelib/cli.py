@@ -254,12 +254,15 @@ def _key_value(text: str) -> tuple[str, object]:
         return key, value
 
 
+CHECKPOINT_HELP = "a trained model: a path, or a bare name (train --out NAME.pt) in <data home>/checkpoints/"
+
+
 def cmd_evaluate(args) -> int:
     from . import inference
 
     scores = inference.evaluate_folder(args.checkpoint, args.images)
     if args.json:
-        print(json.dumps({k: scores[k] for k in ("n", "mae", "cs5")}))
+        print(json.dumps({k: scores[k] for k in ("n", "mae", "cs5", "skipped")}))
     else:
         print(f"n {scores['n']}  MAE {scores['mae']:.3f}  CS@5 {scores['cs5']:.3f}")
         for s in scores["skipped"]:
@@ -320,16 +323,25 @@ def _print_faces(name: str, found: list, level: float) -> None:
 def cmd_report(args) -> int:
     from . import bench, records
 
-    if args.write_readme:
+    if args.write_readme:  # README's tables are the committed records' (a test checks it)
         readme = settings.repo_root() / "README.md"
-        text = records.readme_with_results(readme.read_text(encoding="utf-8"),
-                                           records.load_records(args.results))
         folder = Path(args.results) if args.results else records.results_dir()
+        own = settings.repo_root() / "results"
+        if not args.results and folder.resolve() != own.resolve():
+            raise ValueError(f"AGELIB_RESULTS points to '{folder}', but README's tables "
+                             f"are made from the repository's own '{own.name}/' records. Unset "
+                             "AGELIB_RESULTS, or pass --results FOLDER to mean it.")
+        found = records.load_records(folder)
+        if found.empty:
+            raise ValueError(f"no run record in '{folder}': README's tables are left "
+                             "as they are.")
+        text = records.readme_with_results(readme.read_text(encoding="utf-8"), found)
         text = course.readme_with_course_runs(text, course.load_course_runs(folder / "course"))
         runs = bench.load_bench_runs(folder / "bench")
         text = bench.readme_with_latency(bench.readme_with_bench(text, runs), runs)
         readme.write_text(text, encoding="utf-8")
-        print("README.md results, course-run, bench and latency tables updated from the records")
+        print(f"README.md results, course-run, bench and latency tables updated from the "
+              f"{len(found)} records in {folder.name}/")
         return 0
     table = records.report_table(records.load_records(args.results), tag=args.tag)
     if args.mode:
@@ -425,15 +437,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="n, MAE and CS@5 of a checkpoint on a labelled folder")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--images", required=True, help="folder of UTKFace-named images")
-    p.add_argument("--json", action="store_true", help="print {n, mae, cs5}")
+    p.add_argument("--json", action="store_true",
+                   help="print {n, mae, cs5, skipped: [{file, reason}]}")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="faces in photos: box, age and interval for each")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="photo files")
     p.add_argument("--checkpoint", action="append", required=True,
-                   help="a trained model; repeat for an ensemble")
+                   help=CHECKPOINT_HELP + "; repeat for an ensemble")
     p.add_argument("--portraits", action="store_true",
                    help="also the public-domain portraits shipped with matplotlib/scikit-image")
     p.add_argument("--level", type=float, default=0.8, help="interval coverage (default 0.8)")
@@ -443,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("report", help="tables of results from the run records")
-    p.add_argument("--results", help="records folder (default results/)")
+    p.add_argument("--results", help="records folder (default: AGELIB_RESULTS, else results/)")
     p.add_argument("--tag", help="only runs with this tag")
     p.add_argument("--mode", choices=["smoke", "full"], help="only this mode")
     p.add_argument("--json", action="store_true")
@@ -468,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("export", help="a checkpoint as an ONNX or TorchScript file of ages")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--format", choices=["onnx", "torchscript"],
                    help="default: from --out's suffix (.onnx, .pt)")
     p.add_argument("--out", required=True, help="file to write")

@@ -7,6 +7,7 @@ the only source of reported numbers, so the report's grouping is checked by hand
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 import agelib
-from agelib import models, records
+from agelib import checkpoints, models, records
 from agelib.checkpoints import FORMAT, load_checkpoint, save_checkpoint
 
 TINY = "test_resnet"
@@ -110,6 +111,16 @@ def test_loading_a_file_that_is_not_a_checkpoint_says_so(tmp_path):
     torch.save(tiny_model().state_dict(), weights)  # a bare state dict: readable, but no config
     with pytest.raises(ValueError, match="'weights.pt' is not an agelib checkpoint.*agelib train"):
         load_checkpoint(weights)
+
+
+def test_a_bare_name_is_found_where_train_out_writes_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("AGELIB_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    stored = tmp_path / "home" / "checkpoints" / "mine.pt"
+    save_checkpoint(tiny_model(), stored)
+    assert load_checkpoint("mine.pt")[0].config == tiny_model().config
+    save_checkpoint(tiny_model(), tmp_path / "mine.pt")  # one in the current folder comes first
+    assert checkpoints.find_checkpoint("mine.pt") == Path("mine.pt")
 
 
 def test_loading_a_missing_checkpoint_says_how_to_make_one(tmp_path):

@@ -163,6 +163,18 @@ def committed_readme() -> tuple[str, Path]:
     return readme.read_text(encoding="utf-8"), root / "results"
 
 
+def test_write_readme_refuses_records_that_are_not_the_committed_ones(tmp_path, monkeypatch,
+                                                                      capsys):
+    readme = ROOT / "README.md"
+    before = readme.read_bytes()
+    monkeypatch.setenv("AGELIB_RESULTS", str(tmp_path))  # somewhere else, by the environment
+    assert cli.main(["report", "--write-readme"]) == 2
+    assert "AGELIB_RESULTS points to" in capsys.readouterr().err
+    assert cli.main(["report", "--write-readme", "--results", str(tmp_path)]) == 2  # empty
+    assert "no run record" in capsys.readouterr().err
+    assert readme.read_bytes() == before
+
+
 def test_readme_results_block_is_generated_from_the_committed_records():
     """README's numbers come from results/ only: regenerate and compare."""
     from agelib import records

@@ -116,7 +116,7 @@ def test_evaluate_json_gives_n_mae_and_cs5_like_evaluate_folder(trained, runs, w
     result = runs["evaluate"]
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout)
-    assert list(scores) == ["n", "mae", "cs5"]
+    assert list(scores) == ["n", "mae", "cs5", "skipped"] and scores["skipped"] == []
     assert scores["n"] == N_FACES
     expected = inference.evaluate_folder(work["ck"], work["faces"], device="cpu")
     assert expected["n"] == N_FACES and expected["skipped"] == []
