@@ -50,15 +50,22 @@ def environment_info() -> dict:
         data = ({"dataset": "synthetic (no UTKFace found)", "location": None} if found is None
                 else {"dataset": "pack" if found.is_file() else "UTKFace folder",
                       "location": found.name})
+        if found is not None and found.is_dir() and not any(
+                p.suffix.lower() in (".jpg", ".jpeg", ".png") for p in found.iterdir()):
+            data["error"] = (f"'{found.name}' holds no image: point AGELIB_DATA at the folder "
+                             "of UTKFace images (`python -m agelib download` fetches them)")
     except FileNotFoundError as err:
         data = {"dataset": "missing", "error": str(err)}
-    device = settings.get_device()
-    info = {"versions": versions, "device": str(device), "mode": settings.run_mode().name,
+    try:
+        device = str(settings.get_device())
+    except ValueError as err:  # a bad AGELIB_DEVICE: say so, and still show the rest
+        device = f"unusable ({err})"
+    info = {"versions": versions, "device": device, "mode": settings.run_mode().name,
             "data": data}
-    if device.type == "cuda":
+    if device.startswith("cuda"):
         import torch
 
-        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
 
 
@@ -211,6 +218,10 @@ def cmd_links(args) -> int:
 
 
 def cmd_train(args) -> int:
+    import dataclasses
+
+    import torch
+
     from . import models, training
 
     extra = dict(_key_value(a) for a in args.backbone_arg or [])
@@ -229,6 +240,8 @@ def cmd_train(args) -> int:
                                   distill_alpha=args.distill_alpha, compile=args.compile,
                                   init_from={k: v for k, v in (("cnn", args.init_cnn),
                                                                ("vit", args.init_vit)) if v} or None)
+    with torch.device("meta"):  # a typo in the model's name fails now, before any data loads
+        models.create_model(dataclasses.replace(model, pretrained=False))
     sizes = {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size}
     mode = settings.run_mode(**{k: v for k, v in sizes.items() if v})  # describe what runs
     print(mode.describe())

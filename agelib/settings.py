@@ -110,7 +110,19 @@ def get_device(prefer: str | None = None):
 
     choice = prefer or os.environ.get("AGELIB_DEVICE")
     if choice:
-        return torch.device(choice)
+        where = f"device {choice!r}" if prefer else f"AGELIB_DEVICE={choice}"
+        try:
+            device = torch.device(choice)
+        except RuntimeError:
+            raise ValueError(f"{where} is not a device torch knows: use cpu, cuda, cuda:N or "
+                             "mps, or unset it to take the best one available") from None
+        usable = {"cuda": torch.cuda.is_available,
+                  "mps": lambda: bool(getattr(torch.backends, "mps", None))
+                  and torch.backends.mps.is_available()}.get(device.type, lambda: True)
+        if not usable():
+            raise ValueError(f"{where}, but torch finds no {device.type} device here: unset "
+                             "it to take the best one available")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():

@@ -84,8 +84,10 @@ class TrainConfig:
         losses.get_loss(self.loss)  # unknown loss names fail here, listing the valid ones
         kind = losses.loss_output_kind(self.loss)
         if kind != self.model.head:
+            suits = [n for n, k in losses.LOSS_OUTPUT_KINDS.items() if k == self.model.head]
             raise ValueError(f"loss {self.loss!r} needs a {kind} head, but the model has a "
-                             f"{self.model.head} head; pick a matching pair")
+                             f"{self.model.head} head; pick a matching pair (losses for a "
+                             f"{self.model.head} head: {', '.join(suits)})")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -109,6 +109,10 @@ def test_environment_info_names_a_folder_or_the_problem(quirky_folder, monkeypat
     monkeypatch.setenv("AGELIB_DATA", str(quirky_folder / "gone"))
     data = cli.environment_info()["data"]
     assert data["dataset"] == "missing" and "AGELIB_DATA" in data["error"]
+    (home / "empty").mkdir()
+    monkeypatch.setenv("AGELIB_DATA", str(home / "empty"))
+    data = cli.environment_info()["data"]
+    assert data["location"] == "empty" and "holds no image" in data["error"]
 
 
 # --------------------------------------------------------------------------- README and notebooks
@@ -221,3 +225,12 @@ def test_train_writes_a_bare_out_name_where_init_and_distill_look(monkeypatch, t
             cli.main(["train", "--model", "resnet18", "--out", out])
         assert Path(seen["checkpoint"]) == expected
     assert training.checkpoint_path("convnext.pt").parent == tmp_path / "checkpoints"
+
+
+def test_train_refuses_a_misspelt_model_before_reading_any_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AGELIB_DATA", str(tmp_path / "not-there"))  # data would fail later
+    assert cli.main(["train", "--model", "vit-tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'vit-tiny'" in err and "python -m agelib models" in err
+    assert cli.main(["train", "--head", "coral"]) == 2  # the default loss is l1
+    assert "losses for a coral head: coral" in capsys.readouterr().err

@@ -218,7 +218,8 @@ def test_create_model_takes_keyword_overrides_and_never_changes_the_given_config
 # --------------------------------------------------------------------------- backbones
 @pytest.mark.parametrize("name, suggestion", [("resnet19", "resnet18"),
                                               ("convnext-tiny", "convnext_tiny"),
-                                              ("efficientnet_lite9", "efficientnet_lite0")])
+                                              ("efficientnet_lite9", "efficientnet_lite0"),
+                                              ("hybrid-atto", "hybrid_atto")])
 def test_create_backbone_refuses_unknown_names_with_suggestions(name, suggestion):
     with pytest.raises(ValueError, match=f"unknown model '{name}'") as err:
         models.create_backbone(name)

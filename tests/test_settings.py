@@ -160,6 +160,19 @@ def test_get_device_honours_agelib_device_and_prefer(monkeypatch):
     assert settings.get_device("cpu") == torch.device("cpu")
 
 
+def test_a_bad_or_absent_agelib_device_is_named_in_the_error(monkeypatch):
+    monkeypatch.setenv("AGELIB_DEVICE", "gpu")
+    with pytest.raises(ValueError, match="AGELIB_DEVICE=gpu is not a device torch knows"):
+        settings.get_device()
+    monkeypatch.setenv("AGELIB_DEVICE", "cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="AGELIB_DEVICE=cuda, but torch finds no cuda device"):
+        settings.get_device()
+    from agelib import cli
+
+    assert cli.environment_info()["device"].startswith("unusable (AGELIB_DEVICE=cuda")
+
+
 def test_agelib_has_a_version_when_imported_from_a_checkout_without_install(monkeypatch):
     """The GPU run puts the checkout on PYTHONPATH instead of installing it: agelib is
     there all the same, and chapter 00 must not call it missing."""
