@@ -557,6 +557,9 @@ def main(argv: list[str] | None = None) -> int:
         args.url = download.URL
     try:
         return args.func(args)
+    except BrokenPipeError:  # the reader went away (`... | head`): nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

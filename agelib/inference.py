@@ -38,8 +38,8 @@ def evaluate_folder(checkpoint: str | Path, folder: str | Path, batch_size: int 
     if not size:
         raise ValueError(f"'{Path(checkpoint).name}' does not say its image size; "
                          "was it written by agelib.checkpoints.save_checkpoint?")
+    folder = utkface.image_folder(folder)
     files, report = utkface.scan_folder(folder)
-    folder = Path(folder)
     images = np.stack([_read(folder / name, size) for name in files["file"]])
     pred = predict_ages(model, images, size, batch_size, device)
     true = files["age"].to_numpy(dtype=np.float32)

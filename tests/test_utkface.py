@@ -118,6 +118,19 @@ def test_scan_of_missing_folder_says_how_to_get_the_data(tmp_path):
     assert "AGELIB_DATA" in str(err.value)
 
 
+def test_a_folder_holding_utkface_means_its_images_everywhere(quirky_folder, tmp_path, home):
+    import shutil
+
+    from agelib.data import sources
+
+    parent = tmp_path / "downloads"
+    shutil.copytree(quirky_folder, parent / "UTKFace")
+    files, _ = utkface.scan_folder(parent)  # as AGELIB_DATA=downloads would find it
+    pd.testing.assert_frame_equal(files, utkface.scan_folder(quirky_folder)[0])
+    faces = sources.load_folder(parent)  # and its images open from there
+    assert faces.images(16).shape == (len(faces.samples), 16, 16, 3)
+
+
 def test_scan_of_empty_folder_says_it_is_empty(tmp_path):
     (tmp_path / ".hidden").write_text("x")
     with pytest.raises(ValueError, match="is empty"):

@@ -129,7 +129,7 @@ def load_folder(folder: str | os.PathLike, name: str = "UTKFace", real: bool = T
     A folder the synthetic generator wrote (it leaves a marker file) is always
     labelled synthetic, wherever it is and however it was reached.
     """
-    folder = Path(folder)
+    folder = utkface.image_folder(folder)
     if (folder / synthetic.MARKER_NAME).exists():
         name, real = "synthetic", False
     files, report = _cached_scan(folder)

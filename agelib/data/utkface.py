@@ -163,6 +163,13 @@ class DataReport:
         return "\n".join(lines)
 
 
+def image_folder(folder: str | Path) -> Path:
+    """The folder of images meant: ``folder`` itself, or its ``UTKFace/`` when it holds one
+    (the same rule as ``AGELIB_DATA``, so every command accepts the same folders)."""
+    folder = Path(folder)
+    return folder / "UTKFace" if (folder / "UTKFace").is_dir() else folder
+
+
 def scan_folder(folder: str | Path, workers: int | None = None) -> tuple[pd.DataFrame, DataReport]:
     """Parse and check every file of a UTKFace-style folder.
 
@@ -170,11 +177,12 @@ def scan_folder(folder: str | Path, workers: int | None = None) -> tuple[pd.Data
     which every other file appears with its reason. Raises FileNotFoundError or
     ValueError, with what to do, when the folder is missing or holds no images.
     """
-    folder = Path(folder)
+    folder = image_folder(folder)
     if not folder.is_dir():
         raise FileNotFoundError(
             f"No data folder at '{folder}'. Get UTKFace with `python -m agelib download` "
-            "(or see data/README.md), then point AGELIB_DATA at the folder of images.")
+            "(or see data/README.md), then give the folder of images (AGELIB_DATA, or the "
+            "command's folder argument).")
     entries = sorted(e for e in os.listdir(folder) if not e.startswith("."))
     report = DataReport(folder=folder.name, n_files=len(entries))
     candidates = []
@@ -192,7 +200,7 @@ def scan_folder(folder: str | Path, workers: int | None = None) -> tuple[pd.Data
                 report.skipped.append({"file": name, "reason": str(err)})
     if not candidates and not report.skipped:
         raise ValueError(f"The data folder '{folder}' is empty. Put the UTKFace images there "
-                         "(`python -m agelib download`) or point AGELIB_DATA elsewhere.")
+                         "(`python -m agelib download`), or give the folder that holds them.")
 
     def check(item):
         name, labels = item
