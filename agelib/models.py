@@ -54,6 +54,8 @@ class ModelConfig:
     # hybrids); None lets training fill it in from the run's image size
     backbone_args: dict | None = None  # extra settings for the backbone: a hybrid's fields
     # (bridge, multiscale, cross_attention, vit_depth, ...) or timm keyword arguments
+    input_norm: tuple | None = None  # ((mean), (std)) the pretrained weights expect, when not
+    # ImageNet's; set by create_model, so that a reloaded checkpoint converts its input too
 
     def __post_init__(self):
         if self.head not in HEADS:
@@ -62,6 +64,8 @@ class ModelConfig:
             raise ValueError(f"decode must be 'expected' or 'label', not {self.decode!r}")
         if self.age_range is not None:
             self.age_range = tuple(float(a) for a in self.age_range)
+        if self.input_norm is not None:
+            self.input_norm = tuple(tuple(float(v) for v in part) for part in self.input_norm)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -195,6 +199,34 @@ def create_head(config: ModelConfig, in_features: int) -> nn.Module:
     return CornHead(in_features, c.num_classes, c.min_age, c.decode, c.drop_rate)
 
 
+class Renormalize(nn.Module):
+    """Turn a batch normalised with ImageNet's mean and std (what every loader, export and
+    demo of the course produces) into one normalised as some pretrained weights expect
+    (timm's ViT-Ti and ViT-S weights, for one, were trained on mean 0.5 and std 0.5)."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        from .data.loaders import IMAGENET_MEAN, IMAGENET_STD
+
+        as_map = lambda v: torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1)  # noqa: E731
+        self.register_buffer("scale", as_map(IMAGENET_STD) / as_map(std))
+        self.register_buffer("shift", (as_map(IMAGENET_MEAN) - as_map(mean)) / as_map(std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift  # (p - m_in)/s_in  ->  (p - m)/s, per channel
+
+
+def pretrained_input_norm(backbone: nn.Module) -> tuple | None:
+    """The ``(mean, std)`` a backbone's pretrained weights were trained with, when they are
+    not ImageNet's (read from timm's ``pretrained_cfg``); None when ImageNet's are right."""
+    from .data.loaders import IMAGENET_MEAN, IMAGENET_STD
+
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+    same = all(abs(a - b) < 1e-6 for a, b in zip(mean + std, IMAGENET_MEAN + IMAGENET_STD))
+    return None if same else (mean, std)
+
+
 class AgeModel(nn.Module):
     """A backbone that makes features and a head that turns them into an age.
 
@@ -205,8 +237,13 @@ class AgeModel(nn.Module):
     def __init__(self, backbone: nn.Module, head: nn.Module, config: ModelConfig | None = None):
         super().__init__()
         self.backbone, self.head, self.config = backbone, head, config
+        self.renormalize = None
+        if config is not None and config.input_norm is not None:
+            self.renormalize = Renormalize(*config.input_norm)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.renormalize is not None:
+            x = self.renormalize(x)
         return self.backbone.forward_features(x)  # e.g. (B, C, H, W) for a CNN
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
@@ -334,6 +371,8 @@ def create_model(config: ModelConfig | None = None, **overrides) -> AgeModel:
                       "pretrained=False.", stacklevel=2)
         config.pretrained = False
         backbone = create_backbone(config.backbone, False, **kwargs)
+    if config.pretrained and config.input_norm is None:  # weights that expect other inputs
+        config.input_norm = pretrained_input_norm(backbone)
     # pooled width: head_hidden_size differs from num_features where the backbone has a
     # pre-logits layer (mobilenetv3: 576 -> 1024, mambaout)
     in_features = getattr(backbone, "head_hidden_size", None) or backbone.num_features

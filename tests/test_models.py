@@ -327,3 +327,33 @@ def test_an_ordinal_head_refuses_a_hidden_layer_it_would_ignore(head):
     # a registered hybrid's hidden layer belongs to its regression head: asking for an
     # ordinal head by name drops it, so `agelib train --model hybrid_atto --head coral` works
     assert models.named_config("hybrid_atto", head=head).hidden is None
+
+
+# --------------------------------------------------------------------------- pretrained inputs
+def test_renormalize_turns_imagenet_inputs_into_what_other_weights_expect():
+    from agelib.data.loaders import IMAGENET_MEAN, IMAGENET_STD
+
+    pixels = torch.rand(2, 3, 4, 4)
+    as_map = lambda v: torch.tensor(v).view(1, 3, 1, 1)  # noqa: E731
+    imagenet = (pixels - as_map(IMAGENET_MEAN)) / as_map(IMAGENET_STD)  # what loaders give
+    out = models.Renormalize((0.5,) * 3, (0.5,) * 3)(imagenet)
+    torch.testing.assert_close(out, (pixels - 0.5) / 0.5)
+
+
+def test_pretrained_vit_weights_get_their_own_normalisation_and_keep_it(monkeypatch, tmp_path):
+    import timm
+
+    from agelib import checkpoints
+
+    # offline, so the weights stay random; what matters is timm's note of how they were trained
+    monkeypatch.setattr(models, "create_backbone", lambda name, pretrained, **kw:
+                        timm.create_model(name, pretrained=False, num_classes=0, **kw))
+    model = models.create_model(ModelConfig("vit_tiny_patch16_224", pretrained=True, img_size=32))
+    assert model.config.input_norm == ((0.5,) * 3, (0.5,) * 3) and model.renormalize is not None
+    path = checkpoints.save_checkpoint(model, tmp_path / "vit.pt")
+    again, _ = checkpoints.load_checkpoint(path)  # rebuilt without weights to download
+    assert again.renormalize is not None
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(again.eval()(x), model.eval()(x))
+    assert models.create_model(ModelConfig("resnet18", pretrained=True)).renormalize is None
+    assert models.create_model(ModelConfig("vit_tiny_patch16_224", img_size=32)).renormalize is None
