@@ -480,7 +480,7 @@ def _latencies(model, name, size, batches, warmup, repeats, device, dtype=None,
 def run_latency(models: list[str] = ("hybrid_paper",), size: int = 224,
                 batches: list[int] = (1, 64), device=None, warmup: int = 3, repeats: int = 20,
                 amp: bool | None = None, compile: bool | str = False, cuda_graph: bool = False,
-                log: Callable[[str], None] | None = None) -> dict:
+                log: Callable[[str], None] | None = None, channels_last: bool = False) -> dict:
     """Parameters and inference latency per model and batch: the paper's size-and-speed table.
 
     No data is needed (random images of ``size`` pixels). ``amp`` (default: on
@@ -501,15 +501,16 @@ def run_latency(models: list[str] = ("hybrid_paper",), size: int = 224,
     out = {**environment(device), "kind": "latency", "mode": settings.run_mode().name,
            "settings": {"size": size, "warmup": warmup, "latency_repeats": repeats,
                         "amp": str(dtype).removeprefix("torch.") if dtype else None,
-                        "compile": compile, "cuda_graph": cuda_graph},
+                        "compile": compile, "cuda_graph": cuda_graph,
+                        "channels_last": channels_last},
            "results": [], "latency": []}
     for name in models:
         model = bench_model(name, size)
         params = models_.count_parameters(model)
         log(f"{name}: {params / 1e6:.2f}M parameters")
         out["latency"] += [{**row, "params": params} for row in _latencies(
-            model, name, size, batches, warmup, repeats, device, dtype, compile=compile, log=log,
-            cuda_graph=cuda_graph)]
+            model, name, size, batches, warmup, repeats, device, dtype, channels_last, compile,
+            log, cuda_graph)]
     return out
 
 

@@ -174,7 +174,8 @@ def cmd_bench(args) -> int:
             size=(args.size or [224])[0], batches=args.latency_batch or [1, 64],
             device=args.device, warmup=pick(args.warmup, 1, 3),
             repeats=pick(args.latency_repeats, 3, 20), amp=args.amp,
-            compile=args.compile or False, cuda_graph=args.cuda_graph, log=log)
+            compile=args.compile or False, cuda_graph=args.cuda_graph, log=log,
+            channels_last=args.channels_last)
         return _write_bench(result, args)
     faces = data.load_faces(args.source, verbose=not args.json)
     result = bench.run_bench(

@@ -123,7 +123,12 @@ class ConvNeXtViT(nn.Module):
         reductions = self.cnn.feature_info.reduction()  # e.g. [8, 16, 32]
         self.width = width = vit.embed_dim
         self.num_features = self.head_hidden_size = width
-        side = math.ceil(c.img_size / reductions[-1])  # stage-4 grid side, 7 at 224 px
+        # stage-4 grid side, 7 at 224 px: the stem and every downsampling round down, so a
+        # side that is not a multiple of 32 (112 px) loses its last partial cell (3, not 4)
+        side = c.img_size // reductions[-1]
+        if side < 1:
+            raise ValueError(f"img_size={c.img_size} is smaller than the CNN's stride "
+                             f"({reductions[-1]} px): the stage-4 map would be empty")
         self.cnn_grid = (side, side)
         if c.multiscale:  # linear fusion: each earlier stage, pooled and projected, is added
             self.fuse = nn.ModuleList(nn.Conv2d(ch, channels[-1], 1) for ch in channels[:-1])

@@ -145,15 +145,16 @@ class CoralHead(nn.Module):
     kind = "coral"
 
     def __init__(self, in_features: int, num_classes: int, min_age: int = 0,
-                 decode: str = "expected", drop: float = 0.0):
+                 decode: str = "expected", drop: float = 0.0, norm: bool = False):
         super().__init__()
-        self.drop = nn.Dropout(drop) if drop else nn.Identity()
+        before = ([nn.LayerNorm(in_features)] if norm else []) + ([nn.Dropout(drop)] if drop else [])
+        self.pre = nn.Sequential(*before)  # LayerNorm, dropout: before the shared weights
         self.fc = nn.Linear(in_features, 1, bias=False)
         self.biases = nn.Parameter(torch.arange(num_classes - 1, 0, -1).float() / (num_classes - 1))
         self.min_age, self.decode = min_age, decode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(x)) + self.biases  # (B, 1) + (K-1,) -> (B, K-1)
+        return self.fc(self.pre(x)) + self.biases  # (B, 1) + (K-1,) -> (B, K-1)
 
     def to_age(self, logits: torch.Tensor) -> torch.Tensor:
         if self.decode == "label":
@@ -167,9 +168,9 @@ class CornHead(nn.Module):
     kind = "corn"
 
     def __init__(self, in_features: int, num_classes: int, min_age: int = 0,
-                 decode: str = "expected", drop: float = 0.0):
+                 decode: str = "expected", drop: float = 0.0, norm: bool = False):
         super().__init__()
-        self.net = _mlp(in_features, num_classes - 1, None, drop)
+        self.net = _mlp(in_features, num_classes - 1, None, drop, norm)
         self.min_age, self.decode = min_age, decode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -195,8 +196,9 @@ def create_head(config: ModelConfig, in_features: int) -> nn.Module:
                          "ignored. Leave hidden unset, or put your own layers before a "
                          f"{'CoralHead' if c.head == 'coral' else 'CornHead'} in a module.")
     if c.head == "coral":
-        return CoralHead(in_features, c.num_classes, c.min_age, c.decode, c.drop_rate)
-    return CornHead(in_features, c.num_classes, c.min_age, c.decode, c.drop_rate)
+        return CoralHead(in_features, c.num_classes, c.min_age, c.decode, c.drop_rate,
+                         c.head_norm)
+    return CornHead(in_features, c.num_classes, c.min_age, c.decode, c.drop_rate, c.head_norm)
 
 
 class Renormalize(nn.Module):

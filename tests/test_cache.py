@@ -4,6 +4,7 @@ import io
 import tarfile
 
 import numpy as np
+import torch
 import pandas as pd
 import pytest
 from conftest import ODD_MODES, face_image, odd_mode_image
@@ -174,3 +175,29 @@ def test_a_synthetic_pack_stays_synthetic_whatever_its_name(quirky_faces, tmp_pa
     faces = data.load_pack(path)
     assert not faces.real and faces.name == "synthetic (16 px WebP pack)"
     assert "SYNTHETIC" in faces.banner()
+
+
+class PackImages(torch.utils.data.Dataset):
+    """The raw pixels of a pack's images, in a given order (what a DataLoader worker reads)."""
+
+    def __init__(self, faces, sha1s):
+        self.faces, self.sha1s = faces, sha1s
+
+    def __len__(self):
+        return len(self.sha1s)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(np.asarray(self.faces.open_image(self.sha1s[i]).convert("RGB")))
+
+
+def test_a_pack_reads_right_from_forked_dataloader_workers(synthetic_faces, tmp_path):
+    # forked workers share the pack's file offset: a seek in one moved another's read
+    # (images large enough that every read is a seek and a read of the file, as with 128 px)
+    faces = synthetic_faces
+    path = cache.write_pack(faces.samples, faces.images(128), tmp_path / "faces.tar", quality=95)
+    pack = data.load_pack(path)
+    sha1s = list(pack.samples["sha1"].sample(frac=1.0, random_state=0))  # a shuffled order
+    expected = torch.stack([PackImages(pack, sha1s)[i] for i in range(len(sha1s))])
+    loader = torch.utils.data.DataLoader(PackImages(pack, sha1s), batch_size=4, num_workers=6,
+                                         multiprocessing_context="fork")
+    torch.testing.assert_close(torch.cat(list(loader)), expected, rtol=0, atol=0)

@@ -123,3 +123,12 @@ def test_every_registered_hybrid_trains_with_the_papers_recipe(name, synthetic_f
                                       save_record=False, verbose=False)
     assert result.record["backbone"] == name and np.isfinite(result.record["test_mae"])
     assert len(result.test_pred) == TINY.n_test
+
+
+@pytest.mark.parametrize("name", ["hybrid_atto", "hybrid_atto_project"])
+@pytest.mark.parametrize("size", [80, 112])  # not multiples of 32: the CNN rounds down
+def test_hybrids_run_at_sizes_that_are_not_multiples_of_32(name, size):
+    model = models.create_model(models.named_config(name, img_size=size)).eval()
+    assert model.backbone.cnn_grid == (size // 32, size // 32)
+    with torch.no_grad():
+        assert tuple(model(torch.randn(2, 3, size, size)).shape) == (2,)

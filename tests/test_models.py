@@ -31,8 +31,9 @@ HEAD_CASES = {
                                      "drop_rate": 0.2}, "mean_variance"),
     "coral": ({"head": "coral"}, "coral"),
     "coral-label": ({"head": "coral", "decode": "label", "drop_rate": 0.2}, "coral"),
+    "coral-norm": ({"head": "coral", "head_norm": True}, "coral"),  # the hybrid paper's norm
     "corn": ({"head": "corn"}, "corn"),
-    "corn-label": ({"head": "corn", "decode": "label"}, "corn"),
+    "corn-label-norm": ({"head": "corn", "decode": "label", "head_norm": True}, "corn"),
 }
 
 
@@ -357,3 +358,11 @@ def test_pretrained_vit_weights_get_their_own_normalisation_and_keep_it(monkeypa
     torch.testing.assert_close(again.eval()(x), model.eval()(x))
     assert models.create_model(ModelConfig("resnet18", pretrained=True)).renormalize is None
     assert models.create_model(ModelConfig("vit_tiny_patch16_224", img_size=32)).renormalize is None
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_head_norm_puts_a_layernorm_before_every_kind_of_head(head):
+    # an ablation that swaps the head must not drop the paper's LayerNorm with it
+    model = tiny_model(head=head, head_norm=True)
+    assert any(isinstance(m, torch.nn.LayerNorm) for m in model.head.modules())
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in tiny_model(head=head).head.modules())

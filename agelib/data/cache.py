@@ -178,7 +178,8 @@ class Pack:
         self.samples = pd.read_csv(self._tar.extractfile(PACK_TABLE), compression="gzip",
                                    dtype={"sha1": str, "file": str})
         self._offsets = np.load(io.BytesIO(self._tar.extractfile(PACK_OFFSETS).read()))
-        self._images = self._tar.extractfile(PACK_IMAGES)
+        self._base = self._tar.getmember(PACK_IMAGES).offset_data  # images' bytes start here
+        self._file, self._pid = open(self.path, "rb"), os.getpid()
         ids = self._tar.extractfile(PACK_IDS).read().decode().split("\n")
         self._row = {sha1: i for i, sha1 in enumerate(ids)}
         self.files = None  # every labelled file of the original folder, when it was packed
@@ -187,12 +188,21 @@ class Pack:
         for column in ("gender", "race"):
             if column in self.samples:
                 self.samples[column] = self.samples[column].astype("Int64")
-        self._lock = threading.Lock()  # one file handle: reads must not interleave
+        self._lock = threading.Lock()  # the seek-and-read fallback must not interleave
+
+    def _read(self, start: int, size: int) -> bytes:
+        """``size`` bytes of the images at ``start``, safe from threads and from forked
+        DataLoader workers: forked processes share one file offset, so a seek in one
+        would move another's read (and hand it some other image's bytes)."""
+        if hasattr(os, "pread"):  # reads at an offset, touching no shared position
+            return os.pread(self._file.fileno(), size, self._base + start)
+        with self._lock:  # no pread (Windows): one handle per process
+            if self._pid != os.getpid():
+                self._file, self._pid = open(self.path, "rb"), os.getpid()
+            self._file.seek(self._base + start)
+            return self._file.read(size)
 
     def open(self, sha1: str) -> Image.Image:
         i = self._row[sha1]
         start, end = int(self._offsets[i]), int(self._offsets[i + 1])
-        with self._lock:
-            self._images.seek(start)
-            data = self._images.read(end - start)
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(self._read(start, end - start)))
