@@ -390,8 +390,17 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
     config.model = model.config  # pretrained may have been switched off in smoke mode
     if model.head.kind == "regression" and config.model.age_range is None:
         start_at_mean(model, dls.train.dataset.ages)
+    init_report = None
     if config.init_from:  # the three-stage recipe: start from trained parts
-        hybrid.init_from_parts(model, **{k: checkpoint_path(v) for k, v in config.init_from.items()})
+        done = hybrid.init_from_parts(model, **{k: checkpoint_path(v)
+                                               for k, v in config.init_from.items()})
+        backbone_fresh = sorted(k for k in done["left_at_init"] if k.startswith("backbone."))
+        init_report = {"copied": len(done["copied"]), "resized": sorted(done["resized"]),
+                       "backbone_left_at_init": backbone_fresh}  # the head always starts fresh
+        if verbose:
+            print(f"init from parts: {init_report['copied']} tensors copied; resized: "
+                  f"{init_report['resized'] or 'none'}; backbone left at init: "
+                  f"{backbone_fresh or 'none'}")
     if init is not None:
         init(model)
     model = speed_up(model, device, config.channels_last, config.compile)
@@ -419,6 +428,8 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
         seconds=seconds,
         params=models.count_parameters(model), n_train=len(dls.train.dataset),
         valid=(valid_pred, valid_true), test=(test_pred, test_true), test_flip=flip_pred)
+    if init_report is not None:
+        record["init_report"] = init_report  # what the three-stage start did and did not set
     test_sha1 = dls[2].dataset.table["sha1"].tolist()
     predictions = records.predictions_table(test_sha1, test_true, test_pred)
     path = None

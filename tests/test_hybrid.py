@@ -22,8 +22,17 @@ def build_on_meta(config: models.ModelConfig) -> models.AgeModel:
 def test_paper_configuration_has_the_papers_parameter_count():
     model = build_on_meta(models.named_config("hybrid_paper"))
     assert round(models.paper_parameter_count(model) / 1e6, 2) == 33.42
-    # ours builds neither unused piece, so it is smaller by exactly those
-    assert models.paper_parameter_count(model) - models.count_parameters(model) == 194_536
+    # the paper's sum, from timm's own models: all of ConvNeXt-T (its head LayerNorm too) and
+    # all of ViT-Ti (its ImageNet classifier too) but the patch embedding, plus the age head
+    import timm
+
+    with torch.device("meta"):
+        cnn = timm.create_model("convnext_tiny", num_classes=0)
+        vit = timm.create_model("vit_tiny_patch16_224")
+    head = 2 * 192 + (192 * 128 + 128) + (128 + 1)  # LayerNorm, Linear(192, 128), Linear(128, 1)
+    paper = (models.count_parameters(cnn) + models.count_parameters(vit)
+             - models.count_parameters(vit.patch_embed) + head)
+    assert models.paper_parameter_count(model) == paper
 
 
 def test_paper_head_is_layernorm_then_two_linear_layers():
@@ -57,7 +66,9 @@ def test_reshape_token_is_every_fourth_channel_of_one_cell():
     """Why the paper's tokens are not patches: what token t actually holds."""
     b, c, h, w, d = 1, 768, 7, 7, 192
     fmap = torch.arange(c * h * w, dtype=torch.float32).view(b, c, h, w)
-    tokens = fmap.reshape(b, d, -1).transpose(1, 2)  # the paper's bridge, (1, 196, 192)
+    bridge = build_on_meta(models.named_config("hybrid_paper")).backbone  # no weights needed
+    tokens = bridge.tokens(fmap)  # the model's own reshape bridge, (1, 196, 192)
+    assert tokens.shape == (1, 196, 192)
     for t in (0, 48, 49, 100, 195):
         channels = torch.arange(d) * 4 + t // 49
         cell = t % 49

@@ -158,6 +158,8 @@ def test_three_stage_recipe_and_distillation_run_from_the_config(synthetic_faces
                                                  "vit": vit.checkpoint.name}
     assert "/" not in run.record["config"]["distill_from"]  # names, not machine paths
     assert np.isfinite(run.record["test_mae"])
+    report = run.record["init_report"]  # what the start did: everything but the head, copied
+    assert report["copied"] > 50 and report["backbone_left_at_init"] == []
 
 
 def test_the_levers_refuse_wrong_settings():
