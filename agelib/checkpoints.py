@@ -37,15 +37,24 @@ def save_checkpoint(model: models.AgeModel, path: str | Path, train_config: dict
     return path
 
 
-def find_checkpoint(name: str | Path) -> Path:
-    """The file a checkpoint name means: a path as given, or else a bare file name in
-    ``<data home>/checkpoints/``, where ``train --out NAME.pt`` writes it."""
+def checkpoint_path(name: str | Path) -> Path:
+    """A checkpoint named in a config: a bare name lives in ``<data home>/checkpoints``.
+
+    Configs (and so run records) name cached checkpoints by file name only, so
+    no machine's folder layout ends up in a record.
+    """
     from . import settings
 
     path = Path(name)
-    stored = settings.data_home() / "checkpoints" / path
-    if not path.is_file() and not path.is_absolute() and path.parent == Path(".") \
-            and stored.is_file():
+    return path if path.is_absolute() or path.parent != Path(".") else (
+        settings.data_home() / "checkpoints" / path)
+
+
+def find_checkpoint(name: str | Path) -> Path:
+    """The file a checkpoint name means: a path as given (the current folder first), or
+    else where :func:`checkpoint_path` puts a bare name, as ``train --out NAME.pt`` does."""
+    path, stored = Path(name), checkpoint_path(name)
+    if not path.is_file() and stored.is_file():
         return stored
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at '{path}' (a bare file name is also looked "

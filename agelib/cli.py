@@ -43,7 +43,7 @@ CHAPTER_PACKAGES = {"seaborn": "01, 10",
 def environment_info() -> dict:
     """Versions, device, mode and data, as shown by ``info`` and stated in run records."""
     versions = settings.package_versions(PACKAGES)
-    from .data import sources
+    from .data import sources, utkface
 
     try:
         found = sources.find_data()
@@ -51,7 +51,7 @@ def environment_info() -> dict:
                 else {"dataset": "pack" if found.is_file() else "UTKFace folder",
                       "location": found.name})
         if found is not None and found.is_dir() and not any(
-                p.suffix.lower() in (".jpg", ".jpeg", ".png") for p in found.iterdir()):
+                p.name.lower().endswith(utkface.IMAGE_SUFFIXES) for p in found.iterdir()):
             data["error"] = (f"'{found.name}' holds no image: point AGELIB_DATA at the folder "
                              "of UTKFace images (`python -m agelib download` fetches them)")
     except FileNotFoundError as err:

@@ -24,6 +24,7 @@ import torch
 
 from . import checkpoints, distill, hybrid, losses, metrics, models, records, settings
 from . import data as data_
+from .checkpoints import checkpoint_path  # where a bare checkpoint name lives
 
 with warnings.catch_warnings():  # fastai's import warns about torch.jit; not ours to fix
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script")
@@ -440,17 +441,6 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
     if save_record:
         records.save_record(record, predictions=predictions)
     return TrainResult(learn, record, path, test_pred, test_true, learn.model.eval(), test_sha1)
-
-
-def checkpoint_path(name: str | Path) -> Path:
-    """A checkpoint named in a config: a bare name lives in ``<data home>/checkpoints``.
-
-    Configs (and so run records) name cached checkpoints by file name only, so
-    no machine's folder layout ends up in a record.
-    """
-    path = Path(name)
-    return path if path.is_absolute() or path.parent != Path(".") else (
-        settings.data_home() / "checkpoints" / path)
 
 
 def _resolved(config: TrainConfig, mode: settings.RunMode) -> TrainConfig:
