@@ -114,7 +114,7 @@ def predictions_table(sha1s, true, pred) -> pd.DataFrame:
     """Per-face test predictions: what error and fairness analyses are made from."""
     return pd.DataFrame({"sha1": [str(s)[:SHA1_CHARS] for s in sha1s],
                          "age": np.asarray(true, dtype=np.float32).round(1),
-                         "pred": np.asarray(pred, dtype=np.float32).round(2)})
+                         "pred": np.asarray(pred, dtype=np.float32).round(3)})
 
 
 def save_record(record: dict, folder: str | Path | None = None,

@@ -68,14 +68,27 @@ class RunMode:
     epochs: int  # default training length
     batch_size: int  # default batch size
 
-    def describe(self) -> str:
-        """One line that says what this mode is, for the top of every output."""
+    def describe(self, device: str | None = None) -> str:
+        """One line that says what this mode is and where it runs, for the top of every
+        output: a number read later (in a notebook, a log) never loses its context."""
+        where = device or device_label()
         if self.name == "smoke":
-            return (f"SMOKE mode: {self.n_train}/{self.n_valid}/{self.n_test} train/valid/test "
-                    f"images at {self.image_size} px, {self.epochs} epoch(s). Numbers are "
-                    "only a check that the code runs, not results.")
-        return (f"FULL mode: whole splits at {self.image_size} px, "
+            return (f"SMOKE mode on {where}: {self.n_train}/{self.n_valid}/{self.n_test} "
+                    f"train/valid/test images at {self.image_size} px, {self.epochs} epoch(s). "
+                    "Numbers are only a check that the code runs, not results.")
+        return (f"FULL mode on {where}: whole splits at {self.image_size} px, "
                 f"{self.epochs} epochs by default.")
+
+
+def device_label() -> str:
+    """The device runs will use, named as run records name it ("cpu (x86_64)", "cuda (NVIDIA
+    H100 ...)"); a bad ``AGELIB_DEVICE`` is named rather than raised, since training says why."""
+    from .records import device_name
+
+    try:
+        return device_name(get_device())
+    except ValueError:
+        return f"an unusable AGELIB_DEVICE={os.environ.get('AGELIB_DEVICE')!r}"
 
 
 SMOKE = RunMode("smoke", image_size=64, n_train=256, n_valid=64, n_test=64, epochs=1, batch_size=32)

@@ -179,3 +179,15 @@ def test_old_age_table_splits_the_error_at_sixty():
     assert t.loc["m", "slope"] < 1  # the old are pulled towards the middle
     young = analysis.old_age_table({"m": p[p["age"] < 60]})
     assert np.isnan(young.loc["m", "MAE, 60+"])
+
+
+def test_the_summary_of_saved_predictions_agrees_with_the_record(synthetic_faces, results):
+    """Chapter 10 recomputes each run's MAE from its saved per-face predictions: stored to
+    a hundredth of a year, a run could show 0.01 off the MAE its record and chapter give."""
+    test = loaders.split_tables(synthetic_faces.samples, synthetic_faces.split(0), MODE).test
+    rng = np.random.default_rng(0)
+    pred = test["age"].to_numpy(dtype=np.float32) + rng.uniform(-9, 9, len(test)).astype(np.float32)
+    record = fake_run(synthetic_faces, test, pred, variant="noisy")
+    found = analysis.model_predictions(records.load_records(), synthetic_faces, "smoke")
+    mae = float(analysis.summary(found).loc["t m (noisy)", "MAE"])
+    assert abs(mae - record["test_mae"]) < 2e-4

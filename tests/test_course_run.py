@@ -1,6 +1,7 @@
 """Running the course (agelib.course.run_chapters) and README's course-run table."""
 
 import json
+import re
 
 import nbformat
 import pytest
@@ -195,3 +196,18 @@ def test_photos_are_left_out_unless_the_data_is_known_to_be_synthetic(quirky_fol
     assert not course._real_faces({"AGELIB_DATA": "synthetic"})
     assert not course._real_faces({})  # nothing found: the chapters use the synthetic faces
     assert course._real_faces({"AGELIB_DATA": str(tmp_path / "missing")})  # when in doubt
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name[:2])
+def test_committed_chapters_say_their_mode_device_and_data_first(path):
+    """A committed number must never lose its context: the first output of every chapter
+    names the mode and the device, and the next line (chapter 00 excepted) the data."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    printed = ["".join("".join(o.get("text", "")) for o in c.get("outputs", [])
+                       if o.get("output_type") == "stream")
+               for c in nb["cells"] if c["cell_type"] == "code"]
+    printed = [p for p in printed if p]
+    assert printed, "committed without outputs: run it with `python -m agelib course`"
+    assert re.match(r"(SMOKE|FULL) mode on \S+", printed[0]), printed[0][:120]
+    if not path.name.startswith("00"):
+        assert "DATA: " in printed[0], printed[0][:300]

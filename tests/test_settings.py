@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from agelib import settings
+from agelib import records, settings
 from agelib.data import sources
 
 
@@ -61,8 +61,12 @@ def test_agelib_epochs_rejects_what_is_not_a_count(monkeypatch, value):
 
 
 def test_run_mode_describes_itself():
-    assert settings.SMOKE.describe().startswith("SMOKE mode: 256/64/64")
-    assert settings.FULL.describe().startswith("FULL mode: whole splits at 128 px")
+    assert settings.SMOKE.describe("cpu (x86_64)").startswith(
+        "SMOKE mode on cpu (x86_64): 256/64/64")
+    assert settings.FULL.describe("cpu").startswith("FULL mode on cpu: whole splits at 128 px")
+    # the device the runs will use, named as their records name it
+    assert settings.SMOKE.describe().startswith(
+        f"SMOKE mode on {records.device_name(settings.get_device())}: ")
 
 
 def test_data_home_honours_agelib_home(monkeypatch, tmp_path):
@@ -187,3 +191,8 @@ def test_agelib_has_a_version_when_imported_from_a_checkout_without_install(monk
     versions = settings.package_versions(["agelib", "no-such-package"])
     assert versions["agelib"] == agelib.__version__
     assert versions["no-such-package"] is None
+
+
+def test_run_mode_names_a_bad_device_instead_of_failing(monkeypatch):
+    monkeypatch.setenv("AGELIB_DEVICE", "tpu9")
+    assert "AGELIB_DEVICE='tpu9'" in settings.SMOKE.describe()
