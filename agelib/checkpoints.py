@@ -8,6 +8,7 @@ run code hidden in a file downloaded from somewhere.
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -71,6 +72,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     checkpoint or whose weights do not fit its config.
     """
     path = find_checkpoint(path)
+    if is_torchscript(path):  # torch.load would hand it to torch.jit.load
+        raise ValueError(f"'{path.name}' is an exported TorchScript model, not a checkpoint: "
+                         "exports are for running elsewhere (agelib.export.load_exported); "
+                         "give the checkpoint it was exported from.")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # pickle, zip and unpickling-policy errors all mean "unreadable"
@@ -81,13 +86,52 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"'{path.name}' is not an agelib checkpoint (no '{FORMAT}' marker); "
                          "train one with `python -m agelib train`.")
+    lacking = [k for k in ("model_config", "state_dict") if not isinstance(payload.get(k), dict)]
+    if lacking:
+        raise ValueError(f"'{path.name}' is a damaged agelib checkpoint: it has no "
+                         f"{' and no '.join(lacking)}. Train it again with `python -m agelib "
+                         "train --out`.")
     config = models.ModelConfig.from_dict(payload["model_config"])
     model = models.create_model(config, pretrained=False)  # the weights come from the file
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as err:
+    if misfit := weights_misfit(model.state_dict(), payload["state_dict"]):
         raise ValueError(f"'{path.name}': the weights do not fit the saved config "
-                         f"({str(err).splitlines()[0]})") from None
+                         f"({config.backbone}): {misfit}. Was the file edited, or saved by "
+                         "another version of agelib or timm?")
+    model.load_state_dict(payload["state_dict"])
     model.config.pretrained = config.pretrained  # how it started, for the record
     payload.setdefault("extra", {})
     return model.eval(), payload
+
+
+def weights_misfit(expected: dict, found: dict) -> str:
+    """What keeps ``found`` weights from loading into a model whose own are ``expected``
+    (tensors missing, unexpected, or of another shape, a few named); "" when they fit."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    reshaped = [f"{k} {tuple(found[k].shape)} for {tuple(v.shape)}" for k, v in expected.items()
+                if k in found and tuple(getattr(found[k], "shape", ())) != tuple(v.shape)]
+    parts = [f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})"
+             for keys, what in ((missing, "missing"), (unexpected, "unexpected"),
+                                (reshaped, "of another shape")) if keys]
+    return "; ".join(parts)
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """True when ``path`` is a file holding an agelib checkpoint (read safely, weights only)."""
+    path = Path(path)
+    if not path.is_file() or is_torchscript(path):
+        return False
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # TorchScript, ONNX, anything else: not one of ours
+        return False
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
+def is_torchscript(path: str | Path) -> bool:
+    """True for a TorchScript archive (a zip holding compiled code), which shares the
+    ``.pt`` suffix with checkpoints."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())

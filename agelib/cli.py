@@ -113,10 +113,11 @@ def cmd_download(args) -> int:
 def cmd_pack(args) -> int:
     from .data import sources
 
-    faces = sources.load_faces(args.source)
-    if faces.files is None:
-        raise ValueError("this data is a pack already: pack the original folder instead "
+    where = None if str(args.source) == "synthetic" else sources.find_data(args.source)
+    if where is not None and where.is_file():  # re-encoding a pack loses quality twice
+        raise ValueError(f"'{where.name}' is a pack already: pack the original folder instead "
                          "(--source /path/to/UTKFace)")
+    faces = sources.load_faces(args.source)
     out = Path(args.out or settings.data_home() / "packs" / f"{faces.name}-{args.size}px.tar")
     sources.write_faces_pack(faces, args.size, out, quality=args.quality)
     print(f"wrote {out.name}: {len(faces.samples)} images at {args.size} px, "
@@ -223,7 +224,7 @@ def cmd_train(args) -> int:
 
     import torch
 
-    from . import models, training
+    from . import checkpoints, models, training
 
     extra = dict(_key_value(a) for a in args.backbone_arg or [])
     fields = {"head": args.head, "pretrained": args.pretrained,
@@ -241,6 +242,8 @@ def cmd_train(args) -> int:
                                   distill_alpha=args.distill_alpha, compile=args.compile,
                                   init_from={k: v for k, v in (("cnn", args.init_cnn),
                                                                ("vit", args.init_vit)) if v} or None)
+    for name in filter(None, (args.init_cnn, args.init_vit, args.distill_from)):
+        checkpoints.find_checkpoint(name)  # a missing start or teacher fails now, too
     with torch.device("meta"):  # a typo in the model's name fails now, before any data loads
         models.create_model(dataclasses.replace(model, pretrained=False))
     sizes = {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size}
@@ -357,6 +360,9 @@ def cmd_report(args) -> int:
         print(f"README.md results, course-run, bench and latency tables updated from the "
               f"{len(found)} records in {folder.name}/")
         return 0
+    if args.results and not Path(args.results).is_dir():
+        raise FileNotFoundError(f"no results folder at '{args.results}': give the folder that "
+                                "holds the run records (*.json), e.g. results/")
     table = records.report_table(records.load_records(args.results), tag=args.tag)
     if args.mode:
         table = table[table["mode"] == args.mode]
@@ -371,7 +377,7 @@ def cmd_course(args) -> int:
 
         device = records.device_name(settings.get_device())
         mode = settings.FULL if args.full else settings.SMOKE
-        epochs = args.epochs or int(os.environ.get("AGELIB_EPOCHS") or mode.epochs)  # as run
+        epochs = args.epochs or settings.epochs_override() or mode.epochs  # as it will run
         print(" ".join(course.pending_chapters(course.load_course_runs(), device, mode.name,
                                                epochs)))
         return 0

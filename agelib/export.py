@@ -37,6 +37,7 @@ A trace records one run, so an export is only trusted after
 from __future__ import annotations
 
 import copy
+import os
 import json
 import warnings
 from importlib.metadata import version as metadata_version
@@ -310,13 +311,24 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str | Non
     Returns the file's metadata plus ``path``, ``format`` and, when checked,
     ``max_abs_diff_years`` (batch 1 and batch 5 together).
     """
-    model, payload = checkpoints.load_checkpoint(checkpoint)
+    source, out = checkpoints.find_checkpoint(checkpoint), Path(out)
+    if out.exists() and out.resolve() == source.resolve():
+        raise ValueError(f"'{out}' is the checkpoint being exported: writing the export there "
+                         f"would destroy it. Give another name, e.g. {out.stem}-export{out.suffix}")
+    if checkpoints.is_checkpoint(out):
+        raise ValueError(f"'{out}' is an agelib checkpoint: the export would overwrite it. "
+                         "Give another name, or delete that checkpoint first if it is unwanted.")
+    model, payload = checkpoints.load_checkpoint(source)
     size = size or checkpoint_size(payload, model)
     if not size:
-        raise ValueError(f"'{Path(checkpoint).name}' does not say its image size; pass --size")
-    out = Path(out)
+        raise ValueError(f"'{source.name}' does not say its image size; pass --size")
     fmt = _format(out, format)
-    (to_onnx if fmt == "onnx" else to_torchscript)(model, out, int(size), input=input)
+    tmp = out.with_name(f".{out.stem}.partial{out.suffix}")  # a failed export leaves no half file
+    try:
+        (to_onnx if fmt == "onnx" else to_torchscript)(model, tmp, int(size), input=input)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     result = {"path": str(out), "format": fmt, **read_metadata(out, fmt)}
     if check:
         gen = torch.Generator().manual_seed(0)

@@ -87,7 +87,7 @@ def open_photo(source: str | Path | bytes | Image.Image | np.ndarray,
     """Any photo as an upright 8-bit RGB image, or :class:`UnreadablePhoto` saying why not.
 
     ``source`` is a file path, the bytes of an upload, a Pillow image or a uint8
-    ``(H, W[, 3])`` array. EXIF orientation is applied (phones store portraits
+    ``(H, W[, 1|3|4])`` array. EXIF orientation is applied (phones store portraits
     sideways and set a flag), so boxes match what a viewer shows. Images above
     Pillow's ``Image.MAX_IMAGE_PIXELS`` (about 89 megapixels) are refused: such
     files are usually decompression bombs, small files that expand to gigabytes.
@@ -96,9 +96,12 @@ def open_photo(source: str | Path | bytes | Image.Image | np.ndarray,
     if isinstance(source, Image.Image):
         image = source
     elif isinstance(source, np.ndarray):
-        if source.dtype != np.uint8 or source.ndim not in (2, 3):
-            raise UnreadablePhoto(f"{label}: expected a uint8 (H, W) or (H, W, 3) array, got "
-                                  f"{source.dtype} {source.shape}")
+        if source.ndim == 3 and source.shape[2] == 1:  # one channel kept as an axis
+            source = source[:, :, 0]
+        if (source.dtype != np.uint8 or source.ndim not in (2, 3) or 0 in source.shape
+                or (source.ndim == 3 and source.shape[2] not in (3, 4))):
+            raise UnreadablePhoto(f"{label}: expected a non-empty uint8 (H, W), (H, W, 3) or "
+                                  f"(H, W, 4) array, got {source.dtype} {source.shape}")
         image = Image.fromarray(source)
     elif isinstance(source, (bytes, bytearray, memoryview)):
         if not len(source):
@@ -181,7 +184,7 @@ def _shrunk(photo: Image.Image, max_side: int) -> tuple[Image.Image, float]:
     scale = max(photo.size) / max_side
     if scale <= 1:
         return photo, 1.0
-    size = (round(photo.width / scale), round(photo.height / scale))
+    size = (max(1, round(photo.width / scale)), max(1, round(photo.height / scale)))  # a strip
     small = photo.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     return small, photo.width / size[0]
 

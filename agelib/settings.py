@@ -96,6 +96,16 @@ FULL = RunMode("full", image_size=128, n_train=None, n_valid=None, n_test=None, 
                batch_size=128)
 
 
+def epochs_override() -> int | None:
+    """``AGELIB_EPOCHS`` as a count of epochs (None when unset); anything else is an error."""
+    epochs = os.environ.get("AGELIB_EPOCHS", "").strip()
+    if not epochs:
+        return None
+    if not epochs.isdigit() or int(epochs) < 1:
+        raise ValueError(f"AGELIB_EPOCHS={epochs!r}: give a whole number of epochs, 1 or more")
+    return int(epochs)
+
+
 def run_mode(**overrides) -> RunMode:
     """The mode chosen by ``AGELIB_SMOKE``, with optional per-chapter overrides.
 
@@ -103,10 +113,8 @@ def run_mode(**overrides) -> RunMode:
     32
     """
     mode = SMOKE if smoke_mode() else FULL
-    if epochs := os.environ.get("AGELIB_EPOCHS", "").strip():
-        if not epochs.isdigit() or int(epochs) < 1:
-            raise ValueError(f"AGELIB_EPOCHS={epochs!r}: give a whole number of epochs, 1 or more")
-        mode = replace(mode, epochs=int(epochs))
+    if epochs := epochs_override():
+        mode = replace(mode, epochs=epochs)
     unknown = set(overrides) - set(RunMode.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown RunMode field(s) {sorted(unknown)}; "

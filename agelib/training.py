@@ -24,7 +24,7 @@ import torch
 
 from . import checkpoints, distill, hybrid, losses, metrics, models, records, settings
 from . import data as data_
-from .checkpoints import checkpoint_path  # where a bare checkpoint name lives
+from .checkpoints import checkpoint_path, find_checkpoint  # where a bare name lives, is found
 
 with warnings.catch_warnings():  # fastai's import warns about torch.jit; not ours to fix
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script")
@@ -393,7 +393,7 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
         start_at_mean(model, dls.train.dataset.ages)
     init_report = None
     if config.init_from:  # the three-stage recipe: start from trained parts
-        done = hybrid.init_from_parts(model, **{k: checkpoint_path(v)
+        done = hybrid.init_from_parts(model, **{k: find_checkpoint(v)
                                                for k, v in config.init_from.items()})
         backbone_fresh = sorted(k for k in done["left_at_init"] if k.startswith("backbone."))
         init_report = {"copied": len(done["copied"]), "resized": sorted(done["resized"]),
@@ -410,7 +410,7 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
     keep = KeepBestEpoch(patience=config.patience)
     cbs = [keep] + list(cbs or [])
     if config.distill_from:
-        cbs.append(distill.DistillFromTeacher(checkpoint_path(config.distill_from),
+        cbs.append(distill.DistillFromTeacher(find_checkpoint(config.distill_from),
                                               config.distill_alpha, flip=config.distill_flip))
     live = verbose and _interactive()  # headless (logs, CI): one text line per epoch instead
     if verbose and not live:

@@ -310,3 +310,20 @@ def test_same_budget_keeps_each_familys_plain_run_at_one_size_and_length():
     six = records.same_budget(report, "synthetic", "smoke", 64, 1, tags=("ch02", "ch05", "ch06"))
     assert "hybrid_paper" not in set(six["backbone"])
     assert records.same_budget(report.iloc[:0], "synthetic", "smoke", 64, 1).empty
+
+
+def test_a_bad_record_is_skipped_by_name_and_a_missing_folder_is_an_error(tmp_path, capsys):
+    from agelib import cli
+
+    records.save_record(record(0, 6.0), tmp_path)
+    (tmp_path / "cut-short.json").write_text('{"tag": "ch02",\n')
+    (tmp_path / "a-list.json").write_text("[1, 2]")
+    with pytest.warns(UserWarning) as caught:
+        found = records.load_records(tmp_path)
+    said = " ".join(str(w.message) for w in caught)
+    assert len(found) == 1 and "skipped cut-short.json" in said and "skipped a-list.json" in said
+    with pytest.warns(UserWarning):
+        assert cli.main(["report", "--results", str(tmp_path)]) == 0
+    assert "6.00" in capsys.readouterr().out
+    assert cli.main(["report", "--results", str(tmp_path / "typo")]) == 2
+    assert "no results folder at" in capsys.readouterr().err

@@ -94,6 +94,10 @@ def test_pack_writes_a_loadable_pack(runs, workdir):
     assert not faces.real and faces.name.startswith("synthetic")  # provenance travels inside the pack
     assert faces.open_image(faces.samples["sha1"].iloc[0]).size == (32, 32)
     assert not list(workdir["pack"].parent.glob("*.tmp"))
+    # packing that pack again would encode every face a second time: refused, nothing written
+    again = workdir["pack"].parent / "again.tar"
+    assert cli.main(["pack", "--source", str(workdir["pack"]), "--out", str(again)]) == 2
+    assert not again.exists()
 
 
 def test_bad_arguments_are_refused_by_argparse():
@@ -234,3 +238,22 @@ def test_train_refuses_a_misspelt_model_before_reading_any_data(tmp_path, monkey
     assert "unknown model 'vit-tiny'" in err and "python -m agelib models" in err
     assert cli.main(["train", "--head", "coral"]) == 2  # the default loss is l1
     assert "losses for a coral head: coral" in capsys.readouterr().err
+
+
+def test_train_finds_a_teacher_where_evaluate_would_and_refuses_a_missing_one(
+        tmp_path, monkeypatch, capsys):
+    """A checkpoint in the current folder is found by `--distill-from` and `--init-cnn`
+    as by `evaluate --checkpoint`; one that is nowhere fails before any data is read."""
+    from agelib import training
+
+    monkeypatch.setenv("AGELIB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AGELIB_DATA", str(tmp_path / "not-there"))  # data would fail later
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "teacher.pt").write_bytes(b"")
+    monkeypatch.setattr(training, "train_age_model", lambda *a, **k: (_ for _ in ()).throw(
+        SystemExit(0)))  # stop before training
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--model", "resnet18", "--distill-from", "teacher.pt"])
+    assert cli.main(["train", "--model", "hybrid_atto", "--init-cnn", "absent.pt"]) == 2
+    assert "No checkpoint at 'absent.pt'" in capsys.readouterr().err
+    assert training.find_checkpoint("teacher.pt") == Path("teacher.pt")

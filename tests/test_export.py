@@ -192,3 +192,45 @@ def test_checkpoint_without_a_size_asks_for_one(tmp_path):
                                        tmp_path / "nosize.pt")
     with pytest.raises(ValueError, match="--size"):
         export.export_checkpoint(path, tmp_path / "x.onnx")
+
+
+def test_export_never_overwrites_a_checkpoint(checkpoint, tmp_path, capsys):
+    """`.pt` names both checkpoints and TorchScript files: `--out` equal to the checkpoint
+    (or naming another checkpoint) would replace trained weights with an export."""
+    import shutil
+
+    victim, other = tmp_path / "victim.pt", tmp_path / "other.pt"
+    shutil.copy(checkpoint, victim)
+    shutil.copy(checkpoint, other)
+    before = victim.read_bytes(), other.read_bytes()
+    for out, message in ((victim, "is the checkpoint being exported"),
+                         (other, "is an agelib checkpoint")):
+        assert cli.main(["export", "--checkpoint", str(victim), "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert (victim.read_bytes(), other.read_bytes()) == before
+    # an earlier export is a file like any other: exporting again replaces it
+    out = tmp_path / "victim-export.pt"
+    for _ in range(2):
+        assert cli.main(["export", "--checkpoint", str(victim), "--out", str(out)]) == 0
+    assert not checkpoints.is_checkpoint(out) and checkpoints.is_checkpoint(victim)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.pt", "victim-export.pt",
+                                                          "victim.pt"]  # no partial file left
+
+
+def test_a_damaged_checkpoint_says_what_is_wrong(checkpoint, tmp_path):
+    payload = torch.load(checkpoint, weights_only=True)
+    no_config = {k: v for k, v in payload.items() if k != "model_config"}
+    torch.save(no_config, tmp_path / "no_config.pt")
+    with pytest.raises(ValueError, match="damaged agelib checkpoint: it has no model_config"):
+        checkpoints.load_checkpoint(tmp_path / "no_config.pt")
+    swapped = {**payload, "model_config": {**payload["model_config"], "backbone": "resnet34"}}
+    torch.save(swapped, tmp_path / "swapped.pt")
+    with pytest.raises(ValueError, match=r"do not fit the saved config \(resnet34\): \d+ missing"):
+        checkpoints.load_checkpoint(tmp_path / "swapped.pt")
+
+
+def test_an_export_given_as_a_checkpoint_is_named_for_what_it_is(checkpoint, tmp_path):
+    out = export.export_checkpoint(checkpoint, tmp_path / "model.pt")["path"]
+    assert checkpoints.is_torchscript(out) and not checkpoints.is_torchscript(checkpoint)
+    with pytest.raises(ValueError, match="exported TorchScript model, not a checkpoint"):
+        checkpoints.load_checkpoint(out)

@@ -249,6 +249,7 @@ def test_pretrained_weights_offline_raise_a_helpful_error_in_full_mode(no_hub, m
     message = str(err.value)
     assert "internet" in message and "efficientnet_lite0" in message and TINY in message
     assert "pretrained=False" in message  # says what to do
+    assert "HF_HUB_OFFLINE" in message  # set here: online machines only need to unset it
 
 
 def test_pretrained_weights_offline_fall_back_loudly_in_smoke_mode(no_hub, monkeypatch):

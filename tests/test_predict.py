@@ -109,10 +109,21 @@ def test_the_template_does_not_depend_on_the_frame_around_the_faces(real_folder)
 def test_blank_noise_and_tiny_images_have_no_face():
     noise = np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)
     for image in (Image.new("RGB", (256, 256), (128, 128, 128)), noise,
-                  Image.new("RGB", (8, 8), (200, 150, 120))):
+                  Image.new("RGB", (8, 8), (200, 150, 120)),
+                  Image.new("RGB", (20000, 1)), Image.new("RGB", (3, 9000))):  # strips
         assert faces.detect_faces(image) == []
     message = faces.no_face_message("beach.jpg")
     assert "no face found in beach.jpg" in message and "frontal" in message
+
+
+def test_arrays_of_any_photo_layout_open_and_others_say_why():
+    grey = np.full((40, 30), 90, np.uint8)
+    for array in (grey, grey[:, :, None], np.dstack([grey] * 3), np.dstack([grey] * 4)):
+        assert faces.open_photo(array).size == (30, 40)
+    for bad in (np.zeros((40, 30, 5), np.uint8), np.zeros((0, 0, 3), np.uint8),
+                np.zeros((40, 30, 3), np.float32)):
+        with pytest.raises(faces.UnreadablePhoto, match="expected a non-empty uint8"):
+            faces.open_photo(bad)
 
 
 def test_min_prob_must_be_a_probability():

@@ -58,6 +58,9 @@ def test_agelib_epochs_rejects_what_is_not_a_count(monkeypatch, value):
     monkeypatch.setenv("AGELIB_EPOCHS", value)
     with pytest.raises(ValueError, match="AGELIB_EPOCHS"):
         settings.run_mode()
+    from agelib import cli  # what a GPU call asks first: the same check, the same words
+
+    assert cli.main(["course", "--pending"]) == 2
 
 
 def test_run_mode_describes_itself():

@@ -183,3 +183,13 @@ def test_subsample_keeps_everything_when_n_is_none_or_large(samples):
 def test_subsample_of_fewer_rows_than_bands_falls_back_to_a_draw(samples):
     sub = splits.subsample(samples, 3, seed=0)
     assert len(sub) == 3 and set(sub.index) <= set(samples.index)
+
+
+@pytest.mark.parametrize("n", [1, 5, splits.MIN_IMAGES - 1])
+def test_too_few_images_for_a_split_say_so(n):
+    samples = pd.DataFrame({"sha1": [f"{i:040x}" for i in range(n)], "age": range(20, 20 + n)})
+    with pytest.raises(ValueError, match=f"only {n} distinct image.*at least {splits.MIN_IMAGES}"):
+        splits.make_split(samples)
+    more = pd.DataFrame({"sha1": [f"{i:040x}" for i in range(splits.MIN_IMAGES)],
+                         "age": range(20, 20 + splits.MIN_IMAGES)})
+    assert (splits.make_split(more).value_counts() >= 2).all()

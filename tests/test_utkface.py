@@ -131,6 +131,29 @@ def test_a_folder_holding_utkface_means_its_images_everywhere(quirky_folder, tmp
     assert faces.images(16).shape == (len(faces.samples), 16, 16, 3)
 
 
+def test_broken_links_and_undecodable_names_are_skipped_with_their_reason(quirky_folder, home):
+    """Links whose target went away, links that loop, and names in a legacy encoding: each
+    is one skipped file with what to do, never a crash of the whole data set's scan."""
+    from agelib.data import sources
+
+    good = sorted(p for p in quirky_folder.iterdir() if p.name in GOOD)[0]
+    (quirky_folder / "30_0_0_20170101000000000.jpg").symlink_to(quirky_folder / "gone.jpg")
+    (quirky_folder / "31_0_0_20170101000000000.jpg").symlink_to("32_0_0_20170101000000000.jpg")
+    (quirky_folder / "32_0_0_20170101000000000.jpg").symlink_to("31_0_0_20170101000000000.jpg")
+    latin1 = os.fsdecode(b"50_0_0_caf\xe9.jpg")  # how Linux hands over a Latin-1 name
+    try:
+        (quirky_folder / latin1).write_bytes(good.read_bytes())
+    except (UnicodeEncodeError, OSError):  # file systems that insist on UTF-8 names
+        latin1 = None
+    faces = sources.load_folder(quirky_folder)  # the cached scan stats every entry first
+    reasons = {s["file"]: s["reason"] for s in faces.report.skipped}
+    for name in ("30", "31", "32"):
+        assert "broken link" in reasons[f"{name}_0_0_20170101000000000.jpg"]
+    if latin1:
+        assert reasons["50_0_0_caf\\udce9.jpg"] == "file name is not valid UTF-8: rename the file"
+    assert len(faces.samples) > 0
+
+
 def test_scan_of_empty_folder_says_it_is_empty(tmp_path):
     (tmp_path / ".hidden").write_text("x")
     with pytest.raises(ValueError, match="is empty"):

@@ -183,9 +183,18 @@ def write_faces_pack(faces: Faces, size: int, path: str | os.PathLike, quality: 
                             extra=extra)
 
 
+def _size_and_time(entry: os.DirEntry) -> tuple[int, int]:
+    """What tells a changed file apart; a broken link has none (the scan says why it skips it)."""
+    try:
+        stat = entry.stat()
+    except OSError:
+        return -1, -1
+    return stat.st_size, stat.st_mtime_ns
+
+
 def _cached_scan(folder: Path) -> tuple[pd.DataFrame, utkface.DataReport]:
     """``utkface.scan_folder``, reusing the saved result while the folder is unchanged."""
-    listing = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
+    listing = sorted((e.name, *_size_and_time(e))
                      for e in os.scandir(folder) if not e.name.startswith("."))
     key = hashlib.sha1(repr((str(folder.resolve()), listing)).encode()).hexdigest()[:16]
     base = settings.data_home() / "cache" / f"scan-{key}"

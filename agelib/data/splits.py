@@ -30,6 +30,10 @@ def age_strata(ages) -> np.ndarray:
     return np.digitize(np.asarray(ages), STRATA_EDGES[1:-1])
 
 
+#: the fewest images a split is made of: at (0.7, 0.1, 0.2), two validation faces
+MIN_IMAGES = 20
+
+
 def make_split(samples: pd.DataFrame, seed: int = 0,
                fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> pd.Series:
     """Assign each sample to train/valid/test, stratified by age band.
@@ -41,6 +45,10 @@ def make_split(samples: pd.DataFrame, seed: int = 0,
         raise ValueError(f"fractions {fractions} must be three positive numbers summing to 1")
     if samples["sha1"].duplicated().any():
         raise ValueError("samples hold the same image twice: run deduplicate() first")
+    if len(samples) < MIN_IMAGES:
+        raise ValueError(f"only {len(samples)} distinct image(s): a train/valid/test split needs "
+                         f"at least {MIN_IMAGES}. Give a folder with more faces, or try the "
+                         "course on its synthetic faces (AGELIB_DATA=synthetic).")
     ordered = samples.sort_values("sha1", ignore_index=True)  # row order must not matter
     strata = _mergeable_strata(ordered["age"], min_count=10)
     rest, test = train_test_split(ordered.index, test_size=fractions[2], random_state=seed,

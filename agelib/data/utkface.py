@@ -52,6 +52,8 @@ def parse_name(name: str) -> FaceLabels:
     'race field missing'
     >>> parse_name("24_0_1_20170116220224657 .jpg.chip.jpg").age
     24
+    >>> parse_name("35_0_0 20170116174525135.jpg").race
+    0
     >>> parse_name("photo.jpg")
     Traceback (most recent call last):
     ...
@@ -61,7 +63,11 @@ def parse_name(name: str) -> FaceLabels:
     notes = []
     if stem != stem.strip():
         notes.append("stray space")
-    parts = stem.strip().split("_")
+    core = stem.strip()
+    if any(c.isspace() for c in core):  # "35_0_0 2017...": a space typed for an underscore
+        notes.append("space in place of '_'")
+        core = "_".join(core.split())
+    parts = core.split("_")
 
     def fail(why: str) -> ValueError:
         return ValueError(f"{name!r}: expected 'age_gender_race_datetime.jpg', {why}")
@@ -188,7 +194,13 @@ def scan_folder(folder: str | Path, workers: int | None = None) -> tuple[pd.Data
     candidates = []
     for name in entries:
         path = folder / name
-        if path.is_dir():
+        if not _is_utf8(name):  # bytes the file system could not decode: tables cannot hold it
+            report.skipped.append({"file": name.encode("utf-8", "backslashreplace").decode(),
+                                   "reason": "file name is not valid UTF-8: rename the file"})
+        elif path.is_symlink() and not path.exists():
+            report.skipped.append({"file": name, "reason": "a broken link: its target is "
+                                   "missing (or the link loops)"})
+        elif path.is_dir():
             report.skipped.append({"file": name, "reason": "a folder, not an image (not scanned)"})
         elif not name.lower().endswith(IMAGE_SUFFIXES):
             report.skipped.append({"file": name, "reason": "not an image file name "
@@ -227,6 +239,14 @@ def scan_folder(folder: str | Path, workers: int | None = None) -> tuple[pd.Data
         raise ValueError(f"No usable image in '{folder}': {len(report.skipped)} file(s) skipped, "
                          f"e.g. {report.skipped[0]['file']}: {report.skipped[0]['reason']}")
     return files, report
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.listdir keeps undecodable bytes as lone surrogates
+        return False
+    return True
 
 
 def _most_common(values: pd.Series):
