@@ -199,8 +199,10 @@ def adaptive_loss(pred: Tensor, ages: Tensor, s: float = 2.0) -> Tensor:
     """Mean of ``(1 + s) e² / (|e| + s)`` with ``e = pred - ages``: quadratic near 0, linear far.
 
     For ``|e| << s`` it is ``(1 + s)/s · e²`` (smooth gradients near the answer, like
-    MSE); for ``|e| >> s`` it grows like ``(1 + s)|e|`` (a mislabelled face pulls no
-    harder than under L1). ``s`` (years) sets where one turns into the other. The
+    MSE); for ``|e| >> s`` it grows like ``(1 + s)|e|``: its gradient is bounded by
+    ``1 + s`` (3 at s = 2), so a mislabelled face pulls with a bounded force, as under L1
+    and unlike MSE, though up to ``1 + s`` times L1's. ``s`` (years) sets where one
+    turns into the other. The
     robust regression loss of Maroun, Bekhouche and Dornaika, *Integrating ConvNeXt
     and Vision Transformers for Enhancing Facial Age Estimation* (CVIU 2025, arXiv
     2511.00123), written as the course defines it.
@@ -471,7 +473,9 @@ def corn_expected_age(logits: Tensor, min_age: int = 0) -> Tensor:
     return min_age + _corn_probabilities(logits).sum(dim=1)
 
 
-#: The decoder each kind of output uses by default (the rule of its paper).
+#: The rule of each kind's paper for turning outputs into an age (ordinal heads count the
+#: "older than k" answers). The heads themselves decode by ``ModelConfig.decode``, whose
+#: default, "expected", sums probabilities instead (see :func:`coral_expected_age`).
 DECODERS: dict[str, Callable[..., Tensor]] = {
     "regression": regression_age,
     "classification": expected_age,

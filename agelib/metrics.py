@@ -128,6 +128,28 @@ def age_band_mae(pred, true, edges: Sequence[int] = plots.AGE_BANDS, k: float = 
     return errors_by_group(table, "pred", "true", "age band", k)
 
 
+def seed_noise(std: float, n: int, m: int = 1, level: float = 0.95) -> tuple[float, float]:
+    """How far a variant's mean MAE over ``m`` seeds may stray from a baseline's mean over
+    ``n`` seeds (sample std ``std``) by seed noise alone: ``(spread, critical)``.
+
+    ``spread`` is the standard deviation of that difference, ``std * sqrt(1/m + 1/n)``
+    (one new run: ``sqrt(1 + 1/n)``), and ``critical`` Student's t at ``level``, two-sided,
+    with the baseline's ``n - 1`` degrees of freedom; a difference beyond
+    ``critical * spread`` is more than noise. Taking the spread of the variant's seeds
+    from the baseline's assumes a change of settings does not change how much seeds matter.
+
+    >>> spread, critical = seed_noise(0.1, n=3)
+    >>> round(spread, 4), round(critical, 2)
+    (0.1155, 4.3)
+    """
+    from scipy import stats
+
+    if n < 2 or m < 1:
+        raise ValueError(f"a noise band needs a baseline of 2 or more seeds and a variant of "
+                         f"1 or more, not n={n}, m={m}")
+    return float(std) * (1 / m + 1 / n) ** 0.5, float(stats.t.ppf(0.5 + level / 2, n - 1))
+
+
 def fastai_metrics(decode: Callable[[torch.Tensor], torch.Tensor], k: int = 5) -> list:
     """fastai metrics ``mae`` and ``cs5`` that decode model outputs to ages with ``decode``.
 

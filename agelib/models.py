@@ -14,7 +14,8 @@ head            output            age
 ==============  ================  ==================================================
 regression      ``(B,)`` years     the output itself
 classification  ``(B, K)`` logits  softmax expectation over ages (DEX)
-coral           ``(B, K-1)``       number of "older than k" tasks answered yes
+coral           ``(B, K-1)``       sum of P(older than k) (default), or the number of
+                                   tasks answered yes (``decode="label"``)
 corn            ``(B, K-1)``       same, from conditional probabilities
 ==============  ================  ==================================================
 """

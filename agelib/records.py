@@ -181,7 +181,8 @@ def load_records(folder: str | Path | None = None) -> pd.DataFrame:
 
 def report_table(table: pd.DataFrame, tag: str | None = None, latest_only: bool = True
                  ) -> pd.DataFrame:
-    """One row per (tag, model, head, loss, pretrained, data, mode), mean +- std over seeds."""
+    """One row per (tag, model, head, loss, pretrained, data, mode): the mean over seeds and
+    their sample standard deviation (``ddof=1``, what a t-test of seed noise needs)."""
     if tag is not None:
         table = table[table["tag"] == tag]
     if table.empty:

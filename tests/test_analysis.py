@@ -191,3 +191,9 @@ def test_the_summary_of_saved_predictions_agrees_with_the_record(synthetic_faces
     found = analysis.model_predictions(records.load_records(), synthetic_faces, "smoke")
     mae = float(analysis.summary(found).loc["t m (noisy)", "MAE"])
     assert abs(mae - record["test_mae"]) < 2e-4
+
+
+def test_old_age_table_counts_a_face_of_exactly_the_threshold_age():
+    p = pd.DataFrame({"age": [30.0, 59.0, 60.0, 75.0], "pred": [30.0, 59.0, 50.0, 65.0]})
+    row = analysis.old_age_table({"m": p}, from_age=60).iloc[0]
+    assert row["faces 60+"] == 2 and row["MAE, 60+"] == 10.0

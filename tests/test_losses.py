@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -422,3 +423,21 @@ def test_bad_settings_raise():
         adaptive_loss(torch.zeros(1), torch.zeros(1), s=-1.0)
     with pytest.raises(ValueError, match="top_k must be between 1 and the 5 classes, got 6"):
         mean_residue_loss(torch.zeros(1, 5), torch.tensor([2.0]), top_k=6)
+
+
+@pytest.mark.parametrize("top_k, tail", [(1, [0, 1, 2]), (3, [0]), (4, [])])
+def test_mean_residue_with_a_fixed_top_k_hand_values(top_k, tail):
+    """P = (0.1, 0.2, 0.3, 0.4), true age 2: mean 2.0 (no mean loss), CE -log 0.3, and the
+    residue is the entropy of the classes outside the top_k most probable."""
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    loss = losses.mean_residue_loss(torch.log(p)[None], torch.tensor([2.0]), top_k=top_k)
+    expected = -np.log(0.3) + 0.05 * sum(-float(p[j]) * np.log(float(p[j])) for j in tail)
+    assert float(loss) == pytest.approx(expected, abs=1e-5)
+
+
+def test_gaussian_target_is_centred_on_the_age_not_its_class():
+    target = losses.gaussian_label_distribution(torch.tensor([2.4]), num_classes=5, sigma=1.0)
+    k = np.arange(5)
+    expected = np.exp(-(k - 2.4) ** 2 / 2) / np.exp(-(k - 2.4) ** 2 / 2).sum()
+    np.testing.assert_allclose(target[0].numpy(), expected, atol=1e-6)
+    assert target[0, 3] > target[0, 1]  # 2.4 is nearer 3 than 1

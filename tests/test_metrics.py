@@ -183,3 +183,25 @@ def test_two_batch_fit_with_each_kind_of_head(kind, loss_name):
     train_loss, valid_loss, mae_value, cs5 = learn.recorder.values[-1]
     assert all(np.isfinite([train_loss, valid_loss, mae_value, cs5]))
     assert 0 <= cs5 <= 1
+
+
+def test_cs_by_group_counts_an_error_of_exactly_k_as_within():
+    table = pd.DataFrame({"pred": [25.0, 30.0, 40.0], "true": [20.0, 30.0, 30.0],
+                          "g": ["a", "a", "b"]})
+    groups = errors_by_group(table, "pred", "true", "g", k=5)
+    assert groups.loc["a", "CS@5"] == cs_at([25.0, 30.0], [20.0, 30.0], 5) == 1.0
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_seed_noise_flags_five_percent_of_null_variants(m):
+    """Baseline of n = 3 seeds and variants of m seeds, all drawn from the same run-to-run
+    noise: a variant lands beyond the 95% band about 5% of the time, whatever m is."""
+    rng = np.random.default_rng(0)
+    n, trials = 3, 40_000
+    base = rng.normal(0, 1, (trials, n))
+    variant = rng.normal(0, 1, (trials, m)).mean(1)
+    flagged = [abs(v - b.mean()) > np.prod(metrics.seed_noise(b.std(ddof=1), n, m))
+               for v, b in zip(variant, base)]
+    assert 0.04 < np.mean(flagged) < 0.06
+    with pytest.raises(ValueError, match="2 or more seeds"):
+        metrics.seed_noise(0.1, n=1)

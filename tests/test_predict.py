@@ -355,3 +355,10 @@ def test_cli_predict_refuses_a_bad_level(files, portraits, capsys):
 def test_cli_predict_needs_a_photo(files, capsys):
     code = cli.main(["predict", "--checkpoint", str(files / "classification.pt")])
     assert code == 2 and "--portraits" in capsys.readouterr().err
+
+
+def test_a_non_monotone_ordinal_output_becomes_a_distribution():
+    """A barely trained CORN/CORAL head may say P(age > 1) > P(age > 0): the negative
+    P(age = 1) is clipped to 0 and the rest renormalised, so intervals stay valid."""
+    probs = predict.ordinal_to_distribution(torch.tensor([[0.3, 0.6]]))
+    np.testing.assert_allclose(probs[0].numpy(), [0.7 / 1.3, 0.0, 0.6 / 1.3], atol=1e-6)
