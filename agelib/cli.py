@@ -47,9 +47,11 @@ def environment_info() -> dict:
 
     try:
         found = sources.find_data()
-        data = ({"dataset": "synthetic (no UTKFace found)", "location": None} if found is None
-                else {"dataset": "pack" if found.is_file() else "UTKFace folder",
-                      "location": found.name})
+        data = ({"dataset": "synthetic (no UTKFace found)", "location": None,
+                 "hint": "for the real faces: `python -m agelib download` (data/README.md "
+                         "says how, offline too), or set AGELIB_DATA to your UTKFace folder"}
+                if found is None else {"dataset": "pack" if found.is_file() else "UTKFace folder",
+                                       "location": found.name})
         if found is not None and found.is_dir() and not any(
                 p.name.lower().endswith(utkface.IMAGE_SUFFIXES) for p in found.iterdir()):
             data["error"] = (f"'{found.name}' holds no image: point AGELIB_DATA at the folder "
@@ -82,7 +84,8 @@ def cmd_info(args) -> int:
     data = info["data"]
     print(f"  data         {data['dataset']}"
           + (f": {data['location']}" if data.get("location") else "")
-          + (f"\n  {data['error']}" if "error" in data else ""))
+          + (f"\n  {data['error']}" if "error" in data else "")
+          + (f"\n  {data['hint']}" if "hint" in data else ""))
     return 0
 
 
@@ -363,9 +366,15 @@ def cmd_report(args) -> int:
     if args.results and not Path(args.results).is_dir():
         raise FileNotFoundError(f"no results folder at '{args.results}': give the folder that "
                                 "holds the run records (*.json), e.g. results/")
-    table = records.report_table(records.load_records(args.results), tag=args.tag)
+    found = records.load_records(args.results)
+    table = records.report_table(found, tag=args.tag)
     if args.mode:
         table = table[table["mode"] == args.mode]
+    if table.empty and not found.empty and not args.json:  # records exist, none of these
+        asked = " and ".join(f"--{k} {v}" for k, v in (("tag", args.tag), ("mode", args.mode)) if v)
+        tags = ", ".join(sorted(found["tag"].dropna().astype(str).unique()))
+        print(f"_no run record matches {asked}; the {len(found)} records have the tags: {tags}_")
+        return 0
     print(records.to_markdown(table) if not args.json
           else table.to_json(orient="records", indent=2))
     return 0

@@ -193,12 +193,13 @@ def run_chapters(files: list[str] | None = None, full: bool = False, timeout: in
     env.pop("MPLBACKEND", None)  # "Agg" would keep every figure out of the saved outputs
     mode = settings.SMOKE if not full else settings.FULL
     now = dt.datetime.now(dt.timezone.utc)
+    real = "1" if _real_faces(env) else "0"
     run = {"mode": mode.name, "epochs": int(env.get("AGELIB_EPOCHS") or mode.epochs),
            "device": records.device_name(settings.get_device()),
+           "data": "real" if real == "1" else "synthetic",
            "date": now.isoformat(timespec="seconds"), "code": records.code_version(),
            "total_seconds": 0.0, "chapters": []}
     path = records.results_dir() / "course" / f"{now:%Y%m%d-%H%M%S}-{mode.name}.json"
-    real = "1" if _real_faces(env) else "0"
     for name in wanted:
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", _EXECUTE, name, str(timeout), real],
@@ -237,13 +238,15 @@ def load_course_runs(folder: Path | None = None) -> list[dict]:
 
 
 def latest_times(runs: list[dict], mode: str) -> dict | None:
-    """Each chapter's latest time in ``mode`` on the device of the latest run of that mode.
+    """Each chapter's latest time in ``mode`` on the device of the latest run of that mode
+    on the real faces.
 
     A full run on one GPU may be split over several calls (one lease's commands
     are limited to minutes each), each writing its own record: this stitches
     them back into one course, chapter by chapter, and never mixes devices.
     """
-    runs = [r for r in runs if r["mode"] == mode]
+    # the course's timings are of the real faces: a run on the synthetic ones is a check
+    runs = [r for r in runs if r["mode"] == mode and r.get("data", "real") == "real"]
     if not runs:
         return None
     device = runs[-1]["device"]

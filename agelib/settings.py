@@ -1,6 +1,6 @@
 """Every run-wide setting of the course, read in one place.
 
-Three environment variables steer a run, so that a notebook, a test and the
+Six environment variables steer a run, so that a notebook, a test and the
 command line all behave the same way without editing code:
 
 ``AGELIB_DATA``
@@ -18,6 +18,13 @@ command line all behave the same way without editing code:
     The default training length of the mode, in epochs: one knob that scales the
     whole course to the GPU you have (chapters that train for longer or shorter
     ask for multiples of it). Records always say how many epochs ran.
+``AGELIB_DEVICE``
+    Force a device (``cpu``, ``cuda``, ``cuda:1``, ``mps``); unset, the best one
+    available (:func:`get_device`).
+``AGELIB_RESULTS``
+    Where run records are written and read (``results/`` in the checkout; read by
+    :func:`agelib.records.results_dir`), so your own runs can live apart from the
+    course's committed ones.
 """
 
 from __future__ import annotations

@@ -4,9 +4,14 @@ Each command starts a fresh Python (about 5 s of imports on a small CPU), so the
 runs of this module are started together once and each test checks its own.
 """
 
+import atexit
+import functools
 import json
 import os
 import re
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -52,6 +57,7 @@ def test_info_json_has_versions_device_mode_and_data(runs):
     assert info["versions"]["python"].count(".") == 2
     assert info["mode"] == ("smoke" if settings.smoke_mode() else "full")
     assert info["data"]["dataset"].startswith("synthetic")
+    assert "python -m agelib download" in info["data"]["hint"]  # what to do about it
     assert info["device"] in ("cpu", "cuda", "mps")
 
 
@@ -163,12 +169,32 @@ def test_readme_with_table_needs_the_markers():
 
 
 def committed_readme() -> tuple[str, Path]:
-    """README's text and the committed results folder, or a skip on a plain install."""
+    """README's text and the committed results folder, or a skip on a plain install.
+
+    In a git checkout, only the records git tracks count: a learner's own runs (`train`,
+    `course`, `bench --save` all write to results/) must not make README's tables "wrong".
+    """
     root = settings.repo_root()
     readme = root / "README.md"
     if not readme.exists():
         pytest.skip("README.md is absent")
-    return readme.read_text(encoding="utf-8"), root / "results"
+    return readme.read_text(encoding="utf-8"), tracked_results(root)
+
+
+@functools.lru_cache(maxsize=1)
+def tracked_results(root: Path) -> Path:
+    """A copy of the results/ files git tracks (results/ itself outside a git checkout)."""
+    listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "results"],
+                            capture_output=True, text=True)
+    if listed.returncode != 0:
+        return root / "results"
+    copy = Path(tempfile.mkdtemp(prefix="agelib-tracked-"))
+    atexit.register(shutil.rmtree, copy, ignore_errors=True)
+    for name in filter(None, listed.stdout.split("\0")):
+        target = copy / Path(name).relative_to("results")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / name, target)
+    return copy
 
 
 def test_write_readme_refuses_records_that_are_not_the_committed_ones(tmp_path, monkeypatch,

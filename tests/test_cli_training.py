@@ -151,8 +151,13 @@ def test_report_prints_the_markdown_table_of_the_run(trained, runs, work):
 
 
 def test_report_without_records_says_so(tmp_path, capsys):
+    (tmp_path / "none").mkdir()
     assert cli.main(["report", "--results", str(tmp_path / "none")]) == 0
     assert capsys.readouterr().out.strip() == "_no run records yet_"
+    records.save_record({"id": "r1", "tag": "ch02"}, tmp_path / "some")
+    assert cli.main(["report", "--results", str(tmp_path / "some"), "--tag", "mine"]) == 0
+    assert capsys.readouterr().out.strip() == ("_no run record matches --tag mine; the 1 "
+                                               "records have the tags: ch02_")
 
 
 def test_train_builds_a_registered_hybrid_with_backbone_settings(runs, work):

@@ -68,6 +68,9 @@ def test_course_table_shows_the_latest_run_of_each_mode():
     assert "**3.0 min**" in table  # full total: 180 s
     assert "2026-11-24" in table  # the later smoke run replaced the earlier one
     assert "no course run" in course.course_run_table([])
+    # a later run on the synthetic faces (a learner's check, no data at hand) changes nothing
+    synthetic = {**run_record("smoke", [1, 2], date="2026-11-25T00:00:00"), "data": "synthetic"}
+    assert course.course_run_table(runs + [synthetic]) == table
 
 
 def test_course_table_stitches_a_run_split_over_calls_on_one_device():

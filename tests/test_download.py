@@ -106,3 +106,9 @@ def test_present_data_is_not_downloaded_again(tmp_path, capsys):
     result = download.download_utkface(tmp_path / "dest", url="file:///nonexistent/x.tar.gz")
     assert result == folder and (folder / NAMES[0]).read_bytes() == b"kept"
     assert "already present" in capsys.readouterr().out
+
+
+def test_a_missing_archive_is_named_as_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No archive at .*nope.tar.gz"):
+        download.download_utkface(tmp_path / "data", archive=tmp_path / "nope.tar.gz")
+    assert not (tmp_path / "data").exists()

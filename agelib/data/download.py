@@ -46,6 +46,9 @@ def download_utkface(dest: str | Path, url: str = URL, archive: str | Path | Non
     if target.is_dir() and any(target.iterdir()):
         print(f"UTKFace already present ({sum(1 for _ in target.iterdir())} files); nothing to do.")
         return target
+    if archive and not Path(archive).is_file():
+        raise FileNotFoundError(f"No archive at '{archive}': give the path of the "
+                                "UTKFace.tar.gz you downloaded.")
     print(LICENCE)
     with tempfile.TemporaryDirectory(dir=_existing(dest)) as tmp:
         tmp = Path(tmp)
