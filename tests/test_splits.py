@@ -185,11 +185,18 @@ def test_subsample_of_fewer_rows_than_bands_falls_back_to_a_draw(samples):
     assert len(sub) == 3 and set(sub.index) <= set(samples.index)
 
 
-@pytest.mark.parametrize("n", [1, 5, splits.MIN_IMAGES - 1])
+def faces_aged_20_on(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"sha1": [f"{i:040x}" for i in range(n)], "age": range(20, 20 + n)})
+
+
+@pytest.mark.parametrize("n", [1, 5, 9])
 def test_too_few_images_for_a_split_say_so(n):
-    samples = pd.DataFrame({"sha1": [f"{i:040x}" for i in range(n)], "age": range(20, 20 + n)})
-    with pytest.raises(ValueError, match=f"only {n} distinct image.*at least {splits.MIN_IMAGES}"):
-        splits.make_split(samples)
-    more = pd.DataFrame({"sha1": [f"{i:040x}" for i in range(splits.MIN_IMAGES)],
-                         "age": range(20, 20 + splits.MIN_IMAGES)})
-    assert (splits.make_split(more).value_counts() >= 2).all()
+    with pytest.raises(ValueError, match=f"only {n} distinct image.*2 or more in each"):
+        splits.make_split(faces_aged_20_on(n))
+
+
+@pytest.mark.parametrize("n", [10, 11, 16, 37])
+def test_split_sizes_are_the_ones_made(n):
+    made = splits.make_split(faces_aged_20_on(n)).value_counts()
+    assert tuple(made[k] for k in ("train", "valid", "test")) == splits.split_sizes(n)
+    assert made.min() >= splits.MIN_PER_SPLIT

@@ -10,6 +10,8 @@ identical split instead of re-drawing it.
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +32,20 @@ def age_strata(ages) -> np.ndarray:
     return np.digitize(np.asarray(ages), STRATA_EDGES[1:-1])
 
 
-#: the fewest images a split is made of: at (0.7, 0.1, 0.2), two validation faces
-MIN_IMAGES = 20
+#: the fewest images in each part of a split (one face makes no error distribution)
+MIN_PER_SPLIT = 2
+
+
+def split_sizes(n: int, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+                ) -> tuple[int, int, int]:
+    """Train, valid and test sizes of a split of ``n`` images, as scikit-learn rounds them.
+
+    >>> split_sizes(10), split_sizes(9)
+    ((6, 2, 2), (6, 1, 2))
+    """
+    test = math.ceil(fractions[2] * n)
+    valid = math.ceil(fractions[1] / (fractions[0] + fractions[1]) * (n - test))
+    return n - test - valid, valid, test
 
 
 def make_split(samples: pd.DataFrame, seed: int = 0,
@@ -45,10 +59,11 @@ def make_split(samples: pd.DataFrame, seed: int = 0,
         raise ValueError(f"fractions {fractions} must be three positive numbers summing to 1")
     if samples["sha1"].duplicated().any():
         raise ValueError("samples hold the same image twice: run deduplicate() first")
-    if len(samples) < MIN_IMAGES:
-        raise ValueError(f"only {len(samples)} distinct image(s): a train/valid/test split needs "
-                         f"at least {MIN_IMAGES}. Give a folder with more faces, or try the "
-                         "course on its synthetic faces (AGELIB_DATA=synthetic).")
+    if min(split_sizes(len(samples), fractions)) < MIN_PER_SPLIT:
+        raise ValueError(f"only {len(samples)} distinct image(s): too few for a train/valid/test "
+                         f"split of {fractions}, which needs {MIN_PER_SPLIT} or more in each. "
+                         "Give a folder with more faces, or try the course on its synthetic "
+                         "faces (AGELIB_DATA=synthetic).")
     ordered = samples.sort_values("sha1", ignore_index=True)  # row order must not matter
     strata = _mergeable_strata(ordered["age"], min_count=10)
     rest, test = train_test_split(ordered.index, test_size=fractions[2], random_state=seed,
