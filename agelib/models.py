@@ -23,7 +23,6 @@ corn            ``(B, K-1)``       same, from conditional probabilities
 from __future__ import annotations
 
 import difflib
-import os
 import warnings
 from dataclasses import asdict, dataclass, fields
 
@@ -323,7 +322,7 @@ def _with_weights(name: str, pretrained: bool, build) -> nn.Module:
     try:
         return build(True)
     except Exception as err:  # hub errors come in many types; all mean "no weights"
-        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+        offline = settings.env_flag("HF_HUB_OFFLINE")
         raise PretrainedUnavailable(
             f"Could not get ImageNet weights for {name!r} ({type(err).__name__}: {err}). "
             "timm downloads them from the Hugging Face hub, which needs internet access"

@@ -58,9 +58,14 @@ def data_home() -> Path:
     return root / "data" if root else Path.home() / ".cache" / "agelib"
 
 
+def env_flag(name: str) -> bool:
+    """True when the environment variable ``name`` is set to 1, true, yes or on."""
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def smoke_mode() -> bool:
     """True when ``AGELIB_SMOKE`` asks for the tiny, CPU-friendly run."""
-    return os.environ.get("AGELIB_SMOKE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return env_flag("AGELIB_SMOKE")
 
 
 @dataclass(frozen=True)
