@@ -179,8 +179,7 @@ def _loss_for(model: nn.Module) -> Callable:
 
     head = getattr(model, "head", None)
     kind = getattr(head, "kind", "regression")
-    kwargs = {} if kind == "regression" else {"min_age": getattr(head, "min_age", 0)}
-    return losses.get_loss(LOSS_FOR_HEAD[kind], **kwargs)
+    return losses.get_loss(LOSS_FOR_HEAD[kind], head=head)
 
 
 def training_throughput(model: nn.Module, batches: Batches, steps: int = 10, warmup: int = 3,

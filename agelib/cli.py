@@ -90,10 +90,14 @@ def cmd_info(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .data import utkface
+    from .data import sources, utkface
 
-    files, report = utkface.scan_folder(args.folder)
-    utkface.deduplicate(files, report)
+    if str(args.folder).lower().endswith(".csv"):  # a table of your own labelled photos
+        faces = sources.load_table(args.folder)
+        files, report = faces.files, faces.report
+    else:
+        files, report = utkface.scan_folder(args.folder)
+        utkface.deduplicate(files, report)
     if args.json:
         out = report.to_dict()
         groups = utkface.duplicate_groups(files)
@@ -408,8 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("data", help="parse/deduplication report of a UTKFace-style folder")
-    p.add_argument("folder", help="folder of UTKFace-named images")
+    p = sub.add_parser("data", help="parse/deduplication report of a UTKFace-style folder "
+                       "or a table of labelled photos")
+    p.add_argument("folder", help="folder of UTKFace-named images, or a CSV of file,age rows")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_data)
 

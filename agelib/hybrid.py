@@ -172,7 +172,9 @@ class ConvNeXtViT(nn.Module):
         tokens = self.tokens(fmap)
         if tokens.shape[1] + 1 != self.pos_embed.shape[1]:
             raise ValueError(f"input of {tuple(x.shape[-2:])} px gives {tokens.shape[1]} tokens, "
-                             f"but the model was built for img_size={self.config.img_size}")
+                             f"but the model was built for img_size={self.config.img_size}: "
+                             f"build it for your size (ModelConfig(..., img_size={x.shape[-1]}) "
+                             f"or named_config(name, img_size={x.shape[-1]}))")
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         tokens = torch.cat([cls, tokens], dim=1) + self.pos_embed  # (B, 1 + N, D)
         if self.config.cross_attention == "tokens_to_cells":

@@ -13,9 +13,18 @@ from .data import cache, loaders, utkface
 
 
 @torch.no_grad()
-def predict_ages(model: models.AgeModel, images: np.ndarray | torch.Tensor, size: int,
+def predict_ages(model: models.AgeModel, images: np.ndarray | torch.Tensor, size: int | None = None,
                  batch_size: int = 64, device=None) -> np.ndarray:
-    """Ages for uint8 ``(N, H, W, 3)`` images, resized and normalised as in evaluation."""
+    """Ages for uint8 ``(N, H, W, 3)`` images, resized and normalised as in evaluation.
+
+    ``size``: the image side the model was trained at; by default the size it was built for
+    (``config.img_size``: transformers and hybrids), which a CNN's config leaves unset.
+    (:func:`agelib.training.predict_ages` is the other one: a fastai ``Learner`` on batches.)
+    """
+    size = size or getattr(getattr(model, "config", None), "img_size", None)
+    if not size:
+        raise ValueError("give size: the image side this model was trained at (a CNN's "
+                         "config does not say it; a checkpoint's record does)")
     device = torch.device(device) if device else settings.get_device()
     model = model.to(device).eval()
     transform = loaders.BatchTransform(size, train=False).to(device)

@@ -351,5 +351,13 @@ def cam_figure(images: np.ndarray, maps: Mapping[str, np.ndarray],
             raise ValueError(f"{len(images)} faces but {len(m)} maps for {name!r}")
     rows = [images] + [np.stack([overlay(f, c) for f, c in zip(images, m)]) for m in maps.values()]
     labels = [""] * len(images)
-    return plots.face_grid(np.concatenate(rows), titles=[*(titles or labels), *labels * len(maps)],
-                           ncols=len(images), size=size, row_labels=["face", *maps])
+    fig = plots.face_grid(np.concatenate(rows), titles=[*(titles or labels), *labels * len(maps)],
+                          ncols=len(images), size=size, row_labels=["face", *maps])
+    if maps:  # the overlays' scale: jet, as pytorch-grad-cam draws it (blue 0 .. red 1)
+        import matplotlib.pyplot as plt
+
+        scale = plt.cm.ScalarMappable(cmap="jet", norm=plt.Normalize(0, 1))
+        bar = fig.colorbar(scale, ax=list(fig.axes), fraction=0.02, pad=0.02, ticks=[0, 0.5, 1])
+        bar.set_label("Grad-CAM (1: pulled the age most)", fontsize=8)
+        bar.ax.tick_params(labelsize=8)
+    return fig

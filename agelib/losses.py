@@ -539,11 +539,16 @@ def loss_output_kind(name: str) -> str:
     return LOSS_OUTPUT_KINDS[name]
 
 
-def get_loss(name: str, **kwargs) -> Callable[[Tensor, Tensor], Tensor]:
+def get_loss(name: str, head=None, **kwargs) -> Callable[[Tensor, Tensor], Tensor]:
     """The loss called ``name`` with its settings fixed: ``loss(output, ages) -> scalar``.
 
     Unknown names and unknown settings raise ``ValueError`` now, listing the valid
     ones, rather than a ``TypeError`` at the first batch or a silent default.
+
+    ``head``: the model's head, in your own training loop. The loss then checks that
+    it suits the head's output and takes the head's ``min_age``: a classification or
+    ordinal loss whose ``min_age`` differs from its head's trains without complaint
+    towards ages shifted by the difference.
 
     >>> loss = get_loss("adaptive", s=1.0)
     >>> loss(torch.tensor([3.0]), torch.tensor([0.0]))  # 2·9/4
@@ -552,6 +557,16 @@ def get_loss(name: str, **kwargs) -> Callable[[Tensor, Tensor], Tensor]:
     'adaptive_loss'
     """
     _check_name(name)
+    if head is not None:
+        kind = getattr(head, "kind", "regression")
+        if LOSS_OUTPUT_KINDS[name] != kind:
+            raise ValueError(f"loss {name!r} needs a {LOSS_OUTPUT_KINDS[name]} head's output, "
+                             f"not a {kind} head's")
+        if kind != "regression":
+            if kwargs.get("min_age", head.min_age) != head.min_age:
+                raise ValueError(f"min_age={kwargs['min_age']} disagrees with the head's "
+                                 f"min_age={head.min_age}: leave it out, the head's is used")
+            kwargs["min_age"] = head.min_age
     fn = LOSSES[name]
     settings = list(inspect.signature(fn).parameters)[2:]  # after (output, ages)
     unknown = sorted(set(kwargs) - set(settings))

@@ -85,11 +85,23 @@ class RunMode:
         output: a number read later (in a notebook, a log) never loses its context."""
         where = device or device_label()
         if self.name == "smoke":
-            return (f"SMOKE mode on {where}: {self.n_train}/{self.n_valid}/{self.n_test} "
+            return (f"SMOKE mode on {where}: up to {self.n_train}/{self.n_valid}/{self.n_test} "
                     f"train/valid/test images at {self.image_size} px, {self.epochs} epoch(s). "
                     "Numbers are only a check that the code runs, not results.")
         return (f"FULL mode on {where}: whole splits at {self.image_size} px, "
                 f"{self.epochs} epochs by default.")
+
+    def caption(self, title: str) -> str:
+        """``title`` with the mode stamped under it, for figures: a plot scrolled to (or
+        copied into slides) keeps the warning that a smoke run's numbers are not results.
+
+        >>> SMOKE.caption("test set")
+        'test set\\n(smoke run: up to 256 training faces, 1 epoch(s); not a result)'
+        """
+        if self.name == "smoke":
+            return (f"{title}\n(smoke run: up to {self.n_train} training faces, "
+                    f"{self.epochs} epoch(s); not a result)")
+        return f"{title}\n(full mode, {self.image_size} px)"
 
 
 def device_label() -> str:

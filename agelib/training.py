@@ -252,12 +252,9 @@ def _interactive() -> bool:
 def make_learner(dls, model: models.AgeModel, loss: str, lr: float = 1e-3,
                  weight_decay: float = 0.05, mixed_precision: bool = True, **loss_kwargs) -> Learner:
     """A fastai ``Learner`` for an age model: AdamW, per-sample MAE and CS@5 metrics."""
-    cfg = model.config or models.ModelConfig()
     if losses.loss_output_kind(loss) != model.head.kind:
         raise ValueError(f"loss {loss!r} does not suit a {model.head.kind} head")
-    if losses.loss_output_kind(loss) != "regression":
-        loss_kwargs.setdefault("min_age", cfg.min_age)
-    loss_func = losses.get_loss(loss, **loss_kwargs)  # unknown settings fail here, listed
+    loss_func = losses.get_loss(loss, head=model.head, **loss_kwargs)  # min_age: the head's
     on_cuda = dls.device is not None and torch.device(dls.device).type == "cuda"  # "cpu" too
     opt = partial(OptimWrapper, opt=torch.optim.AdamW, weight_decay=weight_decay,
                   **({"fused": True} if on_cuda else {}))
@@ -322,7 +319,8 @@ def raw_outputs(learn: Learner, dl, cbs: list | None = None) -> tuple[torch.Tens
 
 
 def predict_ages(learn: Learner, dl, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted and true ages for every sample of ``dl``, in order.
+    """Predicted and true ages for every sample of ``dl``, in order (for a bare model on
+    an array of images, see :func:`agelib.inference.predict_ages`).
 
     ``flip`` averages each face's age with that of its mirror image (flip
     test-time augmentation): aligned faces are nearly symmetric, and two views

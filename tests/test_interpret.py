@@ -280,9 +280,13 @@ def test_cam_figure_has_a_row_per_model():
     images = faces(3, 16)
     maps = {"cnn": np.random.rand(3, 16, 16), "vit": np.random.rand(3, 16, 16)}
     fig = interpret.cam_figure(images, maps, titles=["a", "b", "c"])
-    assert len(fig.axes) == 9
+    assert len(fig.axes) == 10  # nine panels and the maps' colour scale
     assert [fig.axes[i].get_ylabel() for i in (0, 3, 6)] == ["face", "cnn", "vit"]
+    assert "Grad-CAM" in fig.axes[9].get_ylabel()  # the scale says what the colours mean
     plt.close(fig)
+    bare = interpret.cam_figure(images, {})  # faces alone: no scale to show
+    assert len(bare.axes) == 3
+    plt.close(bare)
     with pytest.raises(ValueError, match="3 faces but 2 maps for 'vit'"):
         interpret.cam_figure(images, {"vit": maps["vit"][:2]})
 

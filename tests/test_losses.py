@@ -441,3 +441,18 @@ def test_gaussian_target_is_centred_on_the_age_not_its_class():
     expected = np.exp(-(k - 2.4) ** 2 / 2) / np.exp(-(k - 2.4) ** 2 / 2).sum()
     np.testing.assert_allclose(target[0].numpy(), expected, atol=1e-6)
     assert target[0, 3] > target[0, 1]  # 2.4 is nearer 3 than 1
+
+
+def test_get_loss_takes_min_age_from_the_head_it_trains():
+    from agelib import models
+
+    head = models.ClassificationHead(8, num_classes=60, min_age=16)
+    loss = losses.get_loss("cross_entropy", head=head)
+    logits = torch.full((2, 60), -20.0)
+    logits[0, 30 - 16], logits[1, 40 - 16] = 20.0, 20.0  # the head reads these as 30 and 40
+    assert loss(logits, torch.tensor([30.0, 40.0])) < 1e-6
+    assert head.to_age(logits).round().tolist() == [30.0, 40.0]
+    with pytest.raises(ValueError, match="min_age=0 disagrees with the head's min_age=16"):
+        losses.get_loss("cross_entropy", head=head, min_age=0)
+    with pytest.raises(ValueError, match="needs a regression head's output, not a classification"):
+        losses.get_loss("l1", head=head)

@@ -394,3 +394,15 @@ def test_head_norm_puts_a_layernorm_before_every_kind_of_head(head):
     model = tiny_model(head=head, head_norm=True)
     assert any(isinstance(m, torch.nn.LayerNorm) for m in model.head.modules())
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in tiny_model(head=head).head.modules())
+
+
+def test_predict_ages_takes_the_size_the_model_was_built_for():
+    from agelib import inference
+
+    images = np.zeros((2, 40, 40, 3), dtype=np.uint8)
+    vit = models.create_model(models.ModelConfig("test_vit", img_size=32))
+    assert inference.predict_ages(vit, images, device="cpu").shape == (2,)
+    cnn = models.create_model(models.ModelConfig("test_resnet"))
+    with pytest.raises(ValueError, match="give size: the image side this model was trained at"):
+        inference.predict_ages(cnn, images, device="cpu")
+    assert inference.predict_ages(cnn, images, 32, device="cpu").shape == (2,)

@@ -65,7 +65,7 @@ def test_agelib_epochs_rejects_what_is_not_a_count(monkeypatch, value):
 
 def test_run_mode_describes_itself():
     assert settings.SMOKE.describe("cpu (x86_64)").startswith(
-        "SMOKE mode on cpu (x86_64): 256/64/64")
+        "SMOKE mode on cpu (x86_64): up to 256/64/64")
     assert settings.FULL.describe("cpu").startswith("FULL mode on cpu: whole splits at 128 px")
     # the device the runs will use, named as their records name it
     assert settings.SMOKE.describe().startswith(

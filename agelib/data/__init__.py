@@ -16,7 +16,8 @@ duplicates), ``sources`` (which data, cached scans), ``splits`` (the protocol),
 from .cache import Pack, build_cache, square_resize, to_rgb, write_pack
 from .loaders import (BatchTransform, FaceDataset, FaceLoader, SplitData, denormalize,
                       face_dataloaders, split_tables)
-from .sources import Faces, find_data, load_faces, load_folder, load_pack, load_synthetic
+from .sources import (Faces, find_data, load_faces, load_folder, load_pack, load_synthetic,
+                      load_table)
 from .splits import (check_no_leak, fold_split, load_split, make_folds, make_split, save_split,
                      subsample)
 from .utkface import (GENDERS, RACES, DataReport, deduplicate, duplicate_groups, parse_name,

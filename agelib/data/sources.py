@@ -105,8 +105,9 @@ def find_data(source: str | os.PathLike | None = None) -> Path | None:
 def load_faces(source: str | os.PathLike | None = None, verbose: bool = True) -> Faces:
     """Load the dataset a run should use and print which one it is.
 
-    ``source`` may be a UTKFace folder, a pack (``.tar``), or ``"synthetic"``;
-    by default the ``AGELIB_DATA`` setting decides (see :func:`find_data`).
+    ``source`` may be a UTKFace folder, a pack (``.tar``), a table of your own
+    labelled photos (``.csv``, see :func:`load_table`) or ``"synthetic"``; by
+    default the ``AGELIB_DATA`` setting decides (see :func:`find_data`).
     """
     if str(source) == "synthetic":
         faces = load_synthetic()
@@ -114,6 +115,8 @@ def load_faces(source: str | os.PathLike | None = None, verbose: bool = True) ->
         path = find_data(source)
         if path is None:
             faces = load_synthetic()
+        elif path.is_file() and path.suffix.lower() == ".csv":  # your own photos, labelled
+            faces = load_table(path)
         elif path.is_file():
             faces = load_pack(path)
         else:
@@ -123,13 +126,17 @@ def load_faces(source: str | os.PathLike | None = None, verbose: bool = True) ->
     return faces
 
 
-def load_folder(folder: str | os.PathLike, name: str = "UTKFace", real: bool = True) -> Faces:
+def load_folder(folder: str | os.PathLike, name: str | None = None, real: bool = True) -> Faces:
     """Scan (or reuse the cached scan of) a UTKFace-style folder and deduplicate it.
 
+    The dataset is named after the folder ("UTKFace" for any folder of that name),
+    so a folder of other photos named the UTKFace way is not recorded as UTKFace.
     A folder the synthetic generator wrote (it leaves a marker file) is always
     labelled synthetic, wherever it is and however it was reached.
     """
     folder = utkface.image_folder(folder)
+    if name is None:
+        name = "UTKFace" if folder.resolve().name.lower() == "utkface" else folder.resolve().name
     if (folder / synthetic.MARKER_NAME).exists():
         name, real = "synthetic", False
     files, report = _cached_scan(folder)
@@ -139,6 +146,92 @@ def load_folder(folder: str | os.PathLike, name: str = "UTKFace", real: bool = T
                          f"({report.n_age_conflicts} age conflicts). Check the folder.")
     by_sha1 = dict(zip(files["sha1"], files["file"]))  # copies left out can be shown too
     return Faces(name, real, samples, report, files, lambda sha1: Image.open(folder / by_sha1[sha1]))
+
+
+def load_table(table: str | os.PathLike | pd.DataFrame, root: str | os.PathLike | None = None,
+               name: str | None = None, real: bool = True) -> Faces:
+    """Your own labelled photos, from a table rather than UTKFace's file names.
+
+    ``table`` is a CSV file (or a DataFrame) with a ``file`` column (paths relative to
+    ``root``, by default the CSV's folder) and an ``age`` column in whole years;
+    ``gender`` (0 male, 1 female) and ``race`` (UTKFace's codes 0-4) may be given, and are
+    unknown where left out. Every file is checked and hashed as a UTKFace scan does, and
+    copies are merged by the same rule (:func:`utkface.deduplicate`), so the result splits,
+    caches and trains like UTKFace: ``AGELIB_DATA=labels.csv`` works for every command.
+    A missing, unreadable or badly labelled file is skipped, its reason in ``report``.
+
+    >>> import tempfile; from PIL import Image
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> for i in range(3):
+    ...     Image.new("RGB", (8, 8), (i, 0, 0)).save(folder / f"img_{i}.png")
+    >>> (folder / "labels.csv").write_text("file,age\\nimg_0.png,30\\nimg_1.png,41\\nimg_2.png,old")
+    48
+    >>> faces = load_table(folder / "labels.csv", name="mine")
+    >>> faces.samples[["file", "age"]].to_dict("records")
+    [{'file': 'img_0.png', 'age': 30}, {'file': 'img_1.png', 'age': 41}]
+    >>> faces.report.skipped
+    [{'file': 'img_2.png', 'reason': "age 'old' is not a whole number of years"}]
+    """
+    if isinstance(table, pd.DataFrame):
+        rows, root = table, Path(root or ".")
+        name = name or root.resolve().name
+    else:
+        path = Path(table).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"No table of labels at '{path}': give a CSV with the "
+                                    "columns file and age (gender, race optional)")
+        rows = pd.read_csv(path, dtype=str, keep_default_na=False)
+        root = Path(root) if root is not None else path.parent
+        name = name or path.parent.resolve().name
+    missing = {"file", "age"} - set(rows.columns)
+    if missing:
+        raise ValueError(f"The table of labels lacks the column(s) {sorted(missing)}: it needs "
+                         f"file and age (gender, race optional); it has {list(rows.columns)}")
+    report = utkface.DataReport(folder=root.resolve().name, n_files=len(rows))
+    labelled = []
+    for row in rows.to_dict("records"):
+        try:
+            labelled.append((str(row["file"]), _table_labels(row)))
+        except ValueError as err:
+            report.skipped.append({"file": str(row["file"]), "reason": str(err)})
+    files = []
+    for file, labels in labelled:
+        try:
+            files.append({"file": file, **labels, "timestamp": None, "irregular": "",
+                          **utkface.inspect_image(root / file)})
+        except (ValueError, OSError) as err:
+            reason = "no such file" if isinstance(err, FileNotFoundError) else str(err)
+            report.skipped.append({"file": file, "reason": reason})
+    columns = ["file", "age", "gender", "race", "timestamp", "irregular",
+               "sha1", "width", "height", "mode", "bytes"]
+    files = pd.DataFrame(files, columns=columns).astype({"gender": "Int64", "race": "Int64"})
+    if files.empty:
+        first = report.skipped[0] if report.skipped else {"file": "-", "reason": "no rows"}
+        raise ValueError(f"No usable image in the table: {len(report.skipped)} row(s) skipped, "
+                         f"e.g. {first['file']}: {first['reason']}")
+    report.n_readable = len(files)
+    report.modes = {str(k): int(v) for k, v in files["mode"].value_counts().items()}
+    samples = utkface.deduplicate(files, report)
+    if samples.empty:
+        raise ValueError(f"No usable sample in the table: every image was left out "
+                         f"({report.n_age_conflicts} copies that disagree on the age)")
+    by_sha1 = dict(zip(files["sha1"], files["file"]))
+    return Faces(name, real, samples, report, files, lambda sha1: Image.open(root / by_sha1[sha1]))
+
+
+def _table_labels(row: dict) -> dict:
+    """Age, gender and race from one row of a table of labels (ValueError: why not)."""
+    def whole(field: str, low: int, high: int, what: str) -> int | None:
+        text = str(row.get(field, "")).strip()
+        if not text and field != "age":
+            return None
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise ValueError(f"{field} {text!r} is not {what}")
+        return int(text)
+
+    return {"age": whole("age", 0, utkface.MAX_AGE + 14, "a whole number of years"),
+            "gender": whole("gender", 0, 1, "0 (male) or 1 (female)"),
+            "race": whole("race", 0, 4, "one of UTKFace's race codes 0-4")}
 
 
 def load_synthetic(n: int = SYNTHETIC_N, seed: int = 0) -> Faces:

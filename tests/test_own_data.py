@@ -1,0 +1,94 @@
+"""Your own labelled photos: a table of file and age, checked, merged and trained like UTKFace."""
+
+import pandas as pd
+import pytest
+from conftest import face_image, jpeg_bytes, tiny_mode
+
+from agelib import models, training
+from agelib.data import sources
+from agelib.training import TrainConfig
+
+
+def write_photos(folder, n: int = 60) -> list[dict]:
+    """``n`` face drawings in a subfolder, named nothing like UTKFace, and their label rows."""
+    (folder / "photos" / "set1").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        file = f"photos/set1/img_{i:03d}.jpg"
+        (folder / file).write_bytes(jpeg_bytes(face_image(i)))
+        rows.append({"file": file, "age": str(5 + i), "gender": str(i % 2) if i % 3 else "",
+                     "race": ""})
+    return rows
+
+
+@pytest.fixture
+def own_table(tmp_path, home):
+    rows = write_photos(tmp_path)
+    first = tmp_path / rows[0]["file"]
+    (tmp_path / "photos" / "copy.jpg").write_bytes(first.read_bytes())  # same photo, same age
+    (tmp_path / "photos" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "photos" / "text.jpg").write_text("not a picture")
+    for name in ("old.jpg", "girl.jpg"):
+        (tmp_path / "photos" / name).write_bytes(jpeg_bytes(face_image(900 + len(name))))
+    rows += [{"file": "photos/copy.jpg", "age": rows[0]["age"], "gender": "", "race": ""},
+             {"file": "photos/empty.jpg", "age": "30", "gender": "", "race": ""},
+             {"file": "photos/text.jpg", "age": "30", "gender": "", "race": ""},
+             {"file": "photos/gone.jpg", "age": "30", "gender": "", "race": ""},
+             {"file": "photos/old.jpg", "age": "thirty", "gender": "", "race": ""},
+             {"file": "photos/girl.jpg", "age": "7", "gender": "2", "race": ""}]
+    path = tmp_path / "labels.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_a_table_of_labels_is_checked_and_merged_like_a_utkface_folder(own_table):
+    faces = sources.load_table(own_table)
+    assert faces.real and faces.name == own_table.parent.name  # named after its folder
+    assert len(faces.samples) == 60  # the copy merged into its original
+    assert faces.samples.loc[faces.samples["file"] == "photos/copy.jpg", "n_files"].item() == 2
+    assert faces.samples["gender"].isna().sum() == 20  # left empty: unknown, not a guess
+    reasons = {s["file"]: s["reason"] for s in faces.report.skipped}
+    assert reasons["photos/gone.jpg"] == "no such file"
+    assert "empty file" in reasons["photos/empty.jpg"]
+    assert "not an image" in reasons["photos/text.jpg"]
+    assert reasons["photos/old.jpg"] == "age 'thirty' is not a whole number of years"
+    assert "0 (male) or 1 (female)" in reasons["photos/girl.jpg"]
+    assert faces.report.n_files == 66 and faces.report.n_duplicate_files == 1
+    assert faces.images(16).shape == (60, 16, 16, 3)  # decodes and caches like UTKFace
+
+
+def test_agelib_data_may_name_a_table_and_a_run_trains_on_it(own_table, monkeypatch, results):
+    monkeypatch.setenv("AGELIB_DATA", str(own_table))
+    faces = sources.load_faces(verbose=False)
+    assert faces.name == own_table.parent.name and len(faces.samples) == 60
+    cfg = TrainConfig(model=models.ModelConfig("test_resnet"), loss="l1", tag="own")
+    result = training.train_age_model(cfg, faces, mode=tiny_mode(), device="cpu", verbose=False)
+    assert result.record["data"] == faces.name  # the record says whose photos these were
+    assert result.record["test_mae"] > 0
+
+
+def test_a_table_without_its_columns_says_which(tmp_path, home):
+    pd.DataFrame({"path": ["a.jpg"], "years": [3]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['age', 'file'\]"):
+        sources.load_table(tmp_path / "t.csv")
+    with pytest.raises(FileNotFoundError, match="columns file and age"):
+        sources.load_table(tmp_path / "absent.csv")
+    pd.DataFrame({"file": ["a.jpg"], "age": [3]}).to_csv(tmp_path / "none.csv", index=False)
+    with pytest.raises(ValueError, match="No usable image in the table.*a.jpg: no such file"):
+        sources.load_table(tmp_path / "none.csv")
+
+
+def test_a_folder_is_named_after_itself_unless_it_is_utkface(quirky_folder, home, tmp_path):
+    assert sources.load_folder(quirky_folder).name == "quirky"  # not passed off as UTKFace
+    utk = quirky_folder.rename(tmp_path / "UTKFace")
+    assert sources.load_folder(utk).name == "UTKFace"
+
+
+def test_the_data_command_checks_a_table(own_table, capsys):
+    import json
+
+    from agelib import cli
+
+    assert cli.main(["data", str(own_table), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_files"] == 66 and report["n_used"] == 60 and len(report["skipped"]) == 5
