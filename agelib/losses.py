@@ -562,11 +562,12 @@ def get_loss(name: str, head=None, **kwargs) -> Callable[[Tensor, Tensor], Tenso
         if LOSS_OUTPUT_KINDS[name] != kind:
             raise ValueError(f"loss {name!r} needs a {LOSS_OUTPUT_KINDS[name]} head's output, "
                              f"not a {kind} head's")
-        if kind != "regression":
-            if kwargs.get("min_age", head.min_age) != head.min_age:
+        head_min = getattr(head, "min_age", None)  # None: a hand-made head that does not say
+        if kind != "regression" and head_min is not None:
+            if kwargs.get("min_age", head_min) != head_min:
                 raise ValueError(f"min_age={kwargs['min_age']} disagrees with the head's "
-                                 f"min_age={head.min_age}: leave it out, the head's is used")
-            kwargs["min_age"] = head.min_age
+                                 f"min_age={head_min}: leave it out, the head's is used")
+            kwargs["min_age"] = head_min
     fn = LOSSES[name]
     settings = list(inspect.signature(fn).parameters)[2:]  # after (output, ages)
     unknown = sorted(set(kwargs) - set(settings))

@@ -456,3 +456,6 @@ def test_get_loss_takes_min_age_from_the_head_it_trains():
         losses.get_loss("cross_entropy", head=head, min_age=0)
     with pytest.raises(ValueError, match="needs a regression head's output, not a classification"):
         losses.get_loss("l1", head=head)
+    hand_made = torch.nn.Linear(8, 59)  # chapter 04's independent head: no min_age to take
+    hand_made.kind = "coral"
+    assert losses.get_loss("coral", head=hand_made, min_age=16).keywords["min_age"] == 16
