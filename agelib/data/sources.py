@@ -202,9 +202,8 @@ def load_table(table: str | os.PathLike | pd.DataFrame, root: str | os.PathLike 
         except (ValueError, OSError) as err:
             reason = "no such file" if isinstance(err, FileNotFoundError) else str(err)
             report.skipped.append({"file": file, "reason": reason})
-    columns = ["file", "age", "gender", "race", "timestamp", "irregular",
-               "sha1", "width", "height", "mode", "bytes"]
-    files = pd.DataFrame(files, columns=columns).astype({"gender": "Int64", "race": "Int64"})
+    files = pd.DataFrame(files, columns=utkface.FILE_COLUMNS).astype({"gender": "Int64",
+                                                                      "race": "Int64"})
     if files.empty:
         first = report.skipped[0] if report.skipped else {"file": "-", "reason": "no rows"}
         raise ValueError(f"No usable image in the table: {len(report.skipped)} row(s) skipped, "

@@ -27,6 +27,9 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+#: a file table's columns: the labels, then what :func:`inspect_image` found
+FILE_COLUMNS = ["file", "age", "gender", "race", "timestamp", "irregular",
+                "sha1", "width", "height", "mode", "bytes"]
 MAX_AGE = 116  # the oldest label UTKFace uses
 GENDERS = {0: "male", 1: "female"}
 RACES = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}
@@ -230,9 +233,7 @@ def scan_folder(folder: str | Path, workers: int | None = None) -> tuple[pd.Data
             if labels.irregular:
                 report.irregular_names.append({"file": name, "note": labels.irregular})
             rows.append({"file": name, **asdict(labels), **info})
-    columns = ["file", "age", "gender", "race", "timestamp", "irregular",
-               "sha1", "width", "height", "mode", "bytes"]
-    files = pd.DataFrame(rows, columns=columns).astype({"race": "Int64"})
+    files = pd.DataFrame(rows, columns=FILE_COLUMNS).astype({"race": "Int64"})
     report.n_readable = len(files)
     report.modes = {str(k): int(v) for k, v in files["mode"].value_counts().items()}
     if files.empty:
