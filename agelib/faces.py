@@ -56,7 +56,8 @@ class UnreadablePhoto(ValueError):
 class DetectedFace:
     """One face found in a photo, in the photo's own pixel coordinates."""
 
-    box: tuple[float, float, float, float]  # (x0, y0, x1, y1) of MTCNN's box
+    box: tuple[float, float, float, float]  # (x0, y0, x1, y1) of MTCNN's box (may reach past
+    # the photo's edges when the face fills the photo; alignment uses the landmarks)
     probability: float  # MTCNN's confidence that this is a face
     landmarks: np.ndarray = field(repr=False)  # (5, 2): eyes, nose, mouth corners (x, y)
     crop: Image.Image = field(repr=False)  # CROP_SIZE square, aligned like UTKFace

@@ -55,7 +55,8 @@ class AgeEstimator:
 class FacePrediction:
     """One face: where it is, how sure the detector is, its age and the age interval."""
 
-    box: tuple[float, float, float, float]  # (x0, y0, x1, y1) in the photo's pixels
+    box: tuple[float, float, float, float]  # (x0, y0, x1, y1) in the photo's pixels; MTCNN's
+    # box as it found it, which reaches past the photo's edges when the face fills the photo
     probability: float  # the detector's confidence that this is a face
     age: float  # years: the mean of the models' own decoding (``head.to_age``)
     low: float | None  # interval holding ``level`` of the belief; None: no interval
