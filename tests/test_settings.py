@@ -199,3 +199,19 @@ def test_agelib_has_a_version_when_imported_from_a_checkout_without_install(monk
 def test_run_mode_names_a_bad_device_instead_of_failing(monkeypatch):
     monkeypatch.setenv("AGELIB_DEVICE", "tpu9")
     assert "AGELIB_DEVICE='tpu9'" in settings.SMOKE.describe()
+
+
+def test_agelib_lists_its_modules_and_imports_each_when_first_used():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import agelib
+
+    folder = Path(agelib.__file__).parent
+    on_disk = {p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")} | {"data"}
+    assert set(agelib.__all__) == on_disk
+    code = ("import sys, agelib; light = 'torch' not in sys.modules; "
+            "agelib.losses; print(light, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]  # nothing heavy until a module is used
