@@ -60,8 +60,10 @@ def face_grid(images: np.ndarray, titles: Sequence[str] | None = None, ncols: in
         ax.set_axis_off()
         return fig
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * 1.15),
-                             squeeze=False)
+    lines = max((str(t).count("\n") + 1 for t in titles if t), default=0) if titles else 0
+    titled_rows = -(-sum(1 for t in (titles or []) if t) // ncols)  # rows whose faces have titles
+    height = nrows * size + titled_rows * lines * 0.17  # square faces, plus room for the titles
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, height), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
