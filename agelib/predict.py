@@ -275,7 +275,8 @@ def predict_faces(models_or_checkpoints, image, size: int | None = None, level: 
 
 
 def predictions_table(predictions: list[FacePrediction]) -> pd.DataFrame:
-    """One row per face: face number, box, detector probability, age, low, high, interval."""
+    """One row per face of a photo: face number, box, detector probability, age, low, high,
+    interval (a run's per-face test predictions are :func:`agelib.records.predictions_table`)."""
     columns = ["face", "x0", "y0", "x1", "y1", "probability", "age", "low", "high", "interval"]
     rows = [[i + 1, *(round(v) for v in p.box), round(p.probability, 3), round(p.age, 1),
              None if p.low is None else round(p.low, 1),

@@ -112,7 +112,8 @@ SHA1_CHARS = 12  # enough to tell 21,000 faces apart, short enough to keep files
 
 
 def predictions_table(sha1s, true, pred) -> pd.DataFrame:
-    """Per-face test predictions: what error and fairness analyses are made from."""
+    """Per-face test predictions: what error and fairness analyses are made from (the faces
+    found in a photo are :func:`agelib.predict.predictions_table`)."""
     return pd.DataFrame({"sha1": [str(s)[:SHA1_CHARS] for s in sha1s],
                          "age": np.asarray(true, dtype=np.float32).round(1),
                          "pred": np.asarray(pred, dtype=np.float32).round(3)})
