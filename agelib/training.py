@@ -252,11 +252,9 @@ def _interactive() -> bool:
 def make_learner(dls, model: models.AgeModel, loss: str, lr: float = 1e-3,
                  weight_decay: float = 0.05, mixed_precision: bool = True, **loss_kwargs) -> Learner:
     """A fastai ``Learner`` for an age model: AdamW, per-sample MAE and CS@5 metrics."""
-    if losses.loss_output_kind(loss) != model.head.kind:
-        raise ValueError(f"loss {loss!r} does not suit a {model.head.kind} head")
     if losses.loss_output_kind(loss) != "regression" and not hasattr(model.head, "min_age"):
         loss_kwargs.setdefault("min_age", (model.config or models.ModelConfig()).min_age)
-    loss_func = losses.get_loss(loss, head=model.head, **loss_kwargs)  # min_age: the head's
+    loss_func = losses.get_loss(loss, head=model.head, **loss_kwargs)  # checks loss and head
     on_cuda = dls.device is not None and torch.device(dls.device).type == "cuda"  # "cpu" too
     opt = partial(OptimWrapper, opt=torch.optim.AdamW, weight_decay=weight_decay,
                   **({"fused": True} if on_cuda else {}))

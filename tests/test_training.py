@@ -83,7 +83,7 @@ def test_train_config_takes_a_model_dict_and_gives_plain_values_back():
 def test_make_learner_refuses_a_mismatched_loss(synthetic_faces):
     dls = data.face_dataloaders(synthetic_faces, mode=MODE, size=32, device="cpu")
     model = models.create_model(models.ModelConfig(TINY, head="coral"))
-    with pytest.raises(ValueError, match="loss 'l1' does not suit a coral head"):
+    with pytest.raises(ValueError, match="loss 'l1' needs a regression head's output, not a coral head's"):
         training.make_learner(dls, model, "l1")
 
 
