@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import metrics, plots, records
+from . import metrics, records
 from .data import utkface
 
 
@@ -92,8 +92,8 @@ def model_predictions(table: pd.DataFrame, faces, mode: str | None = None,
         except FileNotFoundError:
             continue
         joined = preds.merge(labels, on="sha1", how="left", validate="one_to_one")
-        joined["age band"] = pd.Categorical(plots.age_band(joined["age"]),
-                                            categories=plots.band_labels(), ordered=True)
+        joined["age band"] = pd.Categorical(metrics.age_band(joined["age"]),
+                                            categories=metrics.band_labels(), ordered=True)
         out[record["label"]] = joined.assign(error=(joined["pred"] - joined["age"]).abs())
     return out
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import hybrid, losses, models, plots
+from . import hybrid, losses, metrics, models, plots
 from .data import loaders
 
 #: Method names -> pytorch-grad-cam classes. All explain the same target on the same layer.
@@ -260,10 +260,10 @@ def age_cam(model: models.AgeModel, images: np.ndarray | torch.Tensor, method: s
 
 
 def band_means(values: np.ndarray, ages: Sequence[float],
-               edges: Sequence[int] = plots.AGE_BANDS) -> dict[str, np.ndarray]:
+               edges: Sequence[int] = metrics.AGE_BANDS) -> dict[str, np.ndarray]:
     """The mean of ``values`` (maps ``(N, H, W)``, faces ``(N, H, W, 3)``...) per age band.
 
-    Keys are :func:`agelib.plots.band_labels` in age order; empty bands are left out.
+    Keys are :func:`agelib.metrics.band_labels` in age order; empty bands are left out.
 
     >>> means = band_means(np.array([0.0, 1.0, 3.0]), [5, 8, 40], edges=(0, 13, 117))
     >>> {band: float(m) for band, m in means.items()}
@@ -272,8 +272,8 @@ def band_means(values: np.ndarray, ages: Sequence[float],
     values, ages = np.asarray(values), np.asarray(ages)
     if len(values) != len(ages):
         raise ValueError(f"{len(values)} values but {len(ages)} ages")
-    bands = plots.age_band(ages, edges)
-    return {b: values[bands == b].mean(axis=0) for b in plots.band_labels(edges)
+    bands = metrics.age_band(ages, edges)
+    return {b: values[bands == b].mean(axis=0) for b in metrics.band_labels(edges)
             if (bands == b).any()}
 
 

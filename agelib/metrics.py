@@ -19,7 +19,25 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import plots
+# The age bands that tables and figures group by: infants, children, teenagers,
+# then decades, and everyone from 80 up (UTKFace's oldest is 116).
+AGE_BANDS = (0, 3, 13, 20, 30, 40, 50, 60, 70, 80, 117)
+
+
+def band_labels(edges: Sequence[int] = AGE_BANDS) -> list[str]:
+    """Readable names for age bands: ``['0-2', '3-12', ...]``.
+
+    >>> band_labels((0, 3, 13, 117))
+    ['0-2', '3-12', '13+']
+    """
+    labels = [f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-2], edges[1:-1])]
+    return labels + [f"{edges[-2]}+"]
+
+
+def age_band(ages, edges: Sequence[int] = AGE_BANDS) -> np.ndarray:
+    """The band label of each age, for grouping tables by age."""
+    labels = np.array(band_labels(edges))
+    return labels[np.digitize(np.asarray(ages), edges[1:-1])]
 
 
 def _as_ages(values, name: str) -> np.ndarray:
@@ -110,7 +128,7 @@ def errors_by_group(table: pd.DataFrame, pred_col: str, true_col: str, group_col
     return out
 
 
-def age_band_mae(pred, true, edges: Sequence[int] = plots.AGE_BANDS, k: float = 5) -> pd.DataFrame:
+def age_band_mae(pred, true, edges: Sequence[int] = AGE_BANDS, k: float = 5) -> pd.DataFrame:
     """:func:`errors_by_group` by band of the *true* age, bands in age order.
 
     >>> age_band_mae([1, 5, 14, 40], [2, 5, 15, 50],
@@ -122,7 +140,7 @@ def age_band_mae(pred, true, edges: Sequence[int] = plots.AGE_BANDS, k: float = 
     13+       2  5.5   0.5
     """
     pred, true = _as_ages(pred, "pred"), _as_ages(true, "true")
-    bands = pd.Categorical(plots.age_band(true, edges), categories=plots.band_labels(edges),
+    bands = pd.Categorical(age_band(true, edges), categories=band_labels(edges),
                            ordered=True)  # '3-12' sorts before '13-19', not after
     table = pd.DataFrame({"pred": pred, "true": true, "age band": bands})
     return errors_by_group(table, "pred", "true", "age band", k)

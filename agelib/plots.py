@@ -9,24 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from . import settings
-
-AGE_BANDS = (0, 3, 13, 20, 30, 40, 50, 60, 70, 80, 117)
-
-
-def band_labels(edges: Sequence[int] = AGE_BANDS) -> list[str]:
-    """Readable names for age bands: ``['0-2', '3-12', ...]``.
-
-    >>> band_labels((0, 3, 13, 117))
-    ['0-2', '3-12', '13+']
-    """
-    labels = [f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-2], edges[1:-1])]
-    return labels + [f"{edges[-2]}+"]
-
-
-def age_band(ages, edges: Sequence[int] = AGE_BANDS) -> np.ndarray:
-    """The band label of each age, for grouping tables by age."""
-    labels = np.array(band_labels(edges))
-    return labels[np.digitize(np.asarray(ages), edges[1:-1])]
+# Age bands are defined with the metrics (tables grouped by age); figures use the same.
+from .metrics import AGE_BANDS, age_band, band_labels  # noqa: F401  (re-exported)
 
 
 def figures_dir() -> Path:

@@ -205,3 +205,18 @@ def test_seed_noise_flags_five_percent_of_null_variants(m):
     assert 0.04 < np.mean(flagged) < 0.06
     with pytest.raises(ValueError, match="2 or more seeds"):
         metrics.seed_noise(0.1, n=1)
+
+
+def test_the_reusable_modules_import_without_plotting_or_fastai():
+    """Someone who wants only the losses or the metrics gets neither matplotlib nor fastai."""
+    import subprocess
+    import sys
+
+    code = ("import sys, agelib.metrics, agelib.losses, agelib.models, agelib.inference; "
+            "print(sorted(m for m in ('matplotlib', 'fastai') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_plots_and_metrics_share_one_set_of_age_bands():
+    assert plots.AGE_BANDS is metrics.AGE_BANDS and plots.age_band is metrics.age_band
