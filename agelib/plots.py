@@ -22,10 +22,11 @@ def figures_dir() -> Path:
 def save_figure(fig: plt.Figure, name: str, real: bool = True, dpi: int = 110) -> Path:
     """Save ``fig`` as ``figures/NAME.png`` (small enough to commit) and return the path.
 
-    ``real``: the figure shows a real result (real faces, full mode), the kind
-    README shows. Any other (synthetic faces, a smoke run: ``real=False``) goes
-    to ``figures-scratch/`` in the ignored data home instead, so a test run on a
-    fresh clone never overwrites the figures of a real run.
+    ``real``: the figure shows a real result (UTKFace's faces, ``faces.is_utkface``,
+    and full mode where it shows a model), the kind README shows. Any other
+    (synthetic faces, your own photos, a smoke run: ``real=False``) goes to
+    ``figures-scratch/`` in the ignored data home instead, so a test run on a fresh
+    clone never overwrites the figures of a real run.
     """
     folder = figures_dir() if real else settings.data_home() / "figures-scratch"
     path = folder / f"{name}.png"

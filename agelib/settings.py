@@ -4,7 +4,8 @@ Six environment variables steer a run, so that a notebook, a test and the
 command line all behave the same way without editing code:
 
 ``AGELIB_DATA``
-    The UTKFace folder to use (or a folder holding ``UTKFace/``). When unset,
+    The UTKFace folder to use (or a folder holding ``UTKFace/``, a pack ``.tar``,
+    or a CSV of your own labelled photos: :func:`agelib.data.load_table`). When unset,
     ``<data home>/UTKFace`` is used; when no real data is found the course falls
     back to synthetic faces and says so loudly.
 ``AGELIB_HOME``

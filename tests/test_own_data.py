@@ -1,5 +1,7 @@
 """Your own labelled photos: a table of file and age, checked, merged and trained like UTKFace."""
 
+import json
+
 import pandas as pd
 import pytest
 from conftest import face_image, jpeg_bytes, tiny_mode
@@ -92,3 +94,37 @@ def test_the_data_command_checks_a_table(own_table, capsys):
     assert cli.main(["data", str(own_table), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["n_files"] == 66 and report["n_used"] == 60 and len(report["skipped"]) == 5
+
+
+def test_chapters_01_and_10_run_on_a_table_of_ages_only(synthetic_home, home, results, tmp_path,
+                                                       monkeypatch):
+    """The data chapters study gender and race too: on photos labelled with ages only they
+    say there is nothing to compare, and never replace README's figures with these."""
+    import shutil
+
+    import nbformat
+
+    from agelib import course, plots
+
+    photos = sorted((synthetic_home / "synthetic").glob("*.jpg"))[:450]
+    table = tmp_path / "ages.csv"
+    pd.DataFrame({"file": [str(p) for p in photos],
+                  "age": [p.name.split("_")[0] for p in photos]}).to_csv(table, index=False)
+    chapters = tmp_path / "notebooks"
+    chapters.mkdir()
+    for name in ("01_dataset_exploration.ipynb", "10_errors_and_fairness.ipynb"):
+        shutil.copy(course.notebooks_dir() / name, chapters / name)
+    monkeypatch.setattr(course, "notebooks_dir", lambda: chapters)
+    monkeypatch.setenv("AGELIB_DATA", str(table))
+    readme_figures = {p.name: p.stat().st_mtime for p in plots.figures_dir().glob("*.png")}
+
+    run = course.run_chapters(["01", "10"], timeout=900, save=False)
+
+    assert [c["error"] for c in run["chapters"]] == [None, None]
+    printed = {name: "".join(json.dumps(c.get("outputs", [])) for c in
+                             nbformat.read(chapters / name, as_version=4).cells)
+               for name in ("01_dataset_exploration.ipynb", "10_errors_and_fairness.ipynb")}
+    assert "no race labels in this data" in printed["01_dataset_exploration.ipynb"]
+    assert "unknown" in printed["10_errors_and_fairness.ipynb"]  # the one group there is
+    assert (home / "figures-scratch" / "age_by_group.png").exists()
+    assert {p.name: p.stat().st_mtime for p in plots.figures_dir().glob("*.png")} == readme_figures

@@ -47,6 +47,15 @@ class Faces:
         return self._open(sha1)
 
     @property
+    def is_utkface(self) -> bool:
+        """Real UTKFace, the data that README's results and figures describe.
+
+        Figures of other photos (your own table, a folder of another name) are saved
+        beside the synthetic ones, so a run on them never replaces README's figures.
+        """
+        return self.real and self.name == "UTKFace"
+
+    @property
     def fingerprint(self) -> str:
         """Short hash of the set of images: tells two copies of a dataset apart."""
         return hashlib.sha1("\n".join(sorted(self.samples["sha1"])).encode()).hexdigest()[:12]
