@@ -9,6 +9,8 @@ Commands:
 * ``train``: train a model on the standard split, write a checkpoint and a run record;
 * ``evaluate``: n, MAE and CS@5 of a checkpoint on any folder of UTKFace-named images;
 * ``predict``: find the faces in photos; box, age and interval for each (``--json``);
+* ``landmarks``: re-measure where the five face landmarks sit on the dataset's crops (the
+  template that photos are aligned to), and record it;
 * ``report``: the results tables, made from the run records;
 * ``course``: execute the chapters in place (smoke or full mode), timing each; ``--pending``:
   the chapters this device has not yet run successfully in that mode (a GPU run over leases);
@@ -344,6 +346,25 @@ def _print_faces(name: str, found: list, level: float) -> None:
               f"  ({level:.0%} intervals: {INTERVAL_KINDS[kind]})")
 
 
+def cmd_landmarks(args) -> int:
+    from . import faces as detection
+    from .data import sources
+
+    record = detection.measure_template(sources.load_faces(args.data, verbose=False), n=args.n,
+                                        seed=args.seed)
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(f"{record['data']}: landmarks found on {record['n_found']} of "
+              f"{record['n_images']} images (seed {record['seed']}); median positions (x, y):")
+        for name, (x, y) in zip(LANDMARK_NAMES, record["template"]):
+            print(f"  {name:<12} {x:.3f} {y:.3f}")
+    return 0
+
+
+LANDMARK_NAMES = ("left eye", "right eye", "nose tip", "mouth left", "mouth right")
+
+
 def cmd_report(args) -> int:
     from . import bench, records
 
@@ -488,6 +509,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smallest face-detector probability kept (default 0.9)")
     p.add_argument("--json", action="store_true", help="one JSON list, an entry per image")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("landmarks", help="re-measure where the face landmarks sit on the "
+                       "dataset's crops (the template photos are aligned to); writes a record")
+    p.add_argument("data", nargs="?", help="dataset (default: AGELIB_DATA, else data/UTKFace)")
+    p.add_argument("--n", type=int, default=1000, help="images to measure (default 1000)")
+    p.add_argument("--seed", type=int, default=1, help="which images (default 1)")
+    p.add_argument("--json", action="store_true", help="print the record")
+    p.set_defaults(func=cmd_landmarks)
 
     p = sub.add_parser("report", help="tables of results from the run records")
     p.add_argument("--results", help="records folder (default: AGELIB_RESULTS, else results/)")

@@ -34,12 +34,13 @@ CROP_SIZE = 200  # side of an aligned crop: UTKFace's
 
 #: Where MTCNN's five landmarks sit on UTKFace's aligned crops, as fractions of the side:
 #: (x, y) of the eye on the image's left, the other eye, the nose tip, and the mouth corners.
-#: Medians over 400 random UTKFace images (2026-11-30: ``landmark_template`` on
-#: ``random.Random(1).sample`` of the sorted files), measured with room around each face
-#: (``landmark_template`` re-measures them): the eyes are level, 0.29 from the top and 0.39
-#: of the side apart, the mouth 0.70 down.
-UTKFACE_LANDMARKS = np.array([[0.300, 0.292], [0.692, 0.292], [0.494, 0.526],
-                              [0.318, 0.694], [0.668, 0.696]])
+#: Medians over random UTKFace images, measured with room around each face by
+#: :func:`measure_template` (``python -m agelib landmarks``), whose record in
+#: ``results/landmarks/`` says how many images, which, and when; a test checks that these
+#: numbers are that record's. The eyes are level, 0.29 from the top and 0.39 of the side
+#: apart, the mouth 0.70 down.
+UTKFACE_LANDMARKS = np.array([[0.301, 0.294], [0.692, 0.294], [0.495, 0.526],
+                              [0.319, 0.692], [0.673, 0.693]])
 
 #: Faces are searched for on a copy whose long side is at most this many pixels: MTCNN's
 #: cost grows with the pixel count, and at 1024 px it still finds faces down to 20 px
@@ -238,18 +239,65 @@ def landmark_template(images, pad: float = 0.25) -> np.ndarray:
     from the top instead of 0.29, and 15% too far apart); with room around the face it
     finds them where they are, and a wider border changes nothing.
     """
-    points = []
-    for image in images:
-        photo = open_photo(image)
-        border = int(round(pad * max(photo.size)))
-        framed = ImageOps.expand(photo, border=border, fill=(128, 128, 128)) if border else photo
-        boxes, probs, pts = detector().detect(framed, landmarks=True)
-        if boxes is not None:
-            best = np.asarray(pts[int(np.argmax(probs))], dtype=np.float64) - border  # (5, 2)
-            points.append(best / np.array(photo.size))
+    points = [p for p in (_crop_landmarks(image, pad) for image in images) if p is not None]
     if not points:
         raise ValueError("no face found in any of the images; pass aligned face crops")
     return np.median(np.stack(points), axis=0)  # (5, 2)
+
+
+def _crop_landmarks(image, pad: float) -> np.ndarray | None:
+    """The five landmarks of the most confident face in a framed crop, as fractions of the
+    crop's side; None when MTCNN finds no face."""
+    photo = open_photo(image)
+    border = int(round(pad * max(photo.size)))
+    framed = ImageOps.expand(photo, border=border, fill=(128, 128, 128)) if border else photo
+    boxes, probs, pts = detector().detect(framed, landmarks=True)
+    if boxes is None:
+        return None
+    best = np.asarray(pts[int(np.argmax(probs))], dtype=np.float64) - border  # (5, 2)
+    return best / np.array(photo.size)
+
+
+def measure_template(faces, n: int = 1000, seed: int = 1, save: bool = True) -> dict:
+    """Re-derive :data:`UTKFACE_LANDMARKS`: :func:`landmark_template` on ``n`` of the
+    faces, drawn with ``random.Random(seed)`` from the files in name order, and a record
+    of it (data, images found, template, date, code) written to ``results/landmarks/``
+    when ``save``. Slow: MTCNN runs once per image (about 40 s for 1000 on 2 cores).
+    """
+    import datetime as dt
+    import json
+    import random
+
+    from . import records
+
+    rows = faces.samples.sort_values("file")
+    picked = random.Random(seed).sample(list(rows["sha1"]), min(n, len(rows)))
+    points = [p for p in (_crop_landmarks(faces.open_image(s), pad=0.25) for s in picked)
+              if p is not None]
+    if not points:
+        raise ValueError(f"no face found in any of the {len(picked)} images drawn from {faces.name}")
+    now = dt.datetime.now(dt.timezone.utc)
+    record = {"data": faces.name, "data_real": bool(faces.real),
+              "data_fingerprint": faces.fingerprint, "n_images": len(picked),
+              "n_found": len(points), "seed": seed, "pad": 0.25,
+              "template": np.round(np.median(np.stack(points), axis=0), 4).tolist(),
+              "date": now.isoformat(timespec="seconds"), "code": records.code_version()}
+    if save:
+        folder = records.results_dir() / "landmarks"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{now:%Y%m%d-%H%M%S}-{faces.name}.json"
+        path.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return record
+
+
+def latest_template_record(data: str = "UTKFace") -> dict | None:
+    """The newest :func:`measure_template` record of ``data`` in the results, if any."""
+    import json
+
+    from . import records
+
+    paths = sorted((records.results_dir() / "landmarks").glob(f"*-{data}.json"))
+    return json.loads(paths[-1].read_text(encoding="utf-8")) if paths else None
 
 
 def no_face_message(name: str = "the photo", min_prob: float = 0.9) -> str:

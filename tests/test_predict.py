@@ -97,6 +97,29 @@ def test_the_template_is_where_real_utkface_faces_are(real_folder):
     assert np.abs(faces.landmark_template(images) - faces.UTKFACE_LANDMARKS).max() < 0.04
 
 
+def test_the_template_is_the_committed_measurement(monkeypatch):
+    """UTKFACE_LANDMARKS are the numbers of the newest `python -m agelib landmarks` record."""
+    from agelib import settings
+
+    monkeypatch.setenv("AGELIB_RESULTS", str(settings.repo_root() / "results"))
+    record = faces.latest_template_record("UTKFace")
+    assert record is not None, "no results/landmarks record: run `python -m agelib landmarks`"
+    assert record["data_real"] and record["n_found"] >= 0.95 * record["n_images"] >= 950
+    assert np.abs(np.array(record["template"]) - faces.UTKFACE_LANDMARKS).max() <= 0.0005 + 1e-9
+
+
+def test_measuring_the_template_draws_the_same_faces_and_records_them(real_folder, results):
+    from agelib.data import sources
+
+    utk = sources.load_folder(real_folder)
+    first = faces.measure_template(utk, n=6, seed=3)
+    again = faces.measure_template(utk, n=6, seed=3, save=False)
+    assert first["template"] == again["template"] and first["n_images"] == 6
+    assert faces.latest_template_record(utk.name)["template"] == first["template"]
+    assert np.abs(np.array(first["template"]) - faces.UTKFACE_LANDMARKS).max() < 0.04
+    assert sorted(p.name for p in (results / "landmarks").iterdir())[0].endswith(f"-{utk.name}.json")
+
+
 def test_the_template_does_not_depend_on_the_frame_around_the_faces(real_folder):
     # MTCNN puts the landmarks of a face that fills the crop in the wrong place (the eyes on
     # the eyebrows): the template must come out the same with a wider border
