@@ -270,6 +270,8 @@ def measure_template(faces, n: int = 1000, seed: int = 1, save: bool = True) -> 
 
     from . import records
 
+    if n < 1:
+        raise ValueError(f"n={n}: measure at least one image")
     rows = faces.samples.sort_values("file")
     picked = random.Random(seed).sample(list(rows["sha1"]), min(n, len(rows)))
     points = [p for p in (_crop_landmarks(faces.open_image(s), pad=0.25) for s in picked)

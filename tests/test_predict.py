@@ -120,6 +120,17 @@ def test_measuring_the_template_draws_the_same_faces_and_records_them(real_folde
     assert sorted(p.name for p in (results / "landmarks").iterdir())[0].endswith(f"-{utk.name}.json")
 
 
+def test_a_template_record_says_what_was_measured(synthetic_faces, results):
+    record = faces.measure_template(synthetic_faces, n=5, seed=0)
+    assert record["data"] == "synthetic" and not record["data_real"]
+    assert record["n_images"] == 5 and 0 < record["n_found"] <= 5
+    assert np.array(record["template"]).shape == (5, 2)
+    assert faces.latest_template_record("synthetic") == record
+    assert faces.latest_template_record("UTKFace") is None  # none in this results folder
+    with pytest.raises(ValueError, match="at least one image"):
+        faces.measure_template(synthetic_faces, n=0)
+
+
 def test_the_template_does_not_depend_on_the_frame_around_the_faces(real_folder):
     # MTCNN puts the landmarks of a face that fills the crop in the wrong place (the eyes on
     # the eyebrows): the template must come out the same with a wider border
