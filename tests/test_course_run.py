@@ -214,3 +214,19 @@ def test_committed_chapters_say_their_mode_device_and_data_first(path):
     assert re.match(r"(SMOKE|FULL) mode on \S+", printed[0]), printed[0][:120]
     if not path.name.startswith("00"):
         assert "DATA: " in printed[0], printed[0][:300]
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name[:2])
+def test_every_chapter_ends_with_questions_answered_then_exercises(path):
+    """fastbook's habit: a few questions to check the ideas (answers folded away), then the
+    exercises, in that order, at the end of every chapter."""
+    cells = [c for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
+             if c["cell_type"] == "markdown"]
+    texts = ["".join(c["source"]) for c in cells]
+    checks = [i for i, t in enumerate(texts) if t.startswith("## Check your understanding")]
+    assert len(checks) == 1, "one 'Check your understanding' cell"
+    questions, answers = texts[checks[0]].split("<details>")
+    assert "<summary>Answers</summary>" in answers and answers.rstrip().endswith("</details>")
+    asked, answered = (re.findall(r"^(\d+)\. ", t, flags=re.M) for t in (questions, answers))
+    assert asked == answered == [str(n) for n in range(1, len(asked) + 1)] and len(asked) >= 4
+    assert texts[checks[0] + 1].startswith("## Exercises")
