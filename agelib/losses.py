@@ -382,8 +382,9 @@ def corn_loss(logits: Tensor, ages: Tensor, min_age: int = 0,
     already past rank k-1), so the K-1 outputs estimate conditional probabilities
     and their running product is rank-consistent (Shi, Cao and Raschka, *Deep Neural
     Networks for Rank-Consistent Ordinal Regression Based On Conditional
-    Probabilities*, 2021). As in coral_pytorch, the summed binary cross-entropy is
-    divided by the number of (sample, task) pairs used, not by the batch size.
+    Probabilities*, Pattern Analysis and Applications, 2023). As in coral_pytorch, the
+    summed binary cross-entropy is divided by the number of (sample, task) pairs used,
+    not by the batch size.
 
     >>> logits = torch.tensor([[2.0, -1.0, -3.0], [3.0, 2.0, -2.0]])
     >>> corn_loss(logits, torch.tensor([1.0, 3.0]))  # coral_pytorch gives the same
