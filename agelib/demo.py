@@ -12,7 +12,7 @@ import io
 import pandas as pd
 from PIL import Image
 
-from . import faces, predict
+from . import faces, predict, settings
 
 
 def annotate(photo, models, level: float = 0.8, min_prob: float = 0.9
@@ -63,7 +63,7 @@ def age_widget(models, level: float = 0.8, min_prob: float = 0.9):
 
     The models are loaded once here, so each photo costs only detection and prediction.
     """
-    import ipywidgets as widgets
+    widgets = settings.optional_import("ipywidgets", "ipywidgets", "the demo widget")
 
     estimators = predict.load_estimators(models)
     portraits = faces.shipped_portraits()

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoints, models
+from . import checkpoints, models, settings
 from .data.loaders import IMAGENET_MEAN, IMAGENET_STD
 
 FORMATS = ("onnx", "torchscript")
@@ -175,7 +175,7 @@ def to_onnx(model: models.AgeModel, path: str | Path, size: int, dynamic_batch: 
     """Export ``model`` (as :class:`AgeExport`) to one ONNX file, input ``images``, output
     ``ages``, with its metadata in ``metadata_props``; the batch size is free unless
     ``dynamic_batch=False``."""
-    import onnx
+    onnx = settings.optional_import("onnx", "onnx onnxscript", "ONNX export")
 
     path, size = Path(path), _check_size(size)
     if opset < 17:
@@ -212,7 +212,7 @@ def load_exported(path: str | Path, format: str | None = None
     if not path.is_file():
         raise FileNotFoundError(f"no exported model at '{path}'")
     if _format(path, format) == "onnx":
-        import onnxruntime as ort
+        ort = settings.optional_import("onnxruntime", "onnxruntime", "running an ONNX file")
 
         meta = read_metadata(path, "onnx")
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -246,7 +246,7 @@ def _as_input(images: np.ndarray, meta: dict[str, str]) -> np.ndarray:
 
 def read_metadata(path: str | Path, format: str | None = None) -> dict[str, str]:
     """The metadata :func:`to_onnx` / :func:`to_torchscript` stored in an exported file."""
-    import onnx
+    onnx = settings.optional_import("onnx", "onnx", "reading an ONNX file")
 
     path = Path(path)
     if path.is_file() and _format(path, format) == "onnx":  # no need to start a session

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import settings
 from .data import cache
 
 CROP_SIZE = 200  # side of an aligned crop: UTKFace's
@@ -150,8 +151,8 @@ def _decode(fp, label: str) -> Image.Image:
 @lru_cache(maxsize=1)
 def detector():
     """facenet-pytorch's MTCNN on the CPU, built once (its weights ship in the package)."""
-    from facenet_pytorch import MTCNN
-
+    MTCNN = settings.optional_import("facenet_pytorch", "facenet-pytorch==2.5.3",
+                                     "face detection").MTCNN
     return MTCNN(keep_all=True, min_face_size=MIN_FACE, device="cpu")
 
 
@@ -200,7 +201,8 @@ def alignment(landmarks: np.ndarray, size: int = CROP_SIZE,
     It is fitted by least squares from crop to photo because that is the direction
     Pillow's ``transform`` asks for (for each crop pixel, where to read the photo).
     """
-    from skimage.transform import SimilarityTransform
+    SimilarityTransform = settings.optional_import("skimage.transform", "scikit-image",
+                                                   "face alignment").SimilarityTransform
 
     dst = np.asarray(template, dtype=np.float64) * size  # (5, 2) in crop pixels
     src = np.asarray(landmarks, dtype=np.float64)  # (5, 2) in photo pixels

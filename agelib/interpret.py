@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import hybrid, losses, metrics, models, plots
+from . import hybrid, losses, metrics, models, plots, settings
 from .data import loaders
 
 #: Method names -> pytorch-grad-cam classes. All explain the same target on the same layer.
@@ -200,10 +200,7 @@ class AgeTarget:
 def _cam_class(method: str):
     if method not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose one of {sorted(METHODS)}")
-    try:
-        import pytorch_grad_cam
-    except ImportError:
-        raise ImportError("Grad-CAM needs pytorch-grad-cam: pip install grad-cam") from None
+    pytorch_grad_cam = settings.optional_import("pytorch_grad_cam", "grad-cam", "Grad-CAM")
     return getattr(pytorch_grad_cam, METHODS[method])
 
 
@@ -328,9 +325,9 @@ def region_focus(maps: np.ndarray, regions: Mapping[str, Sequence] = FACE_REGION
 def overlay(image: np.ndarray, cam: np.ndarray, image_weight: float = 0.5) -> np.ndarray:
     """A uint8 face ``(H, W, 3)`` with a [0, 1] map drawn over it in the jet colours
     (red = high); the map is resized to the face when their sizes differ."""
-    from pytorch_grad_cam.utils.image import show_cam_on_image
-
-    import cv2  # installed with grad-cam
+    show_cam_on_image = settings.optional_import("pytorch_grad_cam.utils.image", "grad-cam",
+                                                 "Grad-CAM overlays").show_cam_on_image
+    cv2 = settings.optional_import("cv2", "grad-cam", "Grad-CAM overlays")  # comes with it
 
     image, cam = np.asarray(image), np.asarray(cam, dtype=np.float32)
     if image.ndim != 3 or image.shape[-1] != 3 or cam.ndim != 2:

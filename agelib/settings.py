@@ -187,6 +187,27 @@ def seed_everything(seed: int = 0) -> int:
     return seed
 
 
+def optional_import(module: str, package: str, purpose: str):
+    """``module`` imported, or an ImportError that says how to install it.
+
+    The core of agelib (data, models, losses, metrics, training) needs only PyTorch,
+    timm, fastai and the scientific stack; face detection, Grad-CAM, ONNX export, the
+    widget and the off-the-shelf baseline come with the ``course`` extra.
+
+    >>> optional_import("no_such_module", "no-such-package", "this example")
+    Traceback (most recent call last):
+    ...
+    ImportError: this example needs no-such-package: pip install no-such-package (or everything the course uses: pip install "agelib[course]")
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"{purpose} needs {package}: pip install {package} (or everything "
+                          'the course uses: pip install "agelib[course]")') from None
+
+
 def package_versions(names) -> dict:
     """Python's and each named package's version (None when absent): what a number ran on."""
     import platform

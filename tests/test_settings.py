@@ -1,6 +1,7 @@
 """Run-wide settings (agelib.settings) and where the data is found (sources.find_data)."""
 
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -215,3 +216,35 @@ def test_agelib_lists_its_modules_and_imports_each_when_first_used():
             "agelib.losses; print(light, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True"]  # nothing heavy until a module is used
+
+
+def _detect():
+    from agelib import faces
+    return faces.detector.__wrapped__()  # past the cache: build it now
+
+
+def _grad_cam():
+    from agelib import interpret
+    return interpret._cam_class("gradcam")
+
+
+def _widget():
+    from agelib import demo
+    return demo.age_widget([])
+
+
+def _onnx_export(tmp_path):
+    from agelib import export, models
+    return export.to_onnx(models.create_model(models.ModelConfig("test_resnet")),
+                          tmp_path / "m.onnx", 32)
+
+
+@pytest.mark.parametrize("module, call", [("facenet_pytorch", _detect),
+                                          ("pytorch_grad_cam", _grad_cam),
+                                          ("ipywidgets", _widget), ("onnx", _onnx_export)])
+def test_a_missing_course_package_says_how_to_install_it(module, call, monkeypatch, tmp_path):
+    """The library's core installs without the course's extras; a function that needs one
+    of them names its package, and the extra that brings them all."""
+    monkeypatch.setitem(sys.modules, module, None)  # as if it were not installed
+    with pytest.raises(ImportError, match=r'pip install .*"agelib\[course\]"'):
+        call(tmp_path) if call is _onnx_export else call()
