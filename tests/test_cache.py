@@ -201,3 +201,32 @@ def test_a_pack_reads_right_from_forked_dataloader_workers(synthetic_faces, tmp_
     loader = torch.utils.data.DataLoader(PackImages(pack, sha1s), batch_size=4, num_workers=6,
                                          multiprocessing_context="fork")
     torch.testing.assert_close(torch.cat(list(loader)), expected, rtol=0, atol=0)
+
+
+def test_two_packs_of_one_dataset_at_different_qualities_keep_their_own_pixels(
+        synthetic_faces, tmp_path, home):
+    faces = synthetic_faces
+    sub = faces.samples.head(12).reset_index(drop=True)
+    images = faces.images(32, list(sub["sha1"]))
+    fine, coarse = (data.load_pack(cache.write_pack(sub, images, tmp_path / f"q{q}.tar",
+                                                    quality=q, real=False, name="synthetic"))
+                    for q in (95, 5))
+    assert fine.name == coarse.name  # same dataset, same size: only the quality differs
+    decoded = np.stack([np.asarray(coarse.open_image(s).convert("RGB")) for s in sub["sha1"]])
+    assert not np.array_equal(fine.images(32), coarse.images(32))
+    assert np.array_equal(coarse.images(32), decoded)  # its own pixels, not the other pack's
+
+
+def test_a_photo_with_an_exif_orientation_is_cached_upright(tmp_path):
+    # a portrait stored sideways with EXIF Orientation=6, as phones save them
+    upright = Image.new("RGB", (100, 200), (0, 0, 255))
+    upright.paste((255, 0, 0), (0, 0, 100, 100))  # red on top
+    stored = upright.rotate(90, expand=True)  # what the file holds: red on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to show"
+    stored.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    crop = np.asarray(cache.square_resize(Image.open(tmp_path / "phone.jpg"), 64)).astype(int)
+    assert crop[5, 32, 0] > 200 and crop[58, 32, 2] > 200  # red at the top, blue at the bottom
+    from agelib.data import utkface
+    info = utkface.inspect_image(tmp_path / "phone.jpg")
+    assert (info["width"], info["height"]) == (100, 200)  # as shown, not as stored

@@ -283,3 +283,9 @@ def test_face_grid_of_nothing_says_so_instead_of_failing():
 
     fig = plots.face_grid(np.zeros((0, 8, 8, 3), dtype=np.uint8), [], ncols=4)
     assert "nothing to show" in [t.get_text() for t in fig.axes[0].texts]
+
+
+def test_the_transform_leaves_a_float_input_untouched():
+    x = torch.full((2, 3, 16, 16), 200.0)
+    BatchTransform(16, train=False)(x)
+    assert torch.equal(x, torch.full((2, 3, 16, 16), 200.0))  # the caller's array, unchanged

@@ -128,3 +128,23 @@ def test_chapters_01_and_10_run_on_a_table_of_ages_only(synthetic_home, home, re
     assert "unknown" in printed["10_errors_and_fairness.ipynb"]  # the one group there is
     assert (home / "figures-scratch" / "age_by_group.png").exists()
     assert {p.name: p.stat().st_mtime for p in plots.figures_dir().glob("*.png")} == readme_figures
+
+
+def test_a_dataframe_with_missing_or_float_labels_reads_like_the_csv(tmp_path, home):
+    rows = write_photos(tmp_path, n=4)
+    table = pd.DataFrame({"file": [r["file"] for r in rows],
+                          "age": [30.0, 41.0, 52.0, 63.0],  # floats, as pandas reads numbers
+                          "gender": [0, None, 1, float("nan")],
+                          "race": pd.array([1, None, 2, 4], dtype="Int64")})
+    faces = sources.load_table(table, root=tmp_path, name="mine")
+    assert faces.report.skipped == [] and faces.samples["age"].tolist() == [30, 41, 52, 63]
+    assert faces.samples["gender"].isna().sum() == 2 and faces.samples["race"].isna().sum() == 1
+
+
+def test_agelib_data_may_name_the_synthetic_faces(synthetic_home, home, monkeypatch):
+    from conftest import link_synthetic
+
+    link_synthetic(home, synthetic_home)
+    monkeypatch.setenv("AGELIB_DATA", "synthetic")  # as the split's error message suggests
+    faces = sources.load_faces(verbose=False)
+    assert faces.name == "synthetic" and not faces.real

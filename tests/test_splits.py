@@ -200,3 +200,19 @@ def test_split_sizes_are_the_ones_made(n):
     made = splits.make_split(faces_aged_20_on(n)).value_counts()
     assert tuple(made[k] for k in ("train", "valid", "test")) == splits.split_sizes(n)
     assert made.min() >= splits.MIN_PER_SPLIT
+
+
+@pytest.mark.parametrize("n", [32, 57, 120, 399])
+def test_a_split_with_a_small_part_has_room_for_every_age_band(n):
+    split = splits.make_split(table(n, seed=n), fractions=(0.9, 0.05, 0.05))
+    assert (split == "test").sum() >= 2 and (split == "valid").sum() >= 1
+
+
+def test_a_split_that_lists_an_image_twice_still_splits(samples):
+    from agelib import settings
+    from agelib.data import loaders
+
+    split = splits.make_split(samples, seed=0)
+    twice = pd.concat([split, split.iloc[:3]])  # the same assignment, listed twice
+    parts = loaders.split_tables(samples, twice, settings.FULL)
+    assert sum(len(p) for p in (parts.train, parts.valid, parts.test)) == len(samples)

@@ -273,3 +273,20 @@ def test_duplicate_groups_of_a_folder_without_copies_is_empty_but_filterable():
     assert groups.empty and list(groups.columns) == GROUP_COLUMNS
     assert list(groups[groups.attribute_conflict].columns) == GROUP_COLUMNS
     assert list(groups[groups.age_conflict].columns) == GROUP_COLUMNS
+
+
+def test_a_photo_too_large_to_decode_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from conftest import face_image, jpeg_bytes
+
+    for i, age in enumerate((30, 31, 32)):
+        (tmp_path / f"{age}_0_0_2017010100000000{i}.jpg.chip.jpg").write_bytes(
+            jpeg_bytes(face_image(i)))
+    Image.new("L", (300, 300)).save(tmp_path / "40_0_0_20170101000000009.jpg.chip.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000)  # 300 x 300 is twice too many
+    files, report = utkface.scan_folder(tmp_path)
+    assert len(files) == 3
+    assert report.skipped == [{"file": "40_0_0_20170101000000009.jpg.chip.jpg",
+                               "reason": report.skipped[0]["reason"]}]
+    assert "too large to decode safely" in report.skipped[0]["reason"]

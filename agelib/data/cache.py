@@ -58,10 +58,17 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def square_resize(im: Image.Image, size: int) -> Image.Image:
-    """Centre-crop to a square and resize, as the aligned UTKFace crops expect."""
+    """Upright (as its EXIF orientation says), centre-cropped to a square and resized, as
+    the aligned UTKFace crops expect; inference turns photos upright the same way."""
     if im.format == "JPEG":
         im.draft("RGB", (size, size))  # decode at a reduced scale when far larger than needed
+    im = ImageOps.exif_transpose(im)
     return ImageOps.fit(to_rgb(im), (size, size), Image.Resampling.BICUBIC)
+
+
+#: bumped when decoding changes (2: photos turned upright by their EXIF orientation), so a
+#: cache built by an older agelib is not reused
+PIPELINE = 2
 
 
 def cache_key(ids: list[str], size: int, source: str = "") -> str:
@@ -70,7 +77,8 @@ def cache_key(ids: list[str], size: int, source: str = "") -> str:
     The source matters: a pack keeps the original files' content hashes but holds
     re-encoded pixels, so the folder and its pack must not share a cache.
     """
-    digest = hashlib.sha1(f"{source}\n{size}\n".encode() + "\n".join(ids).encode()).hexdigest()
+    digest = hashlib.sha1(f"{source}\n{size}\n{PIPELINE}\n".encode()
+                          + "\n".join(ids).encode()).hexdigest()
     return f"faces-{size}px-{len(ids)}-{digest[:12]}"
 
 
@@ -177,7 +185,10 @@ class Pack:
         self.info = json.load(self._tar.extractfile(PACK_INFO))
         self.samples = pd.read_csv(self._tar.extractfile(PACK_TABLE), compression="gzip",
                                    dtype={"sha1": str, "file": str})
-        self._offsets = np.load(io.BytesIO(self._tar.extractfile(PACK_OFFSETS).read()))
+        offsets = self._tar.extractfile(PACK_OFFSETS).read()
+        self._offsets = np.load(io.BytesIO(offsets))
+        #: tells packs apart whose images differ (another size, quality or set of faces)
+        self.signature = hashlib.sha1(offsets + json.dumps(self.info).encode()).hexdigest()[:12]
         self._base = self._tar.getmember(PACK_IMAGES).offset_data  # images' bytes start here
         self._file, self._pid = open(self.path, "rb"), os.getpid()
         ids = self._tar.extractfile(PACK_IDS).read().decode().split("\n")

@@ -93,7 +93,7 @@ class BatchTransform(nn.Module):
                              persistent=False)  # grey = these weights of R, G, B (ITU-R 601)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = x.float().div_(255)  # (B, 3, H, W) in [0, 1]
+        x = x.float() / 255  # (B, 3, H, W) in [0, 1]; never in place: x may be the caller's
         if self.train_mode:
             x = self._random_crop_flip(x, generator)
             if self.jitter:
@@ -228,7 +228,7 @@ def split_tables(samples: pd.DataFrame, split: pd.Series, mode: settings.RunMode
     """Rows of each split; smoke mode keeps a fixed, age-stratified subset of each."""
     mode = mode or settings.run_mode()
     splits_.check_no_leak(samples, split)
-    assigned = samples["sha1"].map(split)
+    assigned = samples["sha1"].map(split[~split.index.duplicated()])  # a repeat is harmless
     sizes = {"train": mode.n_train, "valid": mode.n_valid, "test": mode.n_test}
     parts = {name: splits_.subsample(samples[assigned == name], sizes[name], seed)
              .reset_index(drop=True) for name in splits_.SPLITS}

@@ -41,6 +41,7 @@ class Faces:
     report: utkface.DataReport
     files: pd.DataFrame | None = None  # every labelled file, copies included (None for a pack)
     _open: Callable[[str], Image.Image] | None = field(default=None, repr=False)
+    cache_source: str | None = None  # what the image cache is keyed by, when not the name
 
     def open_image(self, sha1: str) -> Image.Image:
         """The original image with this content hash (samples and left-out copies alike)."""
@@ -64,7 +65,8 @@ class Faces:
         """Decoded ``(N, size, size, 3)`` uint8 images, from the cache after the first call."""
         ids = list(self.samples["sha1"] if sha1s is None else sha1s)
         return cache.build_cache(ids, lambda i: self.open_image(ids[i]), size,
-                                 settings.data_home() / "cache", source=self.name)
+                                 settings.data_home() / "cache",
+                                 source=self.cache_source or self.name)
 
     def split(self, seed: int = 0) -> pd.Series:
         """The standard train/valid/test split (by ``sha1``), reloaded when saved before."""
@@ -118,7 +120,8 @@ def load_faces(source: str | os.PathLike | None = None, verbose: bool = True) ->
     labelled photos (``.csv``, see :func:`load_table`) or ``"synthetic"``; by
     default the ``AGELIB_DATA`` setting decides (see :func:`find_data`).
     """
-    if str(source) == "synthetic":
+    asked = source if source is not None else os.environ.get("AGELIB_DATA")
+    if str(asked) == "synthetic":  # by name, as an argument or as AGELIB_DATA
         faces = load_synthetic()
     else:
         path = find_data(source)
@@ -230,7 +233,10 @@ def load_table(table: str | os.PathLike | pd.DataFrame, root: str | os.PathLike 
 def _table_labels(row: dict) -> dict:
     """Age, gender and race from one row of a table of labels (ValueError: why not)."""
     def whole(field: str, low: int, high: int, what: str) -> int | None:
-        text = str(row.get(field, "")).strip()
+        value = row.get(field)
+        if isinstance(value, float) and value.is_integer():  # a DataFrame's 30.0
+            value = int(value)
+        text = "" if value is None or pd.isna(value) else str(value).strip()
         if not text and field != "age":
             return None
         if not text.isdigit() or not low <= int(text) <= high:
@@ -269,7 +275,9 @@ def load_pack(path: str | os.PathLike) -> Faces:
                                     age_median=float(samples.age.median()))
     name = pack.info.get("name", "UTKFace" if real else "synthetic")
     name = f"{name} ({pack.info.get('size', '?')} px {pack.info.get('format', 'WebP')} pack)"
-    return Faces(name, real, samples, report, pack.files, pack.open)
+    # two packs of one dataset may differ in size or quality: their caches must not mix
+    return Faces(name, real, samples, report, pack.files, pack.open,
+                 cache_source=f"{name} {pack.signature}")
 
 
 def write_faces_pack(faces: Faces, size: int, path: str | os.PathLike, quality: int = 80) -> Path:

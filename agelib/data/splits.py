@@ -65,7 +65,9 @@ def make_split(samples: pd.DataFrame, seed: int = 0,
                          "Give a folder with more faces, or try the course on its synthetic "
                          "faces (AGELIB_DATA=synthetic).")
     ordered = samples.sort_values("sha1", ignore_index=True)  # row order must not matter
-    strata = _mergeable_strata(ordered["age"], min_count=10)
+    # each band holds at least 1/smallest-fraction images, so the smallest part has room for
+    # one image of every band (10 for the standard 70/10/20, as always)
+    strata = _mergeable_strata(ordered["age"], min_count=max(10, math.ceil(1 / min(fractions))))
     rest, test = train_test_split(ordered.index, test_size=fractions[2], random_state=seed,
                                   stratify=strata)
     valid_share = fractions[1] / (fractions[0] + fractions[1])

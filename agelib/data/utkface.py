@@ -99,6 +99,9 @@ def parse_name(name: str) -> FaceLabels:
     return FaceLabels(age, int(parts[1]), race, timestamp, "; ".join(notes))
 
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag a phone sets instead of turning the pixels
+
+
 def inspect_image(path: Path) -> dict:
     """Hash a file and check that it decodes as an image.
 
@@ -113,10 +116,14 @@ def inspect_image(path: Path) -> dict:
     try:
         with Image.open(path) as im:
             width, height, mode = im.width, im.height, im.mode
+            if im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # shown turned a quarter
+                width, height = height, width
             im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
             im.load()
     except UnidentifiedImageError:
         raise ValueError("not an image Pillow can read") from None
+    except Image.DecompressionBombError as err:  # a huge photo: say so, scan the rest
+        raise ValueError(f"too large to decode safely: {err}") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"cannot decode: {err}") from None
     return {"sha1": hashlib.sha1(raw).hexdigest(), "width": width, "height": height,
