@@ -103,6 +103,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     return model.eval(), payload
 
 
+def trained_size(payload: dict, model: models.AgeModel) -> int | None:
+    """The image side a checkpoint's model was trained at: from its train config, its
+    record, or (a bare :func:`save_checkpoint` of a ViT or hybrid) the model's config."""
+    size = (payload.get("train_config", {}).get("image_size")
+            or payload.get("record", {}).get("image_size") or model.config.img_size)
+    return int(size) if size else None
+
+
 def weights_misfit(expected: dict, found: dict) -> str:
     """What keeps ``found`` weights from loading into a model whose own are ``expected``
     (tensors missing, unexpected, or of another shape, a few named); "" when they fit."""

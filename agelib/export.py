@@ -297,12 +297,6 @@ def check_parity(model: models.AgeModel, path: str | Path,
     return worst
 
 
-def checkpoint_size(payload: dict, model: models.AgeModel) -> int | None:
-    """The image size a checkpoint was trained at (train config, record, or model config)."""
-    return (payload.get("train_config", {}).get("image_size")
-            or payload.get("record", {}).get("image_size") or model.config.img_size)
-
-
 def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str | None = None,
                       size: int | None = None, input: str = "float",
                       check: bool = False) -> dict:
@@ -312,6 +306,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str | Non
     ``max_abs_diff_years`` (batch 1 and batch 5 together).
     """
     source, out = checkpoints.find_checkpoint(checkpoint), Path(out)
+    if out.is_dir():
+        raise ValueError(f"'{out}' is a folder: give --out a file name, e.g. '{out / 'model.onnx'}'")
     if out.exists() and out.resolve() == source.resolve():
         raise ValueError(f"'{out}' is the checkpoint being exported: writing the export there "
                          f"would destroy it. Give another name, e.g. {out.stem}-export{out.suffix}")
@@ -319,7 +315,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str | Non
         raise ValueError(f"'{out}' is an agelib checkpoint: the export would overwrite it. "
                          "Give another name, or delete that checkpoint first if it is unwanted.")
     model, payload = checkpoints.load_checkpoint(source)
-    size = size or checkpoint_size(payload, model)
+    size = size or checkpoints.trained_size(payload, model)
     if not size:
         raise ValueError(f"'{source.name}' does not say its image size; pass --size")
     fmt = _format(out, format)

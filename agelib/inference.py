@@ -15,7 +15,8 @@ from .data import cache, loaders, utkface
 @torch.no_grad()
 def predict_ages(model: models.AgeModel, images: np.ndarray | torch.Tensor, size: int | None = None,
                  batch_size: int = 64, device=None) -> np.ndarray:
-    """Ages for uint8 ``(N, H, W, 3)`` images, resized and normalised as in evaluation.
+    """Ages for uint8 ``(N, H, W, 3)`` images (or a list of them, of any sizes), cropped,
+    resized and normalised as in evaluation.
 
     ``size``: the image side the model was trained at; by default the size it was built for
     (``config.img_size``: transformers and hybrids), which a CNN's config leaves unset.
@@ -28,7 +29,11 @@ def predict_ages(model: models.AgeModel, images: np.ndarray | torch.Tensor, size
     device = torch.device(device) if device else settings.get_device()
     model = model.to(device).eval()
     transform = loaders.BatchTransform(size, train=False).to(device)
-    pixels = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2)  # (N, 3, H, W)
+    if torch.is_tensor(images):
+        images = images.cpu().numpy()
+    if not (isinstance(images, np.ndarray) and images.shape[1:3] == (size, size)):
+        images = np.stack([_fitted(im, size) for im in images])  # as evaluation crops them
+    pixels = torch.as_tensor(images).permute(0, 3, 1, 2)  # (N, 3, H, W)
     out = [model.head.to_age(model(transform(pixels[i:i + batch_size].to(device)))).float().cpu()
            for i in range(0, len(pixels), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
@@ -42,11 +47,11 @@ def evaluate_folder(checkpoint: str | Path, folder: str | Path, batch_size: int 
     under ``skipped`` rather than failing the whole evaluation.
     """
     model, payload = checkpoints.load_checkpoint(checkpoint)
-    size = int(payload.get("train_config", {}).get("image_size") or
-               payload.get("record", {}).get("image_size") or 0)
+    size = checkpoints.trained_size(payload, model)
     if not size:
-        raise ValueError(f"'{Path(checkpoint).name}' does not say its image size; "
-                         "was it written by agelib.checkpoints.save_checkpoint?")
+        raise ValueError(f"'{Path(checkpoint).name}' does not say its image size (a CNN saved "
+                         "without its train_config or record): save it with "
+                         "save_checkpoint(model, path, train_config=...)")
     folder = utkface.image_folder(folder)
     files, report = utkface.scan_folder(folder)
     images = np.stack([_read(folder / name, size) for name in files["file"]])
@@ -56,6 +61,15 @@ def evaluate_folder(checkpoint: str | Path, folder: str | Path, batch_size: int 
             "cs5": round(metrics.cs_at(pred, true, 5), 4), "skipped": report.skipped}
 
 
+def _fitted(image, size: int) -> np.ndarray:
+    """One uint8 ``(H, W, 3)`` image at ``size``: centre-cropped and resized as the training
+    cache does (a stretch would squash a face that is not square)."""
+    image = np.asarray(image, dtype=np.uint8)
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(cache.square_resize(Image.fromarray(image), size))
+
+
 def _read(path: Path, size: int) -> np.ndarray:
     with Image.open(path) as im:
-        return np.asarray(cache.square_resize(im, size))
+        return np.asarray(cache.square_resize(im, size, draft=True))

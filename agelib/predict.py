@@ -99,8 +99,7 @@ def _estimator(item, size: int | None) -> AgeEstimator:
         return item
     if isinstance(item, (str, Path)):
         model, payload = checkpoints.load_checkpoint(item)
-        found = (payload.get("train_config", {}).get("image_size")
-                 or payload.get("record", {}).get("image_size") or size)
+        found = checkpoints.trained_size(payload, model) or size
         return AgeEstimator(model, _checked_size(found, Path(item).name), Path(item).name)
     if isinstance(getattr(item, "model", None), models.AgeModel):  # a training.TrainResult
         record = getattr(item, "record", {}) or {}

@@ -11,6 +11,7 @@ run record. Chapters that teach a piece of it (a loss, a head) build the
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import time
@@ -385,9 +386,14 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
                                  flip=config.flip, grayscale=config.grayscale,
                                  rotate=config.rotate, jitter=config.jitter)
     config.model.img_size = size  # ViTs and hybrids are built for the run's image size
+    requested = config.to_dict()  # what was asked for: how a later run finds this one
     model = models.create_model(config.model)
-    config.model = model.config  # pretrained may have been switched off in smoke mode
-    if model.head.kind == "regression" and config.model.age_range is None:
+    # what ran, for the record: building may switch pretrained off (offline, smoke mode) or
+    # add the input normalisation pretrained weights expect; the caller's config stays as
+    # asked, so asking again finds this run (load_or_train, recorded_run)
+    ran = copy.copy(config)
+    ran.model = model.config
+    if model.head.kind == "regression" and ran.model.age_range is None:
         start_at_mean(model, dls.train.dataset.ages)
     init_report = None
     if config.init_from:  # the three-stage recipe: start from trained parts
@@ -422,11 +428,13 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
     test_pred, test_true = predict_ages(learn, dls[2])
     flip_pred, _ = predict_ages(learn, dls[2], flip=True)
     record = records.make_record(
-        config=config, faces=faces, mode=mode, device=device, epochs=epochs, image_size=size,
+        config=ran, faces=faces, mode=mode, device=device, epochs=epochs, image_size=size,
         batch_size=batch_size, best_epoch=keep.best_epoch, epochs_run=keep.epochs_run,
         seconds=seconds,
         params=models.count_parameters(model), n_train=len(dls.train.dataset),
         valid=(valid_pred, valid_true), test=(test_pred, test_true), test_flip=flip_pred)
+    if requested != record["config"]:
+        record["requested_config"] = requested  # recorded_run matches on this
     if init_report is not None:
         record["init_report"] = init_report  # what the three-stage start did and did not set
     test_sha1 = dls[2].dataset.table["sha1"].tolist()
@@ -434,7 +442,7 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
     path = None
     if checkpoint is not None:  # the test predictions travel with the weights, full keys
         test = {"sha1": test_sha1, "age": test_true.tolist(), "pred": test_pred.tolist()}
-        path = checkpoints.save_checkpoint(model, checkpoint, train_config=config.to_dict(),
+        path = checkpoints.save_checkpoint(model, checkpoint, train_config=ran.to_dict(),
                                            record=record, extra={"test": test})
     if save_record:
         records.save_record(record, predictions=predictions)
@@ -484,7 +492,9 @@ def recorded_run(config: TrainConfig, faces, mode: settings.RunMode | None = Non
     same = table[(table["mode"] == mode.name) & (table["data"] == faces.name)
                  & (table["data_fingerprint"] == faces.fingerprint) & (table["device"] == here)]
     for _, row in same.iloc[::-1].iterrows():  # newest first
-        if isinstance(row.get("config"), dict) and _config_key(row["config"]) == wanted:
+        asked = row.get("requested_config")  # set when building changed the model config
+        asked = asked if isinstance(asked, dict) else row.get("config")
+        if isinstance(asked, dict) and _config_key(asked) == wanted:
             return row.to_dict()
     return None
 

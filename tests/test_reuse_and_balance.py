@@ -170,3 +170,26 @@ def test_the_levers_refuse_wrong_settings():
     with pytest.raises(ValueError, match="distill_alpha"):
         training.TrainConfig(distill_alpha=-1)
     assert training.checkpoint_path("a.pt") == settings.data_home() / "checkpoints" / "a.pt"
+
+
+def test_a_run_whose_model_changed_while_building_is_found_again(synthetic_faces, results,
+                                                                  monkeypatch):
+    """Building may change the model config (offline, smoke mode switches pretrained off):
+    the record says what ran, and asking for the same settings again finds that run."""
+    monkeypatch.setenv("AGELIB_SMOKE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def asked():
+        return training.TrainConfig(model=models.ModelConfig("test_resnet", pretrained=True),
+                                    loss="l1", tag="t")
+
+    cfg = asked()
+    with pytest.warns(UserWarning):
+        first = training.load_or_train(cfg, synthetic_faces, mode=MODE, device="cpu")
+    assert first.record["config"]["model"]["pretrained"] is False  # what ran
+    assert first.record["requested_config"]["model"]["pretrained"] is True  # what was asked
+    assert cfg.model.pretrained  # the caller's config is left as asked
+    again = training.load_or_train(cfg, synthetic_faces, mode=MODE, device="cpu")
+    assert again.learn is None and again.checkpoint == first.checkpoint  # not trained again
+    assert training.recorded_run(asked(), synthetic_faces, MODE, device="cpu")["id"] == \
+        first.record["id"]

@@ -57,11 +57,16 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def square_resize(im: Image.Image, size: int) -> Image.Image:
+def square_resize(im: Image.Image, size: int, draft: bool = False) -> Image.Image:
     """Upright (as its EXIF orientation says), centre-cropped to a square and resized, as
-    the aligned UTKFace crops expect; inference turns photos upright the same way."""
-    if im.format == "JPEG":
-        im.draft("RGB", (size, size))  # decode at a reduced scale when far larger than needed
+    the aligned UTKFace crops expect; inference turns photos upright the same way.
+
+    ``draft``: decode a JPEG not yet loaded at a reduced scale when far larger than
+    needed. It changes the image object for good, so only for images the caller opened
+    for this alone (the cache's), never someone else's.
+    """
+    if draft and im.format == "JPEG":
+        im.draft("RGB", (size, size))
     im = ImageOps.exif_transpose(im)
     return ImageOps.fit(to_rgb(im), (size, size), Image.Resampling.BICUBIC)
 
@@ -102,7 +107,7 @@ def build_cache(ids: list[str], open_image: Callable[[int], Image.Image], size: 
 
     def fill(i: int) -> None:
         with open_image(i) as im:
-            out[i] = np.asarray(square_resize(im, size))
+            out[i] = np.asarray(square_resize(im, size, draft=True))
 
     with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
         list(pool.map(fill, range(len(ids))))

@@ -286,7 +286,8 @@ def write_faces_pack(faces: Faces, size: int, path: str | os.PathLike, quality: 
     extra = {}
     if faces.files is not None:  # images whose names disagree on the age: ch01 and ch10 show them
         left_out = sorted(set(faces.files["sha1"]) - set(faces.samples["sha1"]))
-        extra = {s: np.asarray(cache.square_resize(faces.open_image(s), size)) for s in left_out}
+        extra = {s: np.asarray(cache.square_resize(faces.open_image(s), size, draft=True))
+                 for s in left_out}
     return cache.write_pack(faces.samples, images, path, quality=quality, name=faces.name,
                             real=faces.real, files=faces.files, report=faces.report.to_dict(),
                             extra=extra)

@@ -194,6 +194,9 @@ def scan_folder(folder: str | Path, workers: int | None = None) -> tuple[pd.Data
     ValueError, with what to do, when the folder is missing or holds no images.
     """
     folder = image_folder(folder)
+    if folder.is_file():
+        raise ValueError(f"'{folder}' is a file: give the folder that holds the labelled "
+                         "images (UTKFace-named, e.g. 26_1_0_20170116171048641.jpg.chip.jpg)")
     if not folder.is_dir():
         raise FileNotFoundError(
             f"No data folder at '{folder}'. Get UTKFace with `python -m agelib download` "

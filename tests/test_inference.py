@@ -1,0 +1,52 @@
+"""Ages from images and checkpoints outside training (agelib.inference), as evaluation sees them."""
+
+import numpy as np
+from conftest import face_image, jpeg_bytes
+from PIL import Image
+
+from agelib import checkpoints, cli, inference, models, predict
+from agelib.data import cache
+
+
+def tiny_model(size: int = 32) -> models.AgeModel:
+    return models.create_model(models.ModelConfig("test_resnet", img_size=size)).eval()
+
+
+def test_images_of_another_size_are_cropped_as_evaluation_crops_them():
+    model = tiny_model()
+    wide = np.random.default_rng(0).integers(0, 256, (3, 48, 72, 3), dtype=np.uint8)
+    fitted = np.stack([np.asarray(cache.square_resize(Image.fromarray(w), 32)) for w in wide])
+    expected = inference.predict_ages(model, fitted, 32, device="cpu")
+    np.testing.assert_allclose(inference.predict_ages(model, wide, 32, device="cpu"), expected,
+                               atol=1e-5)  # a centre crop, not a stretch
+    mixed = [wide[0], fitted[1], wide[2][:40]]  # a list of any sizes works too
+    assert inference.predict_ages(model, mixed, 32, device="cpu").shape == (3,)
+
+
+def test_resizing_never_shrinks_the_callers_photo(tmp_path):
+    (tmp_path / "face.jpg").write_bytes(jpeg_bytes(face_image(0, size=200)))
+    photo = Image.open(tmp_path / "face.jpg")
+    cache.square_resize(photo, 32)
+    assert photo.size == (200, 200) and np.asarray(photo).shape == (200, 200, 3)
+
+
+def test_a_bare_checkpoint_of_a_model_built_for_its_size_predicts_and_evaluates(tmp_path):
+    path = checkpoints.save_checkpoint(tiny_model(32), tmp_path / "bare.pt")  # no train config
+    assert predict.load_estimators([str(path)])[0].size == 32
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i, age in enumerate((20, 35, 50)):
+        (folder / f"{age}_0_0_2017010100000000{i}.jpg.chip.jpg").write_bytes(
+            jpeg_bytes(face_image(i)))
+    assert inference.evaluate_folder(path, folder, device="cpu")["n"] == 3
+
+
+def test_export_to_a_folder_and_evaluate_on_a_file_say_what_to_give(tmp_path, capsys):
+    path = checkpoints.save_checkpoint(tiny_model(32), tmp_path / "bare.pt")
+    (tmp_path / "out.onnx").mkdir()
+    assert cli.main(["export", "--checkpoint", str(path), "--out", str(tmp_path / "out.onnx")]) == 2
+    assert "is a folder: give --out a file name" in capsys.readouterr().err
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpeg_bytes(face_image(1)))
+    assert cli.main(["evaluate", "--checkpoint", str(path), "--images", str(photo)]) == 2
+    assert "is a file: give the folder" in capsys.readouterr().err
