@@ -9,11 +9,13 @@ Chapters use it through this namespace::
 
 The modules, in the order data flows through them: ``utkface`` (names, checks,
 duplicates), ``sources`` (which data, cached scans), ``splits`` (the protocol),
-``cache`` (decode once, packs), ``loaders`` (Dataset, batches, fastai), plus
+``cache`` (decode once, packs), ``nearcopies`` (one photo under two hashes), ``loaders``
+(Dataset, batches, fastai), plus
 ``synthetic`` (the offline stand-in) and ``download`` (fetching UTKFace).
 """
 
 from .cache import Pack, build_cache, square_resize, to_rgb, write_pack
+from .nearcopies import across_splits, leaked_test_faces, near_copies
 from .loaders import (BatchTransform, FaceDataset, FaceLoader, SplitData, denormalize,
                       face_dataloaders, split_tables)
 from .sources import (Faces, find_data, load_faces, load_folder, load_pack, load_synthetic,
