@@ -110,6 +110,21 @@ def group_table(predictions: dict[str, pd.DataFrame], by: str, value: str = "MAE
     return out
 
 
+def leak_table(predictions: dict[str, pd.DataFrame], leaked: set[str]) -> pd.DataFrame:
+    """What faces seen in training (as near-copies, :func:`agelib.data.leaked_test_faces`) do
+    to each model's test MAE: the MAE on every test face, without the leaked ones, and on
+    them alone. ``change`` is how much the leak lowered (flattered) the reported MAE."""
+    rows = []
+    for name, p in predictions.items():
+        seen = p["full_sha1"].isin(leaked)
+        rows.append({"model": name, "faces": len(p), "leaked": int(seen.sum()),
+                     "MAE": p["error"].mean(), "MAE without them": p.loc[~seen, "error"].mean(),
+                     "MAE on them": p.loc[seen, "error"].mean() if seen.any() else np.nan})
+    out = pd.DataFrame(rows).set_index("model")
+    out["change"] = out["MAE"] - out["MAE without them"]
+    return out
+
+
 def summary(predictions: dict[str, pd.DataFrame], k: float = 5) -> pd.DataFrame:
     """MAE, CS@k and the worst group's MAE (by race, gender, age band) for every model."""
     rows = []

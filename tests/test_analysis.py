@@ -197,3 +197,14 @@ def test_old_age_table_counts_a_face_of_exactly_the_threshold_age():
     p = pd.DataFrame({"age": [30.0, 59.0, 60.0, 75.0], "pred": [30.0, 59.0, 50.0, 65.0]})
     row = analysis.old_age_table({"m": p}, from_age=60).iloc[0]
     assert row["faces 60+"] == 2 and row["MAE, 60+"] == 10.0
+
+
+def test_the_leak_table_scores_each_model_with_and_without_the_leaked_faces():
+    from agelib import analysis
+
+    p = pd.DataFrame({"full_sha1": ["a", "b", "c", "d"], "error": [1.0, 2.0, 3.0, 6.0]})
+    table = analysis.leak_table({"m": p}, leaked={"a", "b"})
+    row = table.loc["m"]
+    assert (row["faces"], row["leaked"]) == (4, 2)
+    assert (row["MAE"], row["MAE without them"], row["MAE on them"]) == (3.0, 4.5, 1.5)
+    assert row["change"] == -1.5  # the leak flattered the MAE by 1.5 years

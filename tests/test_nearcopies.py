@@ -27,9 +27,9 @@ class Stub:
 
 def recoded(im: Image.Image) -> np.ndarray:
     """The same photo, brightened, flattened a little and saved again as a JPEG."""
-    im = ImageEnhance.Contrast(ImageEnhance.Brightness(im).enhance(1.2)).enhance(0.85)
+    im = ImageEnhance.Contrast(ImageEnhance.Brightness(im).enhance(1.2)).enhance(0.9)
     buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=60)
+    im.save(buf, "JPEG", quality=80)
     return np.asarray(Image.open(buf).convert("RGB"))
 
 
