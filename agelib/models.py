@@ -322,6 +322,12 @@ def _with_weights(name: str, pretrained: bool, build) -> nn.Module:
     try:
         return build(True)
     except Exception as err:  # hub errors come in many types; all mean "no weights"
+        if "size mismatch" in str(err):  # the weights came, but for another architecture
+            raise PretrainedUnavailable(
+                f"The ImageNet weights of {name!r} do not fit this model ({err}). They exist "
+                "only for timm's own configuration of it: a changed width, depth or patch "
+                "size has none. Keep timm's configuration, or train with pretrained=False."
+            ) from None
         offline = settings.env_flag("HF_HUB_OFFLINE")
         raise PretrainedUnavailable(
             f"Could not get ImageNet weights for {name!r} ({type(err).__name__}: {err}). "

@@ -252,6 +252,17 @@ def test_pretrained_weights_offline_raise_a_helpful_error_in_full_mode(no_hub, m
     assert "HF_HUB_OFFLINE" in message  # set here: online machines only need to unset it
 
 
+def test_weights_that_do_not_fit_a_changed_model_say_so_not_offline():
+    def build(pretrained):  # what timm raises when the checkpoint is for another shape
+        raise RuntimeError("Error(s) in loading state_dict for VisionTransformer: size mismatch "
+                           "for pos_embed: copying a param with shape [1, 197, 192]")
+    with pytest.raises(PretrainedUnavailable) as err:
+        models._with_weights("vit_tiny_patch16_224", True, build)
+    message = str(err.value)
+    assert "do not fit this model" in message and "internet" not in message
+    assert "pretrained=False" in message
+
+
 def test_pretrained_weights_offline_fall_back_loudly_in_smoke_mode(no_hub, monkeypatch):
     monkeypatch.setenv("AGELIB_SMOKE", "1")
     config = ModelConfig(TINY, pretrained=True)
