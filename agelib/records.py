@@ -182,8 +182,9 @@ def load_records(folder: str | Path | None = None) -> pd.DataFrame:
 
 def report_table(table: pd.DataFrame, tag: str | None = None, latest_only: bool = True
                  ) -> pd.DataFrame:
-    """One row per (tag, model, head, loss, pretrained, data, mode): the mean over seeds and
-    their sample standard deviation (``ddof=1``, what a t-test of seed noise needs)."""
+    """One row per setting (:data:`RUN_KEYS`: tag, model, head, loss, pretrained, data, mode,
+    size, epochs, device): the mean over seeds and their sample standard deviation
+    (``ddof=1``, what a t-test of seed noise needs)."""
     if tag is not None:
         table = table[table["tag"] == tag]
     if table.empty:
@@ -196,8 +197,7 @@ def report_table(table: pd.DataFrame, tag: str | None = None, latest_only: bool 
     out = grouped.agg(runs=("seed", "count"), params=("params", "first"),
                       valid_mae=("valid_mae", "mean"), test_mae=("test_mae", "mean"),
                       test_mae_std=("test_mae", "std"), test_cs5=("test_cs5", "mean"),
-                      test_mae_flip=("test_mae_flip", "mean"),
-                      device=("device", "last"), date=("date", "max"))
+                      test_mae_flip=("test_mae_flip", "mean"), date=("date", "max"))
     return out.reset_index().sort_values(["tag", "test_mae"], ignore_index=True)
 
 
@@ -216,9 +216,10 @@ def per_seed(table: pd.DataFrame, tag: str | None = None) -> pd.DataFrame:
                                            values="test_mae", aggfunc="last")
 
 
-# the settings that make two runs the same model and protocol (a run's seed aside)
+# the settings that make two runs the same model and protocol (a run's seed aside); the
+# device too: a GPU's bf16 run and a CPU's float32 run are not seeds of one setting
 RUN_KEYS = ["tag", "variant", "data", "mode", "backbone", "backbone_args", "head", "loss",
-            "pretrained", "image_size", "epochs"]
+            "pretrained", "image_size", "epochs", "device"]
 
 
 def _with_settings(table: pd.DataFrame) -> pd.DataFrame:

@@ -188,6 +188,14 @@ def test_load_records_of_a_missing_folder_is_an_empty_table(tmp_path):
     assert "no run records yet" in records.to_markdown(records.report_table(table))
 
 
+def test_report_table_keeps_runs_of_one_setting_on_two_devices_apart():
+    table = pd.DataFrame([record(0, 6.0), record(1, 8.0),
+                          record(2, 5.0, device="cuda (NVIDIA H200)")])  # a GPU seed, in bf16
+    report = records.report_table(table)
+    assert sorted(zip(report["device"], report["runs"])) == [("cpu (x)", 2),
+                                                             ("cuda (NVIDIA H200)", 1)]
+
+
 def test_report_table_averages_seeds_and_keeps_the_latest_run_of_each_seed():
     table = pd.DataFrame([
         record(0, 9.0, "2025-01-01T00:00:00+00:00"),  # replaced by the re-run below
