@@ -260,7 +260,8 @@ def _crop_landmarks(image, pad: float) -> np.ndarray | None:
     return best / np.array(photo.size)
 
 
-def measure_template(faces, n: int = 1000, seed: int = 1, save: bool = True) -> dict:
+def measure_template(faces, n: int = 1000, seed: int = 1, pad: float = 0.25,
+                     save: bool = True) -> dict:
     """Re-derive :data:`UTKFACE_LANDMARKS`: :func:`landmark_template` on ``n`` of the
     faces, drawn with ``random.Random(seed)`` from the files in name order, and a record
     of it (data, images found, template, date, code) written to ``results/landmarks/``
@@ -276,14 +277,14 @@ def measure_template(faces, n: int = 1000, seed: int = 1, save: bool = True) -> 
         raise ValueError(f"n={n}: measure at least one image")
     rows = faces.samples.sort_values("file")
     picked = random.Random(seed).sample(list(rows["sha1"]), min(n, len(rows)))
-    points = [p for p in (_crop_landmarks(faces.open_image(s), pad=0.25) for s in picked)
+    points = [p for p in (_crop_landmarks(faces.open_image(s), pad) for s in picked)
               if p is not None]
     if not points:
         raise ValueError(f"no face found in any of the {len(picked)} images drawn from {faces.name}")
     now = dt.datetime.now(dt.timezone.utc)
     record = {"data": faces.name, "data_real": bool(faces.real),
               "data_fingerprint": faces.fingerprint, "n_images": len(picked),
-              "n_found": len(points), "seed": seed, "pad": 0.25,
+              "n_found": len(points), "seed": seed, "pad": pad,
               "template": np.round(np.median(np.stack(points), axis=0), 4).tolist(),
               "date": now.isoformat(timespec="seconds"), "code": records.code_version()}
     if save:
