@@ -50,20 +50,21 @@ def run_label(record) -> str:
     return f"{record.get('tag', '')} {model}".strip()
 
 
-def runs_with_predictions(table: pd.DataFrame, faces, mode: str | None = None) -> pd.DataFrame:
-    """The records of runs on these faces (in ``mode``) that kept per-face predictions, the
-    latest per :func:`run_label` (a re-run replaces its earlier twin), oldest first."""
+def runs_with_predictions(table: pd.DataFrame, faces, mode: str) -> pd.DataFrame:
+    """The records of runs on these faces in ``mode`` (``"smoke"`` or ``"full"``) that kept
+    per-face predictions, the latest per :func:`run_label` (a re-run replaces its earlier
+    twin), oldest first. The mode is not optional: a smoke run and a full run of one model
+    share a label, and the later would silently replace the other."""
     if table.empty or "predictions" not in table:
         return table.iloc[:0]
     keep = table[table["data_fingerprint"] == faces.fingerprint] if "data_fingerprint" in table else table
-    if mode is not None:
-        keep = keep[keep["mode"] == mode]
+    keep = keep[keep["mode"] == mode] if "mode" in keep else keep.iloc[:0]
     keep = keep[keep["predictions"].notna()].sort_values("date", kind="stable")
     labels = keep.apply(run_label, axis=1) if len(keep) else pd.Series(dtype=str)
     return keep.assign(label=labels).drop_duplicates("label", keep="last")
 
 
-def best_trained(table: pd.DataFrame, faces, mode: str | None = None) -> str | None:
+def best_trained(table: pd.DataFrame, faces, mode: str) -> str | None:
     """The label of the run, trained here, with the lowest *validation* MAE.
 
     Chosen on validation, as every model choice in the course is: the test set
@@ -77,7 +78,7 @@ def best_trained(table: pd.DataFrame, faces, mode: str | None = None) -> str | N
     return None if runs.empty else runs.loc[runs["valid_mae"].astype(float).idxmin(), "label"]
 
 
-def model_predictions(table: pd.DataFrame, faces, mode: str | None = None,
+def model_predictions(table: pd.DataFrame, faces, mode: str,
                       folder=None) -> dict[str, pd.DataFrame]:
     """Per-face test predictions, with labels, of every run on these faces (latest per label).
 

@@ -597,26 +597,42 @@ def _device(run: dict) -> str:
 
 
 def readme_latency_table(runs: list[dict]) -> str:
-    """README's size-and-speed table: the latest full-mode latency run of each device and
-    precision, one row per model, parameters and milliseconds per batch size."""
-    latest = {(_device(r), r["settings"].get("amp"), _replay(r["settings"])): r
-              for r in runs if r.get("kind") == "latency" and r["mode"] == "full"}
-    if not latest:
-        return "_no latency run recorded yet (`python -m agelib bench --latency-only --save`)_"
-    batches = sorted({row["batch"] for r in latest.values() for row in r["latency"]})
-    lines = ["| device | precision | model | params (M) | px | "
-             + " | ".join(f"batch {b}, ms" for b in batches) + " | date |",
-             "|---|---|---|---:|---:|" + "---:|" * len(batches) + "---|"]
-    for (device, amp, compile), run in latest.items():
-        precision = (amp or "float32") + (f", {compile}" if compile else "")
+    """README's size-and-speed table: one row per device, setting and model, from the latest
+    full-mode latency run that measured that model (so a later run of one model does not
+    hide the others), parameters and milliseconds per batch size. The precision column
+    names every switch that changes the speed: bf16/fp16, channels-last, CUDA graphs or
+    ``torch.compile``."""
+    latest: dict[tuple, tuple[dict, dict]] = {}
+    for run in runs:  # oldest first: a later measurement of the same row replaces it
+        if run.get("kind") != "latency" or run["mode"] != "full":
+            continue
         by_model: dict[tuple, dict] = {}
         for row in run["latency"]:
             by_model.setdefault((row["model"], row["size"], row["params"]), {})[row["batch"]] = row["ms"]
         for (model, size, params), ms in by_model.items():
-            cells = " | ".join(f"{ms[b]:.1f}" if b in ms else "" for b in batches)
-            lines.append(f"| {device} | {precision} | {model} | {params / 1e6:.2f} | {size} | "
-                         f"{cells} | {str(run.get('date', ''))[:10]} |")
+            key = (_device(run), _precision(run["settings"]), model, size)
+            latest[key] = ({"params": params, "ms": ms}, run)
+    if not latest:
+        return "_no latency run recorded yet (`python -m agelib bench --latency-only --save`)_"
+    batches = sorted({b for row, _ in latest.values() for b in row["ms"]})
+    lines = ["| device | precision | model | params (M) | px | "
+             + " | ".join(f"batch {b}, ms" for b in batches) + " | date |",
+             "|---|---|---|---:|---:|" + "---:|" * len(batches) + "---|"]
+    for (device, precision, model, size), (row, run) in latest.items():
+        cells = " | ".join(f"{row['ms'][b]:.1f}" if b in row["ms"] else "" for b in batches)
+        lines.append(f"| {device} | {precision} | {model} | {row['params'] / 1e6:.2f} | {size} | "
+                     f"{cells} | {str(run.get('date', ''))[:10]} |")
     return "\n".join(lines)
+
+
+def _precision(settings_: dict) -> str:
+    """The number format and the switches of a latency run, as the table's column says them."""
+    parts = [settings_.get("amp") or "float32"]
+    if settings_.get("channels_last"):
+        parts.append("channels-last")
+    if replay := _replay(settings_):
+        parts.append(replay)
+    return ", ".join(parts)
 
 
 def _replay(settings_: dict) -> str | None:

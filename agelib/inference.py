@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +28,30 @@ def predict_ages(model: models.AgeModel, images: np.ndarray | torch.Tensor, size
         raise ValueError("give size: the image side this model was trained at (a CNN's "
                          "config does not say it; a checkpoint's record does)")
     device = torch.device(device) if device else settings.get_device()
-    model = model.to(device).eval()
-    transform = loaders.BatchTransform(size, train=False).to(device)
     if torch.is_tensor(images):
         images = images.cpu().numpy()
     if not (isinstance(images, np.ndarray) and images.shape[1:3] == (size, size)):
         images = np.stack([_fitted(im, size) for im in images])  # as evaluation crops them
     pixels = torch.as_tensor(images).permute(0, 3, 1, 2)  # (N, 3, H, W)
-    out = [model.head.to_age(model(transform(pixels[i:i + batch_size].to(device)))).float().cpu()
-           for i in range(0, len(pixels), batch_size)]
+    transform = loaders.BatchTransform(size, train=False).to(device)
+    with _borrowed(model, device):
+        out = [model.head.to_age(model(transform(pixels[i:i + batch_size].to(device)))).float().cpu()
+               for i in range(0, len(pixels), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+@contextmanager
+def _borrowed(model: torch.nn.Module, device: torch.device):
+    """``model`` on ``device`` in eval mode for a while, then back where and as it was: a
+    notebook that checks a model halfway through training must not find it moved to
+    another device or with dropout switched off."""
+    home = next(model.parameters(), torch.empty(0)).device
+    training = model.training
+    model.to(device).eval()
+    try:
+        yield model
+    finally:
+        model.to(home).train(training)
 
 
 def evaluate_folder(checkpoint: str | Path, folder: str | Path, batch_size: int = 64,

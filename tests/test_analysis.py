@@ -51,7 +51,18 @@ def test_runs_on_other_data_other_modes_or_without_predictions_are_left_out(synt
                          "data_fingerprint": synthetic_faces.fingerprint, "date": "2025"})
     found = analysis.model_predictions(records.load_records(), synthetic_faces, "smoke")
     assert list(found) == ["t m (kept)"]
-    assert analysis.model_predictions(pd.DataFrame(), synthetic_faces) == {}
+    assert analysis.model_predictions(pd.DataFrame(), synthetic_faces, "smoke") == {}
+
+
+def test_a_later_smoke_run_never_hides_the_full_run_of_the_same_model(synthetic_faces, results):
+    test = loaders.split_tables(synthetic_faces.samples, synthetic_faces.split(0), MODE).test
+    fake_run(synthetic_faces, test, test["age"] + 1, variant="same", mode="full", id="full")
+    fake_run(synthetic_faces, test, test["age"] + 9, variant="same", id="smoke", date="2099")
+    table = records.load_records()
+    full = analysis.model_predictions(table, synthetic_faces, "full")["t m (same)"]
+    np.testing.assert_allclose(full["error"], 1.0, atol=0.01)
+    with pytest.raises(TypeError):  # no mode, no mixing
+        analysis.model_predictions(table, synthetic_faces)
 
 
 def test_seeds_and_pretrained_runs_keep_their_own_predictions(synthetic_faces, results):

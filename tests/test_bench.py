@@ -225,6 +225,18 @@ def test_a_cuda_graph_run_is_its_own_row_of_the_latency_table():
     assert "| cuda (NVIDIA H100) | bfloat16, CUDA graph | hybrid_paper |" in table
 
 
+def test_channels_last_is_its_own_row_and_a_later_run_of_one_model_hides_no_other():
+    later = latency_result(date="2026-11-25")
+    later["latency"] = [r for r in later["latency"] if r["model"] == "hybrid_paper"]
+    channels_last = latency_result(date="2026-11-26")
+    channels_last["settings"]["channels_last"] = True
+    table = bench.readme_latency_table([latency_result(), later, channels_last])
+    assert "| cuda (NVIDIA H100) | bfloat16 | resnet18 | 11.20 | 224 | 1.0 | 4.0 | 2026-11-24 |" in table
+    assert "| cuda (NVIDIA H100) | bfloat16 | hybrid_paper | 33.00 | 224 | 2.9 | 30.0 | 2026-11-25 |" in table
+    assert "| cuda (NVIDIA H100) | bfloat16, channels-last | resnet18 |" in table
+    assert len(table.splitlines()) == 2 + 4
+
+
 def test_cuda_graphs_refuse_a_cpu_tensor_saying_what_to_do():
     model = bench.bench_model("hybrid_atto", 32)
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device.*without cuda_graph"):

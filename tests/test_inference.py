@@ -1,6 +1,7 @@
 """Ages from images and checkpoints outside training (agelib.inference), as evaluation sees them."""
 
 import numpy as np
+import pytest
 from conftest import face_image, jpeg_bytes
 from PIL import Image
 
@@ -21,6 +22,17 @@ def test_images_of_another_size_are_cropped_as_evaluation_crops_them():
                                atol=1e-5)  # a centre crop, not a stretch
     mixed = [wide[0], fitted[1], wide[2][:40]]  # a list of any sizes works too
     assert inference.predict_ages(model, mixed, 32, device="cpu").shape == (3,)
+
+
+def test_predicting_leaves_the_callers_model_as_it_was():
+    model = tiny_model().train()  # e.g. checked halfway through training
+    images = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+    first = inference.predict_ages(model, images, 32, device="cpu")
+    assert model.training  # dropout and batch-norm updates still on for the next step
+    np.testing.assert_allclose(inference.predict_ages(model, images, 32, device="cpu"), first)
+    with pytest.raises(RuntimeError):  # four channels: fails inside the forward pass...
+        inference.predict_ages(model, np.zeros((2, 32, 32, 4), np.uint8), 32, device="cpu")
+    assert model.training  # ...and the model is given back all the same
 
 
 def test_resizing_never_shrinks_the_callers_photo(tmp_path):
