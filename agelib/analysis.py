@@ -59,7 +59,7 @@ def runs_with_predictions(table: pd.DataFrame, faces, mode: str) -> pd.DataFrame
         return table.iloc[:0]
     keep = table[table["data_fingerprint"] == faces.fingerprint] if "data_fingerprint" in table else table
     keep = keep[keep["mode"] == mode] if "mode" in keep else keep.iloc[:0]
-    keep = keep[keep["predictions"].notna()].sort_values("date", kind="stable")
+    keep = keep[keep["predictions"].notna()].sort_values("date", kind="stable", na_position="first")
     labels = keep.apply(run_label, axis=1) if len(keep) else pd.Series(dtype=str)
     return keep.assign(label=labels).drop_duplicates("label", keep="last")
 
@@ -121,7 +121,8 @@ def leak_table(predictions: dict[str, pd.DataFrame], leaked: set[str]) -> pd.Dat
         rows.append({"model": name, "faces": len(p), "leaked": int(seen.sum()),
                      "MAE": p["error"].mean(), "MAE without them": p.loc[~seen, "error"].mean(),
                      "MAE on them": p.loc[seen, "error"].mean() if seen.any() else np.nan})
-    out = pd.DataFrame(rows).set_index("model")
+    out = pd.DataFrame(rows, columns=["model", "faces", "leaked", "MAE", "MAE without them",
+                                      "MAE on them"]).set_index("model")
     out["change"] = out["MAE"] - out["MAE without them"]
     return out
 
@@ -137,7 +138,9 @@ def summary(predictions: dict[str, pd.DataFrame], k: float = 5) -> pd.DataFrame:
                      "worst age band": worst["age band"], "worst race": worst["race"],
                      "worst gender": worst["gender"],
                      "slope": regression_to_mean(p["pred"], p["age"])[0]})
-    return pd.DataFrame(rows).set_index("model").sort_values("MAE")
+    columns = ["model", "faces", "MAE", f"CS@{k:g}", "worst age band", "worst race",
+               "worst gender", "slope"]  # named, so that no runs yet is an empty table
+    return pd.DataFrame(rows, columns=columns).set_index("model").sort_values("MAE")
 
 
 def regression_to_mean(pred, true) -> tuple[float, float]:
@@ -185,4 +188,5 @@ def old_age_table(predictions: dict[str, pd.DataFrame], from_age: int = 60) -> p
                      f"MAE, {from_age}+": metrics.mae(old["pred"], old["age"]) if len(old) else np.nan,
                      f"faces {from_age}+": len(old),
                      "slope": regression_to_mean(p["pred"], p["age"])[0]})
-    return pd.DataFrame(rows).set_index("run")
+    columns = ["run", "faces", "MAE, all", f"MAE, {from_age}+", f"faces {from_age}+", "slope"]
+    return pd.DataFrame(rows, columns=columns).set_index("run")

@@ -551,7 +551,7 @@ def speed_table(result: dict) -> "pd.DataFrame":
 
     rows = pd.DataFrame(result["results"])
     cols = ["model", "size", "pipeline", "data_img_per_s", "train_img_per_s"]
-    rows = rows[[c for c in cols if c in rows]]
+    rows = rows.reindex(columns=cols)  # a bench run with --no-data-only has no data column
     typical = rows[rows["pipeline"] == "typical"].set_index(["model", "size"])["train_img_per_s"]
     rows["speedup"] = [r.train_img_per_s / typical.get((r.model, r.size), float("nan"))
                               for r in rows.itertuples()]
@@ -559,28 +559,31 @@ def speed_table(result: dict) -> "pd.DataFrame":
 
 
 def readme_bench_table(runs: list[dict]) -> str:
-    """README's table: the latest full-mode measurement of each (device, model, size,
-    pipeline) in the saved results, so that a later bench of one model does not hide
-    another's. Smoke benches (a few steps, one worker: a check that the bench runs) are
+    """README's table: the latest full-mode measurement of each (device, precision and
+    switches, batch, model, size, pipeline) in the saved results, so that a later bench of
+    one model (or a compiled one) does not hide another's. Smoke benches (a few steps, one worker: a check that the bench runs) are
     left out. The speed-up is always against the typical pipeline of the same run, and the
     data column says what the typical pipeline decoded (the original JPEGs or a WebP pack)."""
     latest: dict[tuple, tuple] = {}
     for run in runs:  # oldest first: a later run of the same row replaces it
         if run.get("results") and run.get("mode") == "full":
+            switches = _precision(run["settings"])  # a compiled run is not an eager one
             for r in speed_table(run).itertuples():
-                latest[(_device(run), run["mode"], r.model, r.size, r.pipeline)] = (r, run)
+                key = (_device(run), run["mode"], switches, run["settings"].get("batch_size"),
+                       r.model, r.size, r.pipeline)
+                latest[key] = (r, run)
     if not latest:
         return ("_no full-mode bench recorded yet (`python -m agelib bench --save`; smoke "
                 "benches only check that the bench runs)_")
-    lines = ["| device | mode | data | model | px | batch | pipeline | data only, img/s "
-             "| training, img/s | vs typical | date |",
-             "|---|---|---|---|---:|---:|---|---:|---:|---:|---|"]
-    for (device, mode, *_), (r, run) in latest.items():
+    lines = ["| device | mode | data | model | px | batch | precision | pipeline "
+             "| data only, img/s | training, img/s | vs typical | date |",
+             "|---|---|---|---|---:|---:|---|---|---:|---:|---:|---|"]
+    for (device, mode, switches, *_), (r, run) in latest.items():
         source = run.get("data", {}).get("name", "")  # the typical path decodes these files
         data = f"{r.data_img_per_s:,.0f}" if r.data_img_per_s == r.data_img_per_s else ""
         speedup = f"{r.speedup:.2f}×" if r.speedup == r.speedup else ""
         lines.append(f"| {device} | {mode} | {source} | {r.model} | {r.size} | "
-                     f"{run['settings']['batch_size']} | {r.pipeline} | {data} | "
+                     f"{run['settings']['batch_size']} | {switches} | {r.pipeline} | {data} | "
                      f"{r.train_img_per_s:,.0f} | {speedup} | {str(run.get('date', ''))[:10]} |")
     return "\n".join(lines)
 
@@ -632,6 +635,8 @@ def _precision(settings_: dict) -> str:
         parts.append("channels-last")
     if replay := _replay(settings_):
         parts.append(replay)
+    if settings_.get("sdpa") is False:
+        parts.append("no SDPA")
     return ", ".join(parts)
 
 
@@ -640,7 +645,9 @@ def _replay(settings_: dict) -> str | None:
     if settings_.get("cuda_graph"):
         return "CUDA graph"
     compile = settings_.get("compile")
-    return f"compiled ({compile})" if compile else None
+    if not compile:
+        return None
+    return f"compiled ({compile})" if isinstance(compile, str) else "compiled"
 
 
 def readme_with_latency(text: str, runs: list[dict]) -> str:

@@ -369,9 +369,13 @@ def cmd_report(args) -> int:
     from . import bench, records
 
     if args.write_readme:  # README's tables are the committed records' (a test checks it)
-        readme = settings.repo_root() / "README.md"
+        root = settings.repo_root()
+        if root is None:
+            raise FileNotFoundError("--write-readme rewrites the course's README.md, which is in "
+                                    "a checkout of the course: run it from there (without "
+                                    "--write-readme, report prints the table)")
+        readme, own = root / "README.md", root / "results"
         folder = Path(args.results) if args.results else records.results_dir()
-        own = settings.repo_root() / "results"
         if not args.results and folder.resolve() != own.resolve():
             raise ValueError(f"AGELIB_RESULTS points to '{folder}', but README's tables "
                              f"are made from the repository's own '{own.name}/' records. Unset "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,14 +207,22 @@ def run_chapters(files: list[str] | None = None, full: bool = False, timeout: in
                               cwd=folder, env=env, capture_output=True, text=True)
         seconds = round(time.perf_counter() - start, 1)
         run["chapters"].append({"notebook": name, "seconds": seconds, "ok": done.returncode == 0,
-                                "error": None if done.returncode == 0 else done.stderr.strip()[-600:]})
+                                "error": None if done.returncode == 0 else _plain(done.stderr)[-600:]})
         run["total_seconds"] = round(sum(c["seconds"] for c in run["chapters"]), 1)
         print(f"{name:<34} {seconds:7.1f} s  {'ok' if done.returncode == 0 else 'FAILED'}",
               flush=True)
-        if save:
+        if save:  # whole or not at all: a run killed mid-write keeps its last record
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(run, indent=2))
+            partial = path.with_suffix(".json.tmp")
+            partial.write_text(json.dumps(run, indent=2))
+            os.replace(partial, path)
     return run
+
+
+def _plain(text: str) -> str:
+    """A kernel's error without its terminal colours (escape codes are most of a coloured
+    traceback's characters, and unreadable in a record)."""
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text).strip()
 
 
 def _real_faces(env: dict) -> bool:
@@ -234,25 +243,38 @@ def load_course_runs(folder: Path | None = None) -> list[dict]:
     from . import records
 
     folder = folder or records.results_dir() / "course"
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    runs = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            run = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as err:
+            warnings.warn(f"skipped {path.name}: not a readable course-run record ({err}); fix or "
+                          "delete it", stacklevel=2)
+            continue
+        if not (isinstance(run, dict) and {"mode", "device", "chapters"} <= run.keys()):
+            warnings.warn(f"skipped {path.name}: not a course-run record", stacklevel=2)
+            continue
+        runs.append(run)
+    return runs
 
 
 def latest_times(runs: list[dict], mode: str) -> dict | None:
-    """Each chapter's latest time in ``mode`` on the device of the latest run of that mode
-    on the real faces.
+    """Each chapter's latest time in ``mode`` on the device, and at the training length, of
+    the latest run of that mode on the real faces.
 
     A full run on one GPU may be split over several calls (one lease's commands
     are limited to minutes each), each writing its own record: this stitches
-    them back into one course, chapter by chapter, and never mixes devices.
+    them back into one course, chapter by chapter, and never mixes devices or
+    training lengths (a chapter re-run at 2 epochs is not part of a 20-epoch course).
     """
     # the course's timings are of the real faces: a run on the synthetic ones is a check
     runs = [r for r in runs if r["mode"] == mode and r.get("data", "real") == "real"]
     if not runs:
         return None
-    device = runs[-1]["device"]
+    device, epochs = runs[-1]["device"], runs[-1].get("epochs")
     chapters: dict[str, dict] = {}
     for run in runs:  # oldest first: a later time of a chapter replaces an earlier one
-        if run["device"] != device:
+        if run["device"] != device or run.get("epochs") != epochs:
             continue
         for c in run["chapters"]:
             chapters[c["notebook"]] = {**c, "date": run["date"][:10], "epochs": run.get("epochs")}
@@ -266,7 +288,8 @@ def latest_times(runs: list[dict], mode: str) -> dict | None:
 def pending_chapters(runs: list[dict], device: str, mode: str = "full",
                      epochs: int | None = None) -> list[str]:
     """Chapter numbers, in course order, whose latest run in ``mode`` on ``device`` (and at
-    ``epochs``, when given) did not succeed, or that never ran there.
+    ``epochs``, when given) on the real faces did not succeed, or that never ran there (a run
+    on the synthetic faces is a check, not the course).
 
     A full run on a lent GPU is spread over short leases: each runs what this still
     lists (``python -m agelib course --full --pending``), and the course-run records,
@@ -279,7 +302,8 @@ def pending_chapters(runs: list[dict], device: str, mode: str = "full",
     """
     latest: dict[str, bool] = {}
     for run in runs:  # oldest first: a later attempt at a chapter decides
-        if run["mode"] == mode and run["device"] == device and epochs in (None, run.get("epochs")):
+        if (run["mode"] == mode and run["device"] == device and epochs in (None, run.get("epochs"))
+                and run.get("data", "real") == "real"):
             latest.update({c["notebook"]: c["ok"] for c in run["chapters"]})
     return [ch.file[:2] for ch in CHAPTERS if not latest.get(ch.file)]
 

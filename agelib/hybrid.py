@@ -92,18 +92,38 @@ def get_config(name: str, **overrides) -> HybridConfig:
 class CrossAttention(nn.Module):
     """Pre-norm multi-head cross-attention with a residual: ``x + attn(norm(x), norm(context))``.
 
-    ``nn.MultiheadAttention`` runs PyTorch's fused ``scaled_dot_product_attention``.
+    ``nn.MultiheadAttention`` runs PyTorch's fused ``scaled_dot_product_attention``. Like
+    timm's blocks, the module reads timm's switch when it is built (``fused_attn``): off,
+    it computes ``softmax(q k^T / sqrt(d)) v`` step by step with the same weights, so that
+    a benchmark without fused attention (``bench --no-sdpa``) has none anywhere.
     """
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.norm_q, self.norm_kv = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.fused_attn = timm.layers.use_fused_attn()
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         kv = self.norm_kv(context)
-        out, _ = self.attn(self.norm_q(x), kv, kv, need_weights=False)
+        if self.fused_attn:
+            out, _ = self.attn(self.norm_q(x), kv, kv, need_weights=False)
+        else:
+            out = self._unfused(self.norm_q(x), kv)
         return x + out
+
+    def _unfused(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """``nn.MultiheadAttention``'s arithmetic, one step at a time."""
+        a, heads = self.attn, self.attn.num_heads
+        w_q, w_k, w_v = a.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = a.in_proj_bias.chunk(3)
+
+        def split(t: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, heads, N, D / heads)
+            return t.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+        q, k, v = split(F.linear(q, w_q, b_q)), split(F.linear(kv, w_k, b_k)), split(F.linear(kv, w_v, b_v))
+        weights = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
+        return a.out_proj((weights @ v).transpose(1, 2).flatten(2))
 
 
 class ConvNeXtViT(nn.Module):

@@ -205,7 +205,10 @@ def _cam_class(method: str):
 
 
 def as_batch(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 faces ``(N, H, W, 3)`` -> normalised ``(N, 3, H, W)``; float batches pass through."""
+    """uint8 faces ``(N, H, W, 3)`` (numpy or torch) -> normalised ``(N, 3, H, W)``; float
+    batches pass through, as float32 (the models' weights are)."""
+    if torch.is_tensor(images) and images.dtype == torch.uint8:
+        images = images.cpu().numpy()
     if isinstance(images, np.ndarray) and images.dtype == np.uint8:
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"uint8 faces must be (N, H, W, 3), got {images.shape}")
@@ -218,7 +221,7 @@ def as_batch(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
         raise ValueError(f"give uint8 faces (N, H, W, 3) or a normalised float batch "
                          f"(N, 3, H, W), got {x.dtype} {tuple(x.shape)}")
-    return x
+    return x.float()
 
 
 def age_cam(model: models.AgeModel, images: np.ndarray | torch.Tensor, method: str = "gradcam",
@@ -341,8 +344,13 @@ def overlay(image: np.ndarray, cam: np.ndarray, image_weight: float = 0.5) -> np
 
 def cam_figure(images: np.ndarray, maps: Mapping[str, np.ndarray],
                titles: Sequence[str] | None = None, size: float = 1.4):
-    """Faces on the first row, then one row of overlaid maps per model (``maps``' keys)."""
+    """Faces on the first row, then one row of overlaid maps per model (``maps``' keys).
+
+    ``images``: uint8 faces, or floats in [0, 1] (turned into uint8 here, as the overlays
+    are: one figure, one scale)."""
     images = np.asarray(images)
+    if images.dtype != np.uint8:
+        images = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
     for name, m in maps.items():
         if len(m) != len(images):
             raise ValueError(f"{len(images)} faces but {len(m)} maps for {name!r}")

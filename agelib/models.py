@@ -186,6 +186,10 @@ class CornHead(nn.Module):
 def create_head(config: ModelConfig, in_features: int) -> nn.Module:
     """The head that ``config.head`` names, sized for ``in_features`` pooled features."""
     c = config
+    if c.age_range is not None and c.head != "regression":
+        raise ValueError(f"age_range={c.age_range} squashes a regression head's output; a "
+                         f"{c.head} head's ages are already bounded by its classes: set "
+                         "min_age and num_classes instead, and leave age_range unset.")
     if c.head == "regression":
         return RegressionHead(in_features, c.hidden, c.age_range, c.drop_rate, c.head_norm,
                               c.hidden_act)
@@ -302,7 +306,7 @@ def create_backbone(name: str, pretrained: bool = False, img_size: int | None = 
                          + (f"the course's configurations close to it: {named}; " if named else "")
                          + f"similar timm names: {close}; hybrids: {sorted(hybrid.HYBRIDS)} "
                          "(`python -m agelib models` lists the course's configurations)")
-    if img_size and name.startswith(SIZE_DEPENDENT):
+    if img_size and _built_for_one_size(name, img_size, kwargs):
         kwargs["img_size"] = img_size
     if pretrained and name == "efficientnet_lite0":
         model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
@@ -313,6 +317,35 @@ def create_backbone(name: str, pretrained: bool = False, img_size: int | None = 
         return model
     return _with_weights(name, pretrained, lambda p: timm.create_model(
         name, pretrained=p, num_classes=0, **kwargs))
+
+
+def _built_for_one_size(name: str, img_size: int, kwargs: dict) -> bool:
+    """Whether timm's ``name`` must be built for ``img_size`` (its position embeddings,
+    windows or pooling are fixed at build time) and can be.
+
+    The known families say so by name; any other model is tried at that size on the meta
+    device (no memory, no arithmetic): a CNN runs at any size and is built as it is, a
+    model that fails there is built for the size when its constructor takes one. So a
+    CaiT, PiT, LeViT or MaxViT a learner types works at 64 or 128 px too.
+    """
+    if name.startswith(SIZE_DEPENDENT):
+        return True
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs).eval()
+            with torch.no_grad():
+                model(torch.empty(1, 3, img_size, img_size))
+        return False
+    except Exception:  # fixed at another size, or an op the meta device lacks: ask timm
+        pass
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            timm.create_model(name, pretrained=False, num_classes=0, img_size=img_size, **kwargs)
+        return True
+    except TypeError:  # its constructor has no img_size: build it as it is
+        return False
 
 
 def _with_weights(name: str, pretrained: bool, build) -> nn.Module:

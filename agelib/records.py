@@ -10,6 +10,7 @@ typed by hand.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import platform
 import subprocess
@@ -158,6 +159,10 @@ def _plain(value):
     raise TypeError(f"cannot store {type(value).__name__} in a run record")
 
 
+# what every run record has, whatever wrote it (a training run or an off-the-shelf baseline)
+_CORE = ("tag", "backbone", "mode", "test_mae")
+
+
 def load_records(folder: str | Path | None = None) -> pd.DataFrame:
     """Every record in ``results/`` as a table (empty table when there are none).
 
@@ -176,6 +181,10 @@ def load_records(folder: str | Path | None = None) -> pd.DataFrame:
         if not isinstance(row, dict):
             warnings.warn(f"skipped {path.name}: a run record is a JSON object", stacklevel=2)
             continue
+        if missing := sorted(set(_CORE) - row.keys()):
+            warnings.warn(f"skipped {path.name}: not a run record (it has no {', '.join(missing)}); "
+                          "move it out of the results folder", stacklevel=2)
+            continue
         rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else COLUMNS)
 
@@ -183,8 +192,9 @@ def load_records(folder: str | Path | None = None) -> pd.DataFrame:
 def report_table(table: pd.DataFrame, tag: str | None = None, latest_only: bool = True
                  ) -> pd.DataFrame:
     """One row per setting (:data:`RUN_KEYS`: tag, model, head, loss, pretrained, data, mode,
-    size, epochs, device): the mean over seeds and their sample standard deviation
-    (``ddof=1``, what a t-test of seed noise needs)."""
+    size, epochs, device and the rest of the recipe): the mean over seeds and their sample
+    standard deviation (``ddof=1``, what a t-test of seed noise needs). Rows that differ
+    only in their recipe name the settings that tell them apart (``recipe_note``)."""
     if tag is not None:
         table = table[table["tag"] == tag]
     if table.empty:
@@ -198,7 +208,8 @@ def report_table(table: pd.DataFrame, tag: str | None = None, latest_only: bool 
                       valid_mae=("valid_mae", "mean"), test_mae=("test_mae", "mean"),
                       test_mae_std=("test_mae", "std"), test_cs5=("test_cs5", "mean"),
                       test_mae_flip=("test_mae_flip", "mean"), date=("date", "max"))
-    return out.reset_index().sort_values(["tag", "test_mae"], ignore_index=True)
+    out = out.reset_index().sort_values(["tag", "test_mae"], ignore_index=True)
+    return out.assign(recipe_note=_recipe_notes(out))
 
 
 def per_seed(table: pd.DataFrame, tag: str | None = None) -> pd.DataFrame:
@@ -212,21 +223,84 @@ def per_seed(table: pd.DataFrame, tag: str | None = None) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame(columns=pd.Index([], name="seed"),
                             index=pd.MultiIndex.from_tuples([], names=["backbone", "variant"]))
-    return _latest_runs(table).pivot_table(index=["backbone", "variant"], columns="seed",
-                                           values="test_mae", aggfunc="last")
+    latest = _latest_runs(table)
+    clash = latest[latest.duplicated(["backbone", "variant", "seed"], keep=False)]
+    if not clash.empty:
+        first = clash.iloc[0]
+        differ = [k for k in RUN_KEYS if clash.loc[(clash["backbone"] == first["backbone"])
+                                                   & (clash["variant"] == first["variant"]), k]
+                  .astype(str).nunique() > 1]
+        raise ValueError(f"runs of {first['backbone']} ({first['variant'] or 'no variant'}) with "
+                         f"one seed differ in {', '.join(differ)}: keep one setting (filter the "
+                         "table by those columns) or give each run its own --variant")
+    return latest.pivot_table(index=["backbone", "variant"], columns="seed", values="test_mae",
+                              aggfunc="last")
 
 
 # the settings that make two runs the same model and protocol (a run's seed aside); the
 # device too: a GPU's bf16 run and a CPU's float32 run are not seeds of one setting
+# device too: a GPU's bf16 run and a CPU's float32 run are not seeds of one setting. `recipe`
+# is every other training setting (learning rate, batch, schedule, augmentation, ...), so
+# that two runs told apart by no variant (a learning-rate sweep) are never averaged as seeds
 RUN_KEYS = ["tag", "variant", "data", "mode", "backbone", "backbone_args", "head", "loss",
-            "pretrained", "image_size", "epochs", "device"]
+            "pretrained", "image_size", "epochs", "device", "recipe"]
+
+# config fields that are columns of their own, name a run, or change only its speed
+_NOT_RECIPE = {"model", "loss", "epochs", "image_size", "tag", "variant", "seed",
+               "mixed_precision", "channels_last", "compile",
+               "model.backbone", "model.head", "model.pretrained", "model.backbone_args",
+               "model.img_size", "model.input_norm"}
+# checkpoints a run started from or learned from: their file names differ seed by seed (each
+# seed's stage 1 is its own file), so only which ones were used belongs to the recipe
+_FROM_FILES = {"init_from", "distill_from"}
 
 
 def _with_settings(table: pd.DataFrame) -> pd.DataFrame:
-    """``table`` with ``variant`` ("" for none) and ``backbone_args`` filled in, sorted by date."""
+    """``table`` with ``variant`` ("" for none), ``backbone_args`` and ``recipe`` filled in,
+    sorted by date (a record without one first: it can only be older)."""
     variant = table["variant"].fillna("") if "variant" in table else ""
-    return table.assign(variant=variant, backbone_args=[_backbone_args(c) for c in table.get(
-        "config", pd.Series(None, index=table.index))]).sort_values("date")
+    configs = table.get("config", pd.Series(None, index=table.index))
+    return table.assign(variant=variant, backbone_args=[_backbone_args(c) for c in configs],
+                        recipe=[json.dumps(_recipe(c), sort_keys=True) for c in configs]
+                        ).sort_values("date", na_position="first", kind="stable")
+
+
+def _recipe(config) -> dict:
+    """A record's training settings beyond :data:`RUN_KEYS`' own columns, flat
+    (``{"lr": 0.001, "model.drop_rate": 0.0, ...}``). A field a record lacks (written before
+    the field existed) counts as its default, which is what such a run used."""
+    if not isinstance(config, dict):
+        return {}
+    flat = {**_recipe_defaults(), **{k: v for k, v in config.items() if k != "model"},
+            **{f"model.{k}": v for k, v in (config.get("model") or {}).items()}}
+    for name in _FROM_FILES:
+        flat[name] = sorted(flat[name]) if isinstance(flat.get(name), dict) else bool(flat.get(name))
+    return {k: v for k, v in flat.items() if k not in _NOT_RECIPE}
+
+
+@functools.lru_cache(maxsize=1)
+def _recipe_defaults() -> dict:
+    from . import models, training  # training imports this module
+
+    config = training.TrainConfig(model=models.ModelConfig()).to_dict()
+    return {**{k: v for k, v in config.items() if k != "model"},
+            **{f"model.{k}": v for k, v in config["model"].items()}}
+
+
+def _recipe_notes(report: pd.DataFrame) -> list[str]:
+    """For rows that differ only in their recipe, the settings that tell them apart
+    (``"lr=0.002"``), so that the table never shows two identical-looking rows."""
+    shown = [k for k in RUN_KEYS if k != "recipe"]
+    notes = [""] * len(report)
+    for _, rows in report.groupby(shown, dropna=False).groups.items() if len(report) else []:
+        if len(rows) < 2:
+            continue
+        recipes = {i: json.loads(report.at[i, "recipe"]) for i in rows}
+        differ = sorted({k for r in recipes.values() for k in r
+                         if len({json.dumps(x.get(k)) for x in recipes.values()}) > 1})
+        for i in rows:
+            notes[report.index.get_loc(i)] = ", ".join(f"{k}={recipes[i].get(k)}" for k in differ)
+    return notes
 
 
 def _latest_runs(table: pd.DataFrame) -> pd.DataFrame:
@@ -277,6 +351,7 @@ def to_markdown(report: pd.DataFrame) -> str:
         std = f" ± {r.test_mae_std:.2f}" if r.runs > 1 and not np.isnan(r.test_mae_std) else ""
         model = r.backbone + (f" [{r.backbone_args}]" if getattr(r, "backbone_args", "") else "")
         model += f" ({r.variant})" if r.variant else ""  # what the run changed
+        model += f" · {r.recipe_note}" if getattr(r, "recipe_note", "") else ""
         lines.append(f"| {r.tag} | {r.data} | {r.mode} | {model} | {r.head} | {r.loss} | "
                      f"{'yes' if r.pretrained else 'no'} | {r.image_size} | {r.epochs} | {r.runs} | "
                      f"{r.test_mae:.2f}{std} | {r.test_cs5:.3f} | {_or_dash(r.test_mae_flip)} | "
@@ -295,7 +370,8 @@ RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 
 def readme_results(table: pd.DataFrame) -> str:
     """README's results block: full-mode runs on real data, made from the records only."""
-    full = table[(table["mode"] == "full") & (table["data_real"] == True)] if not table.empty else table  # noqa: E712
+    real = table["data_real"] if "data_real" in table else pd.Series(False, index=table.index)
+    full = table[(table["mode"] == "full") & (real == True)] if not table.empty else table  # noqa: E712
     if full.empty:
         smoke = int((table["mode"] == "smoke").sum()) if not table.empty else 0
         return ("No full-mode run has been recorded yet, so there are no results to show. "

@@ -47,7 +47,7 @@ def test_runs_on_other_data_other_modes_or_without_predictions_are_left_out(synt
     fake_run(synthetic_faces, test, test["age"], variant="full run", mode="full")
     fake_run(synthetic_faces, test, test["age"], variant="other data", data_fingerprint="0" * 12)
     records.save_record({"id": "old", "tag": "t", "variant": "old", "backbone": "m",
-                         "head": "regression", "loss": "l1", "mode": "smoke",
+                         "head": "regression", "loss": "l1", "mode": "smoke", "test_mae": 5.0,
                          "data_fingerprint": synthetic_faces.fingerprint, "date": "2025"})
     found = analysis.model_predictions(records.load_records(), synthetic_faces, "smoke")
     assert list(found) == ["t m (kept)"]
@@ -219,3 +219,8 @@ def test_the_leak_table_scores_each_model_with_and_without_the_leaked_faces():
     assert (row["faces"], row["leaked"]) == (4, 2)
     assert (row["MAE"], row["MAE without them"], row["MAE on them"]) == (3.0, 4.5, 1.5)
     assert row["change"] == -1.5  # the leak flattered the MAE by 1.5 years
+
+
+def test_no_runs_yet_give_empty_tables_not_errors():
+    assert analysis.summary({}).empty and "MAE" in analysis.summary({}).columns
+    assert analysis.leak_table({}, set()).empty and analysis.old_age_table({}).empty

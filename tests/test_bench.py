@@ -151,7 +151,8 @@ def bench_result(device="NVIDIA H100", mode="full", typical=1000.0, resident=350
              "train_img_per_s": v} for p, v in [("typical", typical), ("resident", resident)]]
     return {"device": {"type": "cuda", "name": device}, "mode": mode, "date": date,
             "data": {"name": "UTKFace (128 px WebP pack)", "real": True, "n_images": 14591},
-            "settings": {"batch_size": 256}, "results": rows, "latency": []}
+            "settings": {"batch_size": 256, "amp": "bfloat16", "channels_last": True,
+                         "compile": False, "sdpa": True}, "results": rows, "latency": []}
 
 
 def test_speed_table_compares_each_pipeline_with_the_typical_one():
@@ -169,7 +170,8 @@ def test_saved_benches_load_back_and_make_the_readme_table(tmp_path):
     assert len(runs) == 2
     table = bench.readme_bench_table(runs)
     assert ("| cuda (NVIDIA H100) | full | UTKFace (128 px WebP pack) | resnet18 | 128 | 256 | "
-            "resident | 7,000 | 3,500 | 3.50× | 2026-11-23 |") in table  # the data says what was decoded
+            "bfloat16, channels-last | resident | 7,000 | 3,500 | 3.50× | 2026-11-23 |"
+            ) in table  # the data says what was decoded
     assert "2026-11-22" not in table  # the later run of the same device and mode replaced it
     assert len(table.splitlines()) == 2 + 2  # header, rule, two pipelines
     assert "no full-mode bench recorded" in bench.readme_bench_table([])
@@ -177,6 +179,21 @@ def test_saved_benches_load_back_and_make_the_readme_table(tmp_path):
     assert bench.readme_bench_table(runs + [smoke]) == table  # a smoke bench is a check, not a row
     text = f"a\n{bench.BENCH_START}\nold\n{bench.BENCH_END}\nb"
     assert bench.readme_with_bench(text, runs) == f"a\n{bench.BENCH_START}\n{table}\n{bench.BENCH_END}\nb"
+
+
+def test_a_compiled_bench_and_one_without_the_data_column_are_rows_of_their_own():
+    eager = bench_result(date="2026-11-23")
+    compiled = bench_result(resident=9000.0, date="2026-11-24")
+    compiled["settings"] = {**compiled["settings"], "compile": "max-autotune"}
+    no_data = bench_result(date="2026-11-25")
+    no_data["settings"] = {**no_data["settings"], "batch_size": 128}
+    for row in no_data["results"]:
+        row.pop("data_img_per_s")  # saved with --no-data-only
+    table = bench.readme_bench_table([eager, compiled, no_data])
+    assert "| bfloat16, channels-last | resident | 7,000 | 3,500 |" in table  # eager, kept
+    assert "| bfloat16, channels-last, compiled (max-autotune) | resident |" in table
+    assert "| 128 | bfloat16, channels-last | resident |  | 3,500 |" in table
+    assert len(table.splitlines()) == 2 + 6
 
 
 # --------------------------------------------------------------------------- the latency table
@@ -258,7 +275,9 @@ def test_a_later_bench_of_one_model_does_not_hide_another_models_rows():
     table = bench.readme_bench_table([bench_result(), hybrid, rerun])
     rows = table.splitlines()[2:]
     assert len(rows) == 4  # two models x two pipelines, each its latest
-    assert any("hybrid_paper | 224 | 256 | resident |" in r and "5,400 | 5.40×" in r for r in rows)
-    assert any("resnet18 | 128 | 256 | resident |" in r and "4,000 | 4.00× | 2026-11-25" in r
+    assert any("hybrid_paper | 224 | 256 | bfloat16, channels-last | resident |" in r
+               and "5,400 | 5.40×" in r for r in rows)
+    assert any("resnet18 | 128 | 256 | bfloat16, channels-last | resident |" in r
+               and "4,000 | 4.00× | 2026-11-25" in r
                for r in rows)
     assert "3,500" not in table  # the older resnet18 run was replaced row by row

@@ -267,6 +267,38 @@ def test_runs_of_one_backbone_with_other_settings_are_other_models():
     assert "| resnet18 |" in text and "| resnet18 [depth=2, embed_dim=80] |" in text
 
 
+def test_runs_told_apart_only_by_their_recipe_are_not_seeds_of_one_setting():
+    def run(seed, mae, lr, **config):
+        return record(seed, mae, config={"lr": lr, "model": {}, **config})
+
+    sweep = records.report_table(pd.DataFrame([run(0, 6.0, 1e-3), run(1, 20.0, 1e-2)]))
+    assert sorted(sweep["test_mae"]) == [6.0, 20.0] and set(sweep["runs"]) == {1}
+    text = records.to_markdown(sweep)
+    assert "| resnet18 · lr=0.001 |" in text and "| resnet18 · lr=0.01 |" in text
+    # a field an older record lacks counts as its default; speed switches are not the recipe
+    old = record(0, 6.0, config={"model": {}})
+    new = record(1, 8.0, config={"model": {"drop_rate": 0.0}, "balance": 0.0, "compile": True})
+    same = records.report_table(pd.DataFrame([old, new]))
+    assert same["runs"].tolist() == [2] and same["recipe_note"].tolist() == [""]
+    # stages started from a checkpoint of their own seed are seeds of one setting
+    staged = [record(s, 6.0 + s, config={"model": {}, "init_from": {"cnn": f"cnn-s{s}.pt"}})
+              for s in (0, 1)]
+    assert records.report_table(pd.DataFrame(staged))["runs"].tolist() == [2]
+
+
+def test_per_seed_refuses_to_pair_runs_of_different_settings():
+    table = pd.DataFrame([record(0, 6.0), record(0, 9.0, loss="mse")])
+    with pytest.raises(ValueError, match="resnet18 .no variant. with one seed differ in loss"):
+        records.per_seed(table, tag="ch02")
+
+
+def test_an_undated_record_counts_as_the_older_one():
+    undated = record(0, 9.0)
+    undated.pop("date")
+    report = records.report_table(pd.DataFrame([record(0, 6.0), undated]))
+    assert report["test_mae"].tolist() == [6.0]
+
+
 def test_code_version_names_agelibs_version_and_the_commit():
     version = records.code_version()
     # "0.1.0", or from a git checkout "0.1.0+1a2b3c4" ("+1a2b3c4.dirty" with edits)
@@ -276,8 +308,8 @@ def test_code_version_names_agelibs_version_and_the_commit():
 def test_two_records_with_the_same_id_are_both_kept(tmp_path):
     from agelib import records
 
-    first = records.save_record({"id": "same", "test_mae": 1.0}, tmp_path)
-    second = records.save_record({"id": "same", "test_mae": 2.0}, tmp_path)
+    first = records.save_record(record(test_mae=1.0, id="same"), tmp_path)
+    second = records.save_record(record(test_mae=2.0, id="same"), tmp_path)
     assert first != second and len(list(tmp_path.glob("*.json"))) == 2
     assert sorted(records.load_records(tmp_path)["test_mae"]) == [1.0, 2.0]
 
@@ -326,10 +358,12 @@ def test_a_bad_record_is_skipped_by_name_and_a_missing_folder_is_an_error(tmp_pa
     records.save_record(record(0, 6.0), tmp_path)
     (tmp_path / "cut-short.json").write_text('{"tag": "ch02",\n')
     (tmp_path / "a-list.json").write_text("[1, 2]")
+    (tmp_path / "notes.json").write_text('{"note": "scratch"}')  # JSON, but not a run record
     with pytest.warns(UserWarning) as caught:
         found = records.load_records(tmp_path)
     said = " ".join(str(w.message) for w in caught)
     assert len(found) == 1 and "skipped cut-short.json" in said and "skipped a-list.json" in said
+    assert "skipped notes.json: not a run record (it has no backbone, mode, tag, test_mae)" in said
     with pytest.warns(UserWarning):
         assert cli.main(["report", "--results", str(tmp_path)]) == 0
     assert "6.00" in capsys.readouterr().out

@@ -207,6 +207,9 @@ def test_write_readme_refuses_records_that_are_not_the_committed_ones(tmp_path, 
     assert cli.main(["report", "--write-readme", "--results", str(tmp_path)]) == 2  # empty
     assert "no run record" in capsys.readouterr().err
     assert readme.read_bytes() == before
+    monkeypatch.setattr(settings, "repo_root", lambda: None)  # agelib installed, no checkout
+    assert cli.main(["report", "--write-readme"]) == 2
+    assert "rewrites the course's README.md" in capsys.readouterr().err
 
 
 def test_readme_results_block_is_generated_from_the_committed_records():

@@ -154,7 +154,8 @@ def test_report_without_records_says_so(tmp_path, capsys):
     (tmp_path / "none").mkdir()
     assert cli.main(["report", "--results", str(tmp_path / "none")]) == 0
     assert capsys.readouterr().out.strip() == "_no run records yet_"
-    records.save_record({"id": "r1", "tag": "ch02"}, tmp_path / "some")
+    records.save_record({"id": "r1", "tag": "ch02", "backbone": "resnet18", "mode": "smoke",
+                        "test_mae": 9.0}, tmp_path / "some")
     assert cli.main(["report", "--results", str(tmp_path / "some"), "--tag", "mine"]) == 0
     assert capsys.readouterr().out.strip() == ("_no run record matches --tag mine; the 1 "
                                                "records have the tags: ch02_")

@@ -88,6 +88,28 @@ def test_course_table_stitches_a_run_split_over_calls_on_one_device():
     assert stitched["device"] == gpu and stitched["dates"] == ["2026-11-24"]
 
 
+def test_a_chapter_re_run_at_another_length_is_not_stitched_into_the_course():
+    course_run = run_record("full", [60, 120], device="cuda (H100)", date="2026-11-24T00:00:00")
+    short = {**run_record("full", [5], device="cuda (H100)", date="2026-11-25T00:00:00"),
+             "epochs": 2}
+    stitched = course.latest_times([course_run, short], "full")
+    assert stitched["epochs"] == [2] and stitched["total_seconds"] == 5  # the latest length only
+    assert "(2/" not in course.course_run_table([course_run, short])
+
+
+def test_a_cut_short_course_record_is_skipped_by_name(tmp_path):
+    (tmp_path / "20261124-000000-full.json").write_text(json.dumps(run_record("full", [60])))
+    (tmp_path / "20261125-000000-full.json").write_text('{"mode": "full", "dev')
+    with pytest.warns(UserWarning, match="skipped 20261125-000000-full.json"):
+        runs = course.load_course_runs(tmp_path)
+    assert len(runs) == 1
+
+
+def test_a_failed_chapters_error_is_kept_without_terminal_colours():
+    coloured = "\x1b[0;31mValueError\x1b[0m: \x1b[1mno faces\x1b[0m\n"
+    assert course._plain(coloured) == "ValueError: no faces"
+
+
 def test_readme_course_block_is_regenerated_between_its_markers():
     text = f"intro\n{course.COURSE_START}\nold\n{course.COURSE_END}\nrest"
     out = course.readme_with_course_runs(text, [run_record("smoke", [5])])
@@ -108,10 +130,12 @@ def test_the_pending_chapters_are_those_whose_latest_run_on_this_device_failed_o
             run(here, "full", {1: False, 2: True}),       # a later attempt decides
             run("cuda (another GPU)", "full", {3: True}),  # another device does not count
             run(here, "smoke", {4: True}),                 # nor does another mode
-            run(here, "full", {5: True}, epochs=2)]        # nor a shorter course
+            run(here, "full", {5: True}, epochs=2),        # nor a shorter course
+            {**run(here, "full", {6: True}), "data": "synthetic"}]  # nor a check on synthetic faces
     pending = course.pending_chapters(runs, here, epochs=20)
     assert "05" in pending and "05" not in course.pending_chapters(runs, here)
     assert pending[:3] == ["01", "03", "04"] and "00" not in pending and "02" not in pending
+    assert "06" in pending
     assert len(pending) == len(course.CHAPTERS) - 2
     (results / "course").mkdir(parents=True)
     for i, r in enumerate(runs):

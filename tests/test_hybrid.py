@@ -143,3 +143,17 @@ def test_hybrids_run_at_sizes_that_are_not_multiples_of_32(name, size):
     assert model.backbone.cnn_grid == (size // 32, size // 32)
     with torch.no_grad():
         assert tuple(model(torch.randn(2, 3, size, size)).shape) == (2,)
+
+
+def test_cross_attention_without_fused_attention_computes_the_same():
+    from agelib import bench
+
+    torch.manual_seed(0)
+    fused = hybrid.CrossAttention(32, 4).eval()
+    with bench.fused_attention(False):
+        plain = hybrid.CrossAttention(32, 4).eval()
+    assert fused.fused_attn and not plain.fused_attn
+    plain.load_state_dict(fused.state_dict())  # same weights, same checkpoint keys
+    x, context = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x, context), fused(x, context), atol=1e-5, rtol=1e-5)

@@ -291,6 +291,25 @@ def test_cam_figure_has_a_row_per_model():
         interpret.cam_figure(images, {"vit": maps["vit"][:2]})
 
 
+def test_float_faces_draw_as_uint8_faces_do():
+    images = faces(2, 16)
+    maps = {"cnn": np.random.default_rng(0).random((2, 16, 16))}
+    drawn = []
+    for version in (images, images / 255.0):  # floats in [0, 1]: the same picture
+        fig = interpret.cam_figure(version, maps)
+        drawn.append([ax.images[0].get_array() for ax in fig.axes[:4]])
+        plt.close(fig)
+    for uint8, floats in zip(*drawn):
+        np.testing.assert_array_equal(np.asarray(uint8), np.asarray(floats))
+
+
+def test_as_batch_takes_torch_uint8_faces_and_float64_batches():
+    images = faces(2, 16)
+    expected = interpret.as_batch(images)
+    torch.testing.assert_close(interpret.as_batch(torch.from_numpy(images)), expected)
+    assert interpret.as_batch(expected.double().numpy()).dtype == torch.float32
+
+
 @pytest.mark.parametrize("config, grid", [
     (models.ModelConfig("resnet18", img_size=96), (3, 3)),
     (vit(96, reg_tokens=4), (6, 6)),

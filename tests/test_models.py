@@ -369,6 +369,20 @@ def test_an_ordinal_head_refuses_a_hidden_layer_it_would_ignore(head):
     assert models.named_config("hybrid_atto", head=head).hidden is None
 
 
+def test_an_age_range_on_a_head_with_classes_is_refused():
+    with pytest.raises(ValueError, match="min_age and num_classes instead"):
+        models.create_model(models.ModelConfig("resnet18", head="classification", age_range=(20, 40)))
+
+
+@pytest.mark.parametrize("name", ["pit_ti_224", "levit_128s"])
+def test_timm_models_fixed_at_one_size_are_built_for_the_runs_size(name):
+    # neither is in SIZE_DEPENDENT: the meta-device probe finds they need img_size
+    model = models.create_model(models.ModelConfig(name, img_size=64)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape[0] == 1
+    assert not models._built_for_one_size("resnet18", 64, {})  # a CNN is built as it is
+
+
 # --------------------------------------------------------------------------- pretrained inputs
 def test_renormalize_turns_imagenet_inputs_into_what_other_weights_expect():
     from agelib.data.loaders import IMAGENET_MEAN, IMAGENET_STD
