@@ -535,13 +535,11 @@ def save_bench(result: dict, folder: Path | None = None) -> Path:
 
 
 def load_bench_runs(folder: Path | None = None) -> list[dict]:
-    """Every saved bench result, oldest first."""
-    import json
-
+    """Every saved bench result, oldest first (a file that is not one is skipped, by name)."""
     from . import records
 
     folder = Path(folder) if folder else records.results_dir() / "bench"
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return records.read_json_folder(folder, "bench result", ("device", "mode", "settings"))
 
 
 def speed_table(result: dict) -> "pd.DataFrame":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,19 +242,7 @@ def load_course_runs(folder: Path | None = None) -> list[dict]:
     from . import records
 
     folder = folder or records.results_dir() / "course"
-    runs = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            run = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as err:
-            warnings.warn(f"skipped {path.name}: not a readable course-run record ({err}); fix or "
-                          "delete it", stacklevel=2)
-            continue
-        if not (isinstance(run, dict) and {"mode", "device", "chapters"} <= run.keys()):
-            warnings.warn(f"skipped {path.name}: not a course-run record", stacklevel=2)
-            continue
-        runs.append(run)
-    return runs
+    return records.read_json_folder(folder, "course-run record", ("mode", "device", "chapters"))
 
 
 def latest_times(runs: list[dict], mode: str) -> dict | None:

@@ -169,24 +169,33 @@ def load_records(folder: str | Path | None = None) -> pd.DataFrame:
     A file that is not a readable record (cut short by a crash, edited by hand) is
     skipped with a warning that names it, so one bad file never hides all the others.
     """
-    folder = Path(folder) if folder else results_dir()
-    rows = []
+    rows = read_json_folder(Path(folder) if folder else results_dir(), "run record", _CORE)
+    return pd.DataFrame(rows, columns=None if rows else COLUMNS)
+
+
+def read_json_folder(folder: Path, kind: str, needs: tuple[str, ...]) -> list[dict]:
+    """The JSON objects of ``folder/*.json`` (by file name) that have the fields ``needs``.
+
+    Any other file (unreadable, cut short, not an object, another kind of JSON) is skipped
+    with a warning that names it and says what to do: one bad file never hides the rest.
+    """
+    found = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             row = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, OSError) as err:
-            warnings.warn(f"skipped {path.name}: not a readable run record ({err}); fix or "
-                          "delete it", stacklevel=2)
+            warnings.warn(f"skipped {path.name}: not a readable {kind} ({err}); fix or "
+                          "delete it", stacklevel=3)
             continue
         if not isinstance(row, dict):
-            warnings.warn(f"skipped {path.name}: a run record is a JSON object", stacklevel=2)
+            warnings.warn(f"skipped {path.name}: a {kind} is a JSON object", stacklevel=3)
             continue
-        if missing := sorted(set(_CORE) - row.keys()):
-            warnings.warn(f"skipped {path.name}: not a run record (it has no {', '.join(missing)}); "
-                          "move it out of the results folder", stacklevel=2)
+        if missing := sorted(set(needs) - row.keys()):
+            warnings.warn(f"skipped {path.name}: not a {kind} (it has no {', '.join(missing)}); "
+                          f"move it out of '{folder.name}/'", stacklevel=3)
             continue
-        rows.append(row)
-    return pd.DataFrame(rows, columns=None if rows else COLUMNS)
+        found.append(row)
+    return found
 
 
 def report_table(table: pd.DataFrame, tag: str | None = None, latest_only: bool = True
