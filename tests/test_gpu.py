@@ -20,17 +20,40 @@ MODE = tiny_mode()
 def test_resident_images_move_to_the_gpu_once(synthetic_faces):
     dls = data.face_dataloaders(synthetic_faces, mode=MODE, size=32, device="cuda")
     assert dls.train.dataset.images.is_cuda and dls.train.dataset.images.dtype == torch.uint8
+    where = dls.train.dataset.images.data_ptr()
+    for x, y in dls.train:  # a whole epoch: batches are cut from the resident tensor
+        assert x.is_cuda and y.is_cuda and x.dtype == torch.float32
     x, y = dls.train.one_batch()
-    assert x.is_cuda and y.is_cuda and x.dtype == torch.float32
+    assert dls.train.dataset.images.data_ptr() == where  # never copied again
 
 
-def test_training_on_the_gpu_records_the_device_and_learns(synthetic_faces, results):
+class ProbeFastPath(training.Callback):
+    """What a training step really ran: the first convolution's output dtype (autocast),
+    its weights' memory layout (channels-last) and whether AdamW was the fused one."""
+
+    def before_fit(self):
+        self.conv = next(m for m in self.learn.model.modules() if isinstance(m, torch.nn.Conv2d))
+        self.dtypes = set()
+        self.hook = self.conv.register_forward_hook(
+            lambda module, inputs, out: self.dtypes.add(out.dtype) if self.training else None)
+
+    def after_fit(self):
+        self.hook.remove()
+        self.channels_last = self.conv.weight.is_contiguous(memory_format=torch.channels_last)
+        self.fused = all(g.get("fused") for g in self.learn.opt.opt.param_groups)
+
+
+def test_training_on_the_gpu_takes_the_fast_path_and_learns(synthetic_faces, results):
     cfg = training.TrainConfig(model=models.ModelConfig("test_resnet"), loss="l1", epochs=2,
                                image_size=32, lr=3e-3)
+    probe = ProbeFastPath()
     run = training.train_age_model(cfg, faces=synthetic_faces, mode=MODE, device="cuda",
-                                   verbose=False)
+                                   verbose=False, cbs=[probe])
     assert run.record["device"].startswith("cuda (")
     assert next(run.model.parameters()).is_cuda
+    half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    assert probe.dtypes == {half}  # autocast really ran, on every training batch
+    assert probe.channels_last and probe.fused
     assert run.record["test_mae"] < 60  # finite and in years: bf16 autocast did not break it
 
 
