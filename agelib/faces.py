@@ -96,8 +96,8 @@ def open_photo(source: str | Path | bytes | Image.Image | np.ndarray,
     files are usually decompression bombs, small files that expand to gigabytes.
     """
     label = name or (f"'{Path(source).name}'" if isinstance(source, (str, Path)) else "the photo")
-    if isinstance(source, Image.Image):
-        image = source
+    if isinstance(source, Image.Image):  # opened lazily, maybe: decoded here all the same
+        image = _decode(source, label)
     elif isinstance(source, np.ndarray):
         if source.ndim == 3 and source.shape[2] == 1:  # one channel kept as an axis
             source = source[:, :, 0]
@@ -129,11 +129,12 @@ def _checked_path(path: Path, label: str) -> Path:
 
 
 def _decode(fp, label: str) -> Image.Image:
-    """Decode fully now, so a damaged file fails here with a message, not later."""
+    """Decode fully now, so a damaged file fails here with a message, not later (``fp``: a
+    file, or a Pillow image that ``Image.open`` opened lazily and has not read yet)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(fp)
+            image = fp if isinstance(fp, Image.Image) else Image.open(fp)
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UnreadablePhoto(
@@ -296,13 +297,14 @@ def measure_template(faces, n: int = 1000, seed: int = 1, pad: float = 0.25,
 
 
 def latest_template_record(data: str = "UTKFace") -> dict | None:
-    """The newest :func:`measure_template` record of ``data`` in the results, if any."""
-    import json
-
+    """The newest :func:`measure_template` record of ``data`` in the results, if any (by
+    the record's own ``data``: a file name ending in ``-UTKFace`` may be ``my-UTKFace``'s)."""
     from . import records
 
-    paths = sorted((records.results_dir() / "landmarks").glob(f"*-{data}.json"))
-    return json.loads(paths[-1].read_text(encoding="utf-8")) if paths else None
+    found = records.read_json_folder(records.results_dir() / "landmarks", "landmark record",
+                                     ("data", "template", "date"))
+    ours = sorted((r for r in found if r["data"] == data), key=lambda r: r["date"])
+    return ours[-1] if ours else None
 
 
 def no_face_message(name: str = "the photo", min_prob: float = 0.9) -> str:

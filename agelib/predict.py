@@ -174,7 +174,7 @@ def ensemble_interval(ages: np.ndarray, level: float = 0.8
 
     A normal approximation: with a handful of models, the empirical quantiles would
     just be the smallest and largest prediction. Few models make a rough sd. Ages
-    are not negative, so neither end goes below 0.
+    are not negative, so neither the mean nor the interval goes below 0.
 
     >>> mean, low, high = ensemble_interval(np.array([[30.0], [34.0], [38.0]]), level=0.8)
     >>> mean, low.round(2), high.round(2)
@@ -186,8 +186,8 @@ def ensemble_interval(ages: np.ndarray, level: float = 0.8
         raise ValueError(f"an ensemble interval needs (models, faces) ages from at least 2 "
                          f"models, got shape {ages.shape}")
     z = NormalDist().inv_cdf((1 + level) / 2)
-    mean, sd = ages.mean(0), ages.std(0, ddof=1)
-    return mean, np.maximum(mean - z * sd, 0.0), np.maximum(mean + z * sd, 0.0)
+    mean, sd = np.maximum(ages.mean(0), 0.0), ages.std(0, ddof=1)
+    return mean, np.maximum(mean - z * sd, 0.0), mean + z * sd
 
 
 def _check_level(level: float) -> None:
@@ -237,15 +237,20 @@ def estimate_ages(estimators: list[AgeEstimator], crops: list[Image.Image], leve
     if not crops:
         raise ValueError("no face crops given; detect faces first (agelib.faces.detect_faces)")
     runs = [(e.model.head, *_run(e, crops)) for e in estimators]
-    ages = np.stack([a.numpy() for _, _, a in runs])  # (M, N)
+    # a regression head can say -1 for a baby: no age is negative, and no interval (clipped
+    # at 0) may leave out the age it goes with
+    ages = np.maximum(np.stack([a.numpy() for _, _, a in runs]), 0.0)  # (M, N)
     dists = [age_distribution(head, out) for head, out, _ in runs]
     ranges = {(head.min_age, d.shape[1]) if d is not None else None for (head, _, _), d
               in zip(runs, dists)}
     if None not in ranges and len(ranges) == 1:  # all give distributions over the same ages
         mixture = torch.stack(dists).mean(0)  # (N, K): the ensemble's averaged belief
         low, high = central_interval(mixture, level, min_age=next(iter(ranges))[0])
-        return AgeEstimates(ages.mean(0), low.numpy(), high.numpy(), "distribution",
-                            mixture.numpy())
+        age = ages.mean(0)  # the expected age, as evaluation scores it
+        # a very skewed belief (most of it on 0-2, a long tail) can put its mean outside its
+        # central interval: widened to hold the age shown, never "age 7 (0-2)"
+        return AgeEstimates(age, np.minimum(low.numpy(), age), np.maximum(high.numpy(), age),
+                            "distribution", mixture.numpy())
     if len(runs) >= 2:
         return AgeEstimates(*ensemble_interval(ages, level), "ensemble", None)
     return AgeEstimates(ages[0], None, None, "none", None)

@@ -50,6 +50,24 @@ def test_a_recoded_copy_is_found_and_distinct_photos_are_not():
     assert (pairs.loc[0, "age_a"], pairs.loc[0, "age_b"]) == (27, 33)
 
 
+def jpeg(im: Image.Image, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def test_a_harsh_copy_is_paired_though_only_it_has_the_others_among_its_closest():
+    base = photo(3)
+    clean = [np.asarray(base), jpeg(base, 95), jpeg(base, 90)]  # closest to one another
+    others = [np.asarray(photo(100 + i)) for i in range(10)]
+    harsh = jpeg(Image.fromarray(recoded(base)), 20)
+    faces = Stub(clean + others + [harsh], ages=[30] * 14)
+    pairs = data.near_copies(faces, neighbours=2, min_corr=0.9)
+    harsh_sha1 = f"{13:040x}"
+    assert (pairs["sha1_b"] == harsh_sha1).sum() == 2  # the clean copies never list it
+    assert len(pairs) == 3 + 2 and not pairs.duplicated(["sha1_a", "sha1_b"]).any()
+
+
 def test_leaked_test_faces_are_those_with_a_copy_on_the_other_side():
     pairs = pd.DataFrame({"sha1_a": ["a", "c", "e"], "sha1_b": ["b", "d", "f"],
                           "corr": [0.99] * 3, "age_a": [1] * 3, "age_b": [1] * 3})
@@ -57,6 +75,8 @@ def test_leaked_test_faces_are_those_with_a_copy_on_the_other_side():
                        "e": "test", "f": "valid"})
     assert len(data.across_splits(pairs, split)) == 2
     assert data.leaked_test_faces(pairs, split) == {"b", "e"}
+    stale = split.drop("a")  # a split that does not hold "a": its pair crosses nothing
+    assert data.leaked_test_faces(pairs, stale) == {"e"}
 
 
 def test_thumbnails_ignore_brightness_and_refuse_odd_sizes():

@@ -75,6 +75,9 @@ def test_a_table_without_its_columns_says_which(tmp_path, home):
         sources.load_table(tmp_path / "t.csv")
     with pytest.raises(FileNotFoundError, match="columns file and age"):
         sources.load_table(tmp_path / "absent.csv")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match="empty.csv' is empty: give a CSV whose first line"):
+        sources.load_table(tmp_path / "empty.csv")
     pd.DataFrame({"file": ["a.jpg"], "age": [3]}).to_csv(tmp_path / "none.csv", index=False)
     with pytest.raises(ValueError, match="No usable image in the table.*a.jpg: no such file"):
         sources.load_table(tmp_path / "none.csv")

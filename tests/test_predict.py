@@ -127,6 +127,9 @@ def test_a_template_record_says_what_was_measured(synthetic_faces, results):
     assert np.array(record["template"]).shape == (5, 2)
     assert faces.latest_template_record("synthetic") == record
     assert faces.latest_template_record("UTKFace") is None  # none in this results folder
+    mine = {**record, "data": "my-UTKFace"}  # a file name that ends in -UTKFace.json
+    (results / "landmarks" / "20991231-000000-my-UTKFace.json").write_text(json.dumps(mine))
+    assert faces.latest_template_record("UTKFace") is None
     with pytest.raises(ValueError, match="at least one image"):
         faces.measure_template(synthetic_faces, n=0)
 
@@ -184,6 +187,8 @@ def test_unreadable_photos_say_why(tmp_path):
             faces.open_photo(source)
     with pytest.raises(faces.UnreadablePhoto, match="cannot open a int"):
         faces.open_photo(42)
+    with pytest.raises(faces.UnreadablePhoto, match="damaged or incomplete"):
+        faces.open_photo(Image.open(tmp_path / "cut.jpg"))  # opened lazily by the caller
 
 
 def test_any_pillow_mode_becomes_rgb(tmp_path):
@@ -260,6 +265,8 @@ def test_ensemble_interval_is_mean_plus_minus_z_sd():
     assert mean.tolist() == [34.0, 10.0] and low[1] == high[1] == 10.0
     assert np.isclose(high[0] - mean[0], 1.2816 * 4, atol=1e-3)
     assert predict.ensemble_interval(np.array([[1.0], [9.0]]))[1][0] == 0.0  # never below 0
+    mean, low, high = predict.ensemble_interval(np.array([[-2.0], [-1.0]]))  # a baby, badly
+    assert mean[0] == 0.0 and low[0] <= mean[0] <= high[0]  # no negative age, held inside
     with pytest.raises(ValueError, match="at least 2"):
         predict.ensemble_interval(ages[:1])
 
@@ -284,6 +291,30 @@ def test_the_interval_kind_follows_the_models(found):
         if dist is not None:
             assert dist.shape == (2, 117) and np.allclose(dist.sum(1), 1, atol=1e-5)
             assert (low <= ages + 1).all() and (ages - 1 <= high).all()
+
+
+def biased(head: str, bias: torch.Tensor) -> models.AgeModel:
+    """A model whose head ignores the face and says ``bias`` (its last layer's)."""
+    model = tiny(head)
+    last = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(bias)
+    return model
+
+
+def test_the_age_shown_is_never_negative_nor_outside_its_interval(found):
+    crops = [found["astronaut"][0].crop]
+    as_estimator = lambda m: predict.AgeEstimator(m, 32)  # noqa: E731
+    baby = biased("regression", torch.tensor([-1.5]))
+    alone = predict.estimate_ages([as_estimator(baby)], crops)
+    assert alone.ages[0] == 0.0
+    # a belief with 90% on ages 0-2 and a long tail: its mean (about 6.7) is past its
+    # central 80% (0-2), so the interval is widened to hold it
+    logits = torch.full((117,), -10.0)
+    logits[:3], logits[3:] = np.log(0.3), np.log(0.1 / 114)
+    skewed = predict.estimate_ages([as_estimator(biased("classification", logits))], crops)
+    assert skewed.ages[0] > 5 and skewed.low[0] <= skewed.ages[0] <= skewed.high[0]
 
 
 def test_estimates_have_names_and_need_crops(found):

@@ -192,7 +192,12 @@ def load_table(table: str | os.PathLike | pd.DataFrame, root: str | os.PathLike 
         if not path.is_file():
             raise FileNotFoundError(f"No table of labels at '{path}': give a CSV with the "
                                     "columns file and age (gender, race optional)")
-        rows = pd.read_csv(path, dtype=str, keep_default_na=False)
+        try:
+            rows = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"'{path}' is empty: give a CSV whose first line names its columns "
+                             "(file,age and optionally gender,race), then one line per photo"
+                             ) from None
         root = Path(root) if root is not None else path.parent
         name = name or path.parent.resolve().name
     missing = {"file", "age"} - set(rows.columns)
