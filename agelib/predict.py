@@ -49,6 +49,7 @@ class AgeEstimator:
     model: models.AgeModel
     size: int
     name: str = "model"
+    record: dict | None = None  # how it was trained (a checkpoint's or training's run record)
 
 
 @dataclass
@@ -94,18 +95,32 @@ def load_estimators(models_or_checkpoints, size: int | None = None) -> list[AgeE
     return [_estimator(item, size) for item in items]
 
 
+def caveat(estimators: list[AgeEstimator]) -> str | None:
+    """What a reader of these ages must know first, when the models were trained only to
+    check the code (smoke mode) or on the synthetic faces: their ages mean nothing yet."""
+    weak = [(e.name, r) for e in estimators if (r := e.record)
+            and (r.get("mode") == "smoke" or r.get("data_real") is False)]
+    if not weak:
+        return None
+    why = "; ".join(f"{name}: {'SMOKE mode' if r.get('mode') == 'smoke' else r.get('mode')}, "
+                    f"{'real' if r.get('data_real') else 'SYNTHETIC'} faces" for name, r in weak)
+    return (f"these ages are not estimates yet ({why}): a smoke run only checks that the code "
+            "works. Train in full mode on real faces for ages worth reading.")
+
+
 def _estimator(item, size: int | None) -> AgeEstimator:
     if isinstance(item, AgeEstimator):
         return item
     if isinstance(item, (str, Path)):
         model, payload = checkpoints.load_checkpoint(item)
         found = checkpoints.trained_size(payload, model) or size
-        return AgeEstimator(model, _checked_size(found, Path(item).name), Path(item).name)
+        return AgeEstimator(model, _checked_size(found, Path(item).name), Path(item).name,
+                            payload.get("record"))
     if isinstance(getattr(item, "model", None), models.AgeModel):  # a training.TrainResult
         record = getattr(item, "record", {}) or {}
         return AgeEstimator(item.model, _checked_size(size or record.get("image_size"),
                                                       "the training result"),
-                            record.get("backbone", "model"))
+                            record.get("backbone", "model"), record or None)
     if isinstance(item, models.AgeModel):
         return AgeEstimator(item, _checked_size(size or item.config.img_size, "the model"),
                             item.config.backbone)

@@ -194,6 +194,16 @@ def test_checkpoint_without_a_size_asks_for_one(tmp_path):
         export.export_checkpoint(path, tmp_path / "x.onnx")
 
 
+def test_a_bare_export_name_lands_beside_the_checkpoints(checkpoint, tmp_path, monkeypatch,
+                                                         capsys):
+    monkeypatch.setenv("AGELIB_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["export", "--checkpoint", str(checkpoint), "--out", "tiny.onnx"]) == 0
+    assert (tmp_path / "home" / "checkpoints" / "tiny.onnx").is_file()
+    assert not (tmp_path / "tiny.onnx").exists()  # not wherever the command ran
+    assert "wrote home/checkpoints/tiny.onnx (onnx)" in capsys.readouterr().out
+
+
 def test_export_never_overwrites_a_checkpoint(checkpoint, tmp_path, capsys):
     """`.pt` names both checkpoints and TorchScript files: `--out` equal to the checkpoint
     (or naming another checkpoint) would replace trained weights with an export."""

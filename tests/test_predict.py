@@ -39,8 +39,9 @@ def files(tmp_path_factory):
     """Tiny checkpoints and awkward photos on disk, for the CLI."""
     base = tmp_path_factory.mktemp("predict")
     for head in ("classification", "regression"):
+        smoke = {"mode": "smoke", "data_real": False} if head == "regression" else None
         checkpoints.save_checkpoint(tiny(head), base / f"{head}.pt",
-                                    train_config={"image_size": 32})
+                                    train_config={"image_size": 32}, record=smoke)
     noise = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
     Image.fromarray(noise).save(base / "noise.png")
     (base / "notes.jpg").write_text("this is not a picture\n")
@@ -408,7 +409,16 @@ def test_cli_predict_on_the_shipped_portraits(runs):
     assert "grace_hopper.jpg: 1 face(s)" in result.stdout
     assert "astronaut.png: 1 face(s)" in result.stdout
     assert result.stdout.count("  face 1: box (") == 2
-    assert "no interval: a single regression model" in result.stdout
+    assert result.stdout.count("no interval: a single regression model") == 1  # said once
+    assert "regression.pt: SMOKE mode, SYNTHETIC faces" in result.stderr  # said first
+
+
+def test_only_models_trained_to_check_the_code_come_with_a_caveat():
+    model = tiny("regression")
+    full = predict.AgeEstimator(model, 32, "a.pt", {"mode": "full", "data_real": True})
+    smoke = predict.AgeEstimator(model, 32, "b.pt", {"mode": "smoke", "data_real": True})
+    assert predict.caveat([full]) is None and predict.caveat([predict.AgeEstimator(model, 32)]) is None
+    assert "b.pt: SMOKE mode, real faces" in predict.caveat([full, smoke])
 
 
 def test_cli_predict_refuses_a_bad_level(files, portraits, capsys):

@@ -76,7 +76,8 @@ def _fetch(url: str, out: Path) -> Path:
         raise RuntimeError(
             f"Could not download UTKFace ({err}). Download 'UTKFace.tar.gz' (Aligned & Cropped "
             f"Faces) from {PROJECT_PAGE} yourself, then run "
-            "`python -m agelib download --archive PATH/UTKFace.tar.gz`.") from None
+            "`python -m agelib download --archive PATH/UTKFace.tar.gz`, or point AGELIB_DATA at "
+            "a copy you have. Until then every chapter runs on the synthetic faces.") from None
     return out
 
 

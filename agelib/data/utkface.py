@@ -200,8 +200,8 @@ def scan_folder(folder: str | Path, workers: int | None = None) -> tuple[pd.Data
     if not folder.is_dir():
         raise FileNotFoundError(
             f"No data folder at '{folder}'. Get UTKFace with `python -m agelib download` "
-            "(or see data/README.md), then give the folder of images (AGELIB_DATA, or the "
-            "command's folder argument).")
+            "(or see data/README.md), then give the folder of images: AGELIB_DATA for the "
+            "chapters and `train`, the folder argument of `data`, --images for `evaluate`.")
     entries = sorted(e for e in os.listdir(folder) if not e.startswith("."))
     report = DataReport(folder=folder.name, n_files=len(entries))
     candidates = []
