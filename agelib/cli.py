@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import sys
+import tarfile
 from pathlib import Path
 
 from . import course, settings
@@ -47,13 +48,17 @@ def environment_info() -> dict:
     versions = settings.package_versions(PACKAGES)
     from .data import sources, utkface
 
+    asked_synthetic = os.environ.get("AGELIB_DATA", "").strip() == "synthetic"
     try:
-        found = sources.find_data()
-        data = ({"dataset": "synthetic (no UTKFace found)", "location": None,
+        found = None if asked_synthetic else sources.find_data()
+        kind = ("table of labelled photos" if found is not None and found.suffix.lower() == ".csv"
+                else "pack" if found is not None and found.is_file() else "UTKFace folder")
+        data = ({"dataset": "synthetic (asked for: AGELIB_DATA=synthetic)", "location": None}
+                if asked_synthetic else
+                {"dataset": "synthetic (no UTKFace found)", "location": None,
                  "hint": "for the real faces: `python -m agelib download` (data/README.md "
                          "says how, offline too), or set AGELIB_DATA to your UTKFace folder"}
-                if found is None else {"dataset": "pack" if found.is_file() else "UTKFace folder",
-                                       "location": found.name})
+                if found is None else {"dataset": kind, "location": found.name})
         if found is not None and found.is_dir() and not any(
                 p.name.lower().endswith(utkface.IMAGE_SUFFIXES) for p in found.iterdir()):
             data["error"] = (f"'{found.name}' holds no image: point AGELIB_DATA at the folder "
@@ -123,9 +128,11 @@ def cmd_pack(args) -> int:
     from .data import sources
 
     where = None if str(args.source) == "synthetic" else sources.find_data(args.source)
-    if where is not None and where.is_file():  # re-encoding a pack loses quality twice
+    if where is not None and where.is_file() and where.suffix.lower() != ".csv":
         raise ValueError(f"'{where.name}' is a pack already: pack the original folder instead "
-                         "(--source /path/to/UTKFace)")
+                         "(--source /path/to/UTKFace); re-encoding a pack loses quality twice")
+    if args.out:
+        _check_out(Path(args.out), "a pack", tarfile.is_tarfile, "faces.tar")
     faces = sources.load_faces(args.source)
     out = Path(args.out or settings.data_home() / "packs" / f"{faces.name}-{args.size}px.tar")
     sources.write_faces_pack(faces, args.size, out, quality=args.quality)
@@ -169,6 +176,8 @@ def cmd_export(args) -> int:
 def cmd_bench(args) -> int:
     from . import bench, data
 
+    if args.out:  # before minutes of timing, not after
+        _check_out(Path(args.out), "a bench result (JSON)", _is_bench_result, "bench.json")
     smoke = settings.smoke_mode()  # tiny defaults: a check that the bench runs, not numbers
 
     def pick(value, tiny, full):
@@ -213,7 +222,7 @@ def _write_bench(result: dict, args) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        out.write_text(json.dumps(result, indent=2), encoding="utf-8")  # checked before the bench
         print(f"wrote {out.name}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -254,8 +263,16 @@ def cmd_train(args) -> int:
                                                                ("vit", args.init_vit)) if v} or None)
     for name in filter(None, (args.init_cnn, args.init_vit, args.distill_from)):
         checkpoints.find_checkpoint(name)  # a missing start or teacher fails now, too
+    if args.out:  # a folder or someone else's file fails now, not after hours of training
+        _check_out(checkpoints.checkpoint_path(args.out), "a checkpoint",
+                   checkpoints.is_checkpoint, "model.pt")
     with torch.device("meta"):  # a typo in the model's name fails now, before any data loads
-        models.create_model(dataclasses.replace(model, pretrained=False))
+        try:
+            models.create_model(dataclasses.replace(model, pretrained=False))
+        except TypeError as err:  # e.g. --backbone-arg vit_depth=4 given to a ResNet
+            raise ValueError(f"{args.model} does not take these --backbone-arg settings "
+                             f"({err}); see `python -m agelib models` for the hybrids' "
+                             "settings, or the timm model's own arguments") from None
     sizes = {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size}
     mode = settings.run_mode(**{k: v for k, v in sizes.items() if v})  # describe what runs
     print(mode.describe())
@@ -280,6 +297,44 @@ def _shown(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+def _check_out(path: Path, what: str, ours, example: str) -> None:
+    """Refuse an ``--out`` that would end in tears: a folder (found only after the work), or
+    an existing file that is not ``what`` (``ours(path)`` says whether it is), which
+    writing would destroy. Called before any work starts."""
+    if path.is_dir():
+        raise ValueError(f"'{path}' is a folder: give --out a file name, e.g. '{path / example}'")
+    if path.exists() and not ours(path):
+        raise ValueError(f"'{path}' exists and is not {what}: --out would overwrite it. Give "
+                         "another name, or move that file first.")
+
+
+def _is_bench_result(path: Path) -> bool:
+    try:
+        return {"device", "mode", "settings"} <= json.loads(path.read_text(encoding="utf-8")).keys()
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+def _at_least(low: int):
+    """An argparse type: a whole number of at least ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+    return parse
+
+
+def _percent(text: str) -> int:
+    value = _at_least(0)(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 100, not {value}")
+    return value
 
 
 def _key_value(text: str) -> tuple[str, object]:
@@ -465,8 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pack", help="write the dataset as one small .tar of WebP images")
     p.add_argument("--source", default=None, help="folder or 'synthetic' (default: AGELIB_DATA)")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
-    p.add_argument("--quality", type=int, default=80,
+    p.add_argument("--size", type=_at_least(1), default=128, help="image side in pixels (default 128)")
+    p.add_argument("--quality", type=_percent, default=80,
                    help="WebP quality (default 80: UTKFace at 128 px in about 38 MiB)")
     p.add_argument("--out", help="output file (default: data/packs/NAME-SIZEpx.tar)")
     p.set_defaults(func=cmd_pack)
@@ -479,10 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", default="regression", help="regression|classification|coral|corn")
     p.add_argument("--loss", default="l1", help="a loss from agelib.losses (default l1)")
     p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
-    p.add_argument("--epochs", type=int, help="default: the run mode's")
+    p.add_argument("--epochs", type=_at_least(1), help="default: the run mode's")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, help="default: the run mode's")
-    p.add_argument("--image-size", type=int, help="default: the run mode's")
+    p.add_argument("--batch-size", type=_at_least(1), help="default: the run mode's")
+    p.add_argument("--image-size", type=_at_least(8), help="default: the run mode's")
     p.add_argument("--schedule", default="one_cycle", help="one_cycle|warmup_cosine|constant")
     p.add_argument("--warmup", type=float, default=0.1,
                    help="warmup_cosine: share of the steps spent warming up (default 0.1)")
@@ -531,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("landmarks", help="re-measure where the face landmarks sit on the "
                        "dataset's crops (the template photos are aligned to); writes a record")
     p.add_argument("data", nargs="?", help="dataset (default: AGELIB_DATA, else data/UTKFace)")
-    p.add_argument("--n", type=int, default=1000, help="images to measure (default 1000)")
+    p.add_argument("--n", type=_at_least(1), default=1000, help="images to measure (default 1000)")
     p.add_argument("--seed", type=int, default=1, help="which images (default 1)")
     p.add_argument("--json", action="store_true", help="print the record")
     p.set_defaults(func=cmd_landmarks)
@@ -548,8 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("course", help="execute the chapters in place, timing each (a course-run record)")
     p.add_argument("--full", action="store_true", help="full mode (default: smoke)")
     p.add_argument("--only", nargs="+", metavar="NN", help="chapters whose file starts so, e.g. 02 07")
-    p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
-    p.add_argument("--epochs", type=int, metavar="N",
+    p.add_argument("--timeout", type=_at_least(1), default=1800, help="seconds per cell")
+    p.add_argument("--epochs", type=_at_least(1), metavar="N",
                    help="default training length (AGELIB_EPOCHS): scale the course to your GPU")
     p.add_argument("--pending", action="store_true",
                    help="only list the chapters with no successful run of this mode and length "
@@ -567,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: from --out's suffix (.onnx, .pt)")
     p.add_argument("--out", required=True, help="file to write (a bare name: in <data "
                    "home>/checkpoints/, beside the checkpoints)")
-    p.add_argument("--size", type=int, help="image side (default: the checkpoint's)")
+    p.add_argument("--size", type=_at_least(8), help="image side (default: the checkpoint's)")
     p.add_argument("--input", choices=["float", "uint8"], default="float",
                    help="normalised float images (default) or uint8 pixels normalised inside")
     p.add_argument("--check", action="store_true",
@@ -577,16 +632,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="training img/s and latency, typical vs resident data")
     p.add_argument("--model", action="append", help="registered name or timm name (repeatable)")
-    p.add_argument("--size", type=int, action="append", help="image side (repeatable)")
+    p.add_argument("--size", type=_at_least(8), action="append", help="image side (repeatable)")
     p.add_argument("--pipeline", action="append", choices=["typical", "resident"],
                    help="data pipeline (repeatable; default both)")
-    p.add_argument("--batch-size", type=int, help="training batch (default 256; smoke 8)")
-    p.add_argument("--steps", type=int, help="steps per timed window (default 20; smoke 2)")
-    p.add_argument("--warmup", type=int, help="untimed steps first (default 5; smoke 1)")
-    p.add_argument("--windows", type=int, help="timed windows, median kept (default 5; smoke 2)")
-    p.add_argument("--workers", type=int,
+    p.add_argument("--batch-size", type=_at_least(1), help="training batch (default 256; smoke 8)")
+    p.add_argument("--steps", type=_at_least(1), help="steps per timed window (default 20; smoke 2)")
+    p.add_argument("--warmup", type=_at_least(0), help="untimed steps first (default 5; smoke 1)")
+    p.add_argument("--windows", type=_at_least(1), help="timed windows, median kept (default 5; smoke 2)")
+    p.add_argument("--workers", type=_at_least(0),
                    help="typical DataLoader workers (default: every core but one)")
-    p.add_argument("--images", type=int, help="training images used (default all; smoke 64)")
+    p.add_argument("--images", type=_at_least(1), help="training images used (default all; smoke 64)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision, bf16 or fp16 (default: on for CUDA)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory layout")
@@ -601,9 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-only", action="store_true",
                    help="only parameters and inference latency, no data (default models: "
                         "resnet18, convnext_tiny, vit_tiny and both hybrids at 224 px)")
-    p.add_argument("--latency-batch", type=int, action="append",
+    p.add_argument("--latency-batch", type=_at_least(1), action="append",
                    help="inference batch sizes (default 1 and 64)")
-    p.add_argument("--latency-repeats", type=int, help="timed forward passes (default 20)")
+    p.add_argument("--latency-repeats", type=_at_least(1), help="timed forward passes (default 20)")
     p.add_argument("--source", help="data: folder, pack or 'synthetic' (default AGELIB_DATA)")
     p.add_argument("--device", help="cuda, cpu or mps (default: the best available)")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")

@@ -187,10 +187,7 @@ def run_chapters(files: list[str] | None = None, full: bool = False, timeout: in
         if unknown:
             raise ValueError(f"no chapter matches {unknown}; chapters: {wanted}")
         wanted = [w for w in wanted if any(w.startswith(f) for f in files)]
-    env = {**os.environ, "AGELIB_SMOKE": "0" if full else "1"}
-    if epochs is not None:
-        env["AGELIB_EPOCHS"] = str(epochs)
-    env.pop("MPLBACKEND", None)  # "Agg" would keep every figure out of the saved outputs
+    env = kernel_env(full, epochs)
     mode = settings.SMOKE if not full else settings.FULL
     now = dt.datetime.now(dt.timezone.utc)
     real = "1" if _real_faces(env) else "0"
@@ -222,6 +219,22 @@ def _plain(text: str) -> str:
     """A kernel's error without its terminal colours (escape codes are most of a coloured
     traceback's characters, and unreadable in a record)."""
     return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text).strip()
+
+
+def kernel_env(full: bool, epochs: int | None = None) -> dict:
+    """The environment the chapters' kernels run in: the run mode, the training length, and
+    the user's paths made absolute (the kernels run in ``notebooks/``, where a relative
+    ``AGELIB_DATA=my-data`` would name another folder)."""
+    import os
+
+    env = {**os.environ, "AGELIB_SMOKE": "0" if full else "1"}
+    for name in ("AGELIB_DATA", "AGELIB_HOME", "AGELIB_RESULTS"):
+        if env.get(name) and env[name] != "synthetic":
+            env[name] = str(Path(env[name]).expanduser().resolve())
+    if epochs is not None:
+        env["AGELIB_EPOCHS"] = str(epochs)
+    env.pop("MPLBACKEND", None)  # "Agg" would keep every figure out of the saved outputs
+    return env
 
 
 def _real_faces(env: dict) -> bool:

@@ -34,7 +34,7 @@ def results_dir() -> Path:
     import os
 
     if env := os.environ.get("AGELIB_RESULTS"):
-        return Path(env)
+        return Path(env).expanduser()
     root = settings.repo_root()
     return (root / "results") if root else Path("results")
 

@@ -286,3 +286,57 @@ def test_train_finds_a_teacher_where_evaluate_would_and_refuses_a_missing_one(
     assert cli.main(["train", "--model", "hybrid_atto", "--init-cnn", "absent.pt"]) == 2
     assert "No checkpoint at 'absent.pt'" in capsys.readouterr().err
     assert training.find_checkpoint("teacher.pt") == Path("teacher.pt")
+
+
+# --------------------------------------------------------------------------- --out and numbers
+def test_out_that_is_a_folder_or_another_kind_of_file_is_refused_before_any_work(
+        tmp_path, monkeypatch, capsys):
+    from agelib import checkpoints, models, training
+
+    monkeypatch.setenv("AGELIB_DATA", str(tmp_path / "not-there"))  # any work would fail later
+    monkeypatch.setattr(training, "train_age_model", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("trained")))
+    (tmp_path / "folder").mkdir()
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"a photo")
+    model = checkpoints.save_checkpoint(models.create_model(backbone="test_resnet"),
+                                        tmp_path / "model.pt")
+    cases = [(["train", "--out", str(tmp_path / "folder")], "is a folder"),
+             (["train", "--out", str(photo)], "is not a checkpoint"),
+             (["pack", "--source", "synthetic", "--out", str(photo)], "is not a pack"),
+             (["bench", "--latency-only", "--out", str(model)], "is not a bench result")]
+    for argv, why in cases:
+        assert cli.main(argv) == 2, argv
+        assert why in capsys.readouterr().err
+    assert photo.read_bytes() == b"a photo" and checkpoints.is_checkpoint(model)  # untouched
+
+
+@pytest.mark.parametrize("argv", [["train", "--epochs", "0"], ["train", "--batch-size", "-5"],
+                                  ["pack", "--size", "0"], ["pack", "--quality", "500"],
+                                  ["course", "--epochs", "0"], ["bench", "--size", "0"]])
+def test_sizes_and_counts_below_one_are_refused_by_argparse(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2 and "must be" in capsys.readouterr().err
+
+
+def test_a_backbone_setting_the_model_does_not_take_is_a_message(capsys):
+    assert cli.main(["train", "--backbone-arg", "vit_depth=4"]) == 2  # resnet18: no vit_depth
+    assert "resnet18 does not take these --backbone-arg settings" in capsys.readouterr().err
+
+
+def test_info_names_asked_for_synthetic_faces_and_a_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("AGELIB_DATA", "synthetic")
+    assert cli.environment_info()["data"]["dataset"].startswith("synthetic (asked for")
+    (tmp_path / "labels.csv").write_text("file,age\n")
+    monkeypatch.setenv("AGELIB_DATA", str(tmp_path / "labels.csv"))
+    assert cli.environment_info()["data"] == {"dataset": "table of labelled photos",
+                                              "location": "labels.csv"}
+
+
+def test_a_results_folder_under_home_is_expanded(monkeypatch, tmp_path):
+    from agelib import records
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("AGELIB_RESULTS", "~/my-results")
+    assert records.results_dir() == tmp_path / "my-results"

@@ -254,3 +254,17 @@ def test_every_chapter_ends_with_questions_answered_then_exercises(path):
     asked, answered = (re.findall(r"^(\d+)\. ", t, flags=re.M) for t in (questions, answers))
     assert asked == answered == [str(n) for n in range(1, len(asked) + 1)] and len(asked) >= 4
     assert texts[checks[0] + 1].startswith("## Exercises")
+
+
+def test_the_kernels_get_the_users_paths_whole(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AGELIB_DATA", "my-data")  # relative to where the user typed it
+    monkeypatch.setenv("AGELIB_RESULTS", "~/runs")
+    monkeypatch.setenv("HOME", str(tmp_path / "me"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    env = course.kernel_env(full=True, epochs=3)
+    assert env["AGELIB_DATA"] == str(tmp_path / "my-data")
+    assert env["AGELIB_RESULTS"] == str(tmp_path / "me" / "runs")
+    assert (env["AGELIB_SMOKE"], env["AGELIB_EPOCHS"]) == ("0", "3") and "MPLBACKEND" not in env
+    monkeypatch.setenv("AGELIB_DATA", "synthetic")  # a name, not a path
+    assert course.kernel_env(full=False)["AGELIB_DATA"] == "synthetic"

@@ -103,9 +103,23 @@ def test_present_data_is_not_downloaded_again(tmp_path, capsys):
     folder = tmp_path / "dest" / "UTKFace"
     folder.mkdir(parents=True)
     (folder / NAMES[0]).write_bytes(b"kept")
-    result = download.download_utkface(tmp_path / "dest", url="file:///nonexistent/x.tar.gz")
+    result = download.download_utkface(tmp_path / "dest", url="file:///nonexistent/x.tar.gz",
+                                       min_images=1)
     assert result == folder and (folder / NAMES[0]).read_bytes() == b"kept"
     assert "already present" in capsys.readouterr().out
+    # a copy cut short is not the dataset: said, and left as it is
+    with pytest.raises(RuntimeError, match="'UTKFace/' in dest holds 1 labelled images.*Move "
+                                           "or delete that folder"):
+        download.download_utkface(tmp_path / "dest", archive=tmp_path / "x.tar.gz", min_images=5)
+    assert (folder / NAMES[0]).read_bytes() == b"kept"
+
+
+def test_an_archive_cut_short_says_so(archive, tmp_path):
+    whole = (tmp_path / "UTKFace.tar.gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(RuntimeError, match="not a readable tar archive .*interrupted download"):
+        download.download_utkface(tmp_path / "dest", archive=tmp_path / "cut.tar.gz",
+                                  min_images=1)
 
 
 def test_a_missing_archive_is_named_as_missing(tmp_path):

@@ -18,6 +18,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
+import zlib
 from pathlib import Path
 
 from . import utkface
@@ -44,6 +45,11 @@ def download_utkface(dest: str | Path, url: str = URL, archive: str | Path | Non
     dest = Path(dest)
     target = dest / "UTKFace"
     if target.is_dir() and any(target.iterdir()):
+        try:  # a copy cut short (an interrupted cp) must not pass for the dataset
+            _check(target, min_images, what=f"'{target.name}/' in {dest.name or 'the data home'}")
+        except RuntimeError as err:
+            raise RuntimeError(f"{err} Move or delete that folder, then run the download "
+                               "again.") from None
         print(f"UTKFace already present ({sum(1 for _ in target.iterdir())} files); nothing to do.")
         return target
     if archive and not Path(archive).is_file():
@@ -72,6 +78,10 @@ def _fetch(url: str, out: Path) -> Path:
     try:
         with urllib.request.urlopen(request, timeout=60) as response, open(out, "wb") as f:
             shutil.copyfileobj(response, f, length=1 << 20)
+            expected = int(response.headers.get("Content-Length") or 0)
+        if expected and out.stat().st_size < expected:  # the connection dropped midway
+            raise OSError(f"the connection ended after {out.stat().st_size:,} of "
+                          f"{expected:,} bytes")
     except OSError as err:
         raise RuntimeError(
             f"Could not download UTKFace ({err}). Download 'UTKFace.tar.gz' (Aligned & Cropped "
@@ -91,14 +101,17 @@ def _unpack(archive: Path, out: Path) -> Path:
     try:
         with tarfile.open(archive, "r:*") as tar:
             tar.extractall(out, filter="data")  # refuses absolute paths, '..' and links out
-    except (tarfile.TarError, OSError) as err:
-        raise RuntimeError(f"'{archive.name}' is not a readable tar archive ({err}).") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:  # EOFError: cut short
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RuntimeError(f"'{archive.name}' is not a readable tar archive ({first}): an "
+                           "interrupted download? Download it again.") from None
     folders = [p for p in [out, *out.rglob("*")] if p.is_dir()]
     return max(folders, key=lambda p: sum(1 for f in p.iterdir() if f.is_file()))
 
 
-def _check(folder: Path, min_images: int) -> None:
-    """The archive must hold enough labelled images; say what is wrong otherwise."""
+def _check(folder: Path, min_images: int, what: str = "The archive") -> None:
+    """The archive (or a folder already there) must hold enough labelled images; say what
+    is wrong otherwise."""
     names = [f.name for f in folder.iterdir() if f.is_file()]
     labelled = 0
     for name in names:
@@ -108,6 +121,6 @@ def _check(folder: Path, min_images: int) -> None:
         except ValueError:
             pass
     if labelled < min_images:
-        raise RuntimeError(f"The archive holds {labelled} labelled images (of {len(names)} "
+        raise RuntimeError(f"{what} holds {labelled} labelled images (of {len(names)} "
                            f"files); UTKFace has over {min_images}. The download is incomplete "
                            "or is another dataset.")
