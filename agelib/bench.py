@@ -559,9 +559,10 @@ def speed_table(result: dict) -> "pd.DataFrame":
 def readme_bench_table(runs: list[dict]) -> str:
     """README's table: the latest full-mode measurement of each (device, precision and
     switches, batch, model, size, pipeline) in the saved results, so that a later bench of
-    one model (or a compiled one) does not hide another's. Smoke benches (a few steps, one worker: a check that the bench runs) are
-    left out. The speed-up is always against the typical pipeline of the same run, and the
-    data column says what the typical pipeline decoded (the original JPEGs or a WebP pack)."""
+    one model (or a compiled one) does not hide another's. Smoke benches (a few steps, one
+    worker: a check that the bench runs) are left out. The speed-up is always against the
+    typical pipeline of the same run, and the data column says what the typical pipeline
+    decoded (the original JPEGs or a WebP pack)."""
     latest: dict[tuple, tuple] = {}
     for run in runs:  # oldest first: a later run of the same row replaces it
         if run.get("results") and run.get("mode") == "full":

@@ -247,7 +247,6 @@ def per_seed(table: pd.DataFrame, tag: str | None = None) -> pd.DataFrame:
 
 
 # the settings that make two runs the same model and protocol (a run's seed aside); the
-# device too: a GPU's bf16 run and a CPU's float32 run are not seeds of one setting
 # device too: a GPU's bf16 run and a CPU's float32 run are not seeds of one setting. `recipe`
 # is every other training setting (learning rate, batch, schedule, augmentation, ...), so
 # that two runs told apart by no variant (a learning-rate sweep) are never averaged as seeds
