@@ -463,6 +463,7 @@ def cached_checkpoint(config: TrainConfig, faces, mode: settings.RunMode) -> Pat
     settings_ = {k: v for k, v in _resolved(config, mode).to_dict().items()
                  if k not in ("tag", "variant")}  # labels, not settings: chapters share models
     key = json.dumps({"config": settings_, "mode": mode.name, "data": faces.fingerprint,
+                      "labels": faces.labels_fingerprint,  # relabelled files: another model
                       "source": faces.name},  # the same faces as a pack are other pixels
                      sort_keys=True, default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]

@@ -36,6 +36,19 @@ def test_build_cache_is_square_resize_of_each_original(tmp_path):
         np.testing.assert_array_equal(got, np.asarray(cache.square_resize(im.copy(), 32)))
 
 
+def test_a_cache_that_fails_halfway_leaves_no_file_behind(tmp_path):
+    images = originals()
+
+    def broken(i):
+        if i == 1:
+            raise OSError("image file is truncated")
+        return images[i].copy()
+
+    with pytest.raises(OSError, match="truncated"):
+        cache.build_cache(["a", "b", "c"], broken, 32, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no half-written cache, no temporary file
+
+
 def test_build_cache_reuses_its_file_without_decoding(tmp_path):
     first = np.array(cache.build_cache(["a", "b", "c"], opener(originals()), 32, tmp_path))
     again = cache.build_cache(["a", "b", "c"], never_open, 32, tmp_path)

@@ -289,3 +289,5 @@ def test_the_transform_leaves_a_float_input_untouched():
     x = torch.full((2, 3, 16, 16), 200.0)
     BatchTransform(16, train=False)(x)
     assert torch.equal(x, torch.full((2, 3, 16, 16), 200.0))  # the caller's array, unchanged
+    with pytest.raises(ValueError, match="0-255 scale"):  # [0, 1] floats: not a black face
+        BatchTransform(16, train=False)(x / 255)

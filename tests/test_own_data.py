@@ -59,6 +59,15 @@ def test_a_table_of_labels_is_checked_and_merged_like_a_utkface_folder(own_table
     assert faces.images(16).shape == (60, 16, 16, 3)  # decodes and caches like UTKFace
 
 
+def test_a_packed_table_keeps_its_unknown_genders_unknown(own_table, tmp_path):
+    from agelib import data
+
+    faces = sources.load_table(own_table)
+    packed = data.load_pack(sources.write_faces_pack(faces, 16, tmp_path / "mine.tar"))
+    assert str(packed.files["gender"].dtype) == "Int64"  # not strings after the round trip
+    assert (packed.files["gender"] == 1).sum() == (faces.files["gender"] == 1).sum() > 0
+
+
 def test_agelib_data_may_name_a_table_and_a_run_trains_on_it(own_table, monkeypatch, results):
     monkeypatch.setenv("AGELIB_DATA", str(own_table))
     faces = sources.load_faces(verbose=False)
@@ -142,6 +151,10 @@ def test_a_dataframe_with_missing_or_float_labels_reads_like_the_csv(tmp_path, h
     faces = sources.load_table(table, root=tmp_path, name="mine")
     assert faces.report.skipped == [] and faces.samples["age"].tolist() == [30, 41, 52, 63]
     assert faces.samples["gender"].isna().sum() == 2 and faces.samples["race"].isna().sum() == 1
+    table.to_csv(tmp_path / "written.csv", index=False)  # pandas writes "30.0", "1.0", ""
+    again = sources.load_table(tmp_path / "written.csv", name="mine")
+    assert again.report.skipped == [] and again.samples["age"].tolist() == [30, 41, 52, 63]
+    assert again.fingerprint == faces.fingerprint and again.samples["gender"].isna().sum() == 2
 
 
 def test_agelib_data_may_name_the_synthetic_faces(synthetic_home, home, monkeypatch):

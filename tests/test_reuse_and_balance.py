@@ -51,6 +51,14 @@ def test_load_or_train_trains_anew_when_any_setting_changes(synthetic_faces, res
     assert a == training.cached_checkpoint(config(tag="other", variant="v"), synthetic_faces, MODE)
     full = settings.RunMode("full", 32, None, None, None, 1, 16)
     assert a != training.cached_checkpoint(config(tag="t"), synthetic_faces, full)
+    # one file renamed to correct its age: the same images, other labels, another model
+    import dataclasses
+
+    samples = synthetic_faces.samples.copy()
+    samples.loc[samples.index[0], "age"] += 1
+    relabelled = dataclasses.replace(synthetic_faces, samples=samples)
+    assert relabelled.fingerprint == synthetic_faces.fingerprint  # the split stays put
+    assert a != training.cached_checkpoint(config(tag="t"), relabelled, MODE)
 
 
 def test_a_trained_run_can_be_kept_for_load_or_train(synthetic_faces, results):

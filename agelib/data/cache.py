@@ -109,9 +109,14 @@ def build_cache(ids: list[str], open_image: Callable[[int], Image.Image], size: 
         with open_image(i) as im:
             out[i] = np.asarray(square_resize(im, size, draft=True))
 
-    with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
-        list(pool.map(fill, range(len(ids))))
-    out.flush()
+    try:
+        with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
+            list(pool.map(fill, range(len(ids))))
+        out.flush()
+    except BaseException:  # an image that cannot be read, or Ctrl-C: no gigabyte left behind
+        del out
+        tmp.unlink(missing_ok=True)
+        raise
     del out
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache behind
     return np.load(path, mmap_mode="r")

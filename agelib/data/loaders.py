@@ -93,6 +93,12 @@ class BatchTransform(nn.Module):
                              persistent=False)  # grey = these weights of R, G, B (ITU-R 601)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        # pixels in [0, 1] read as 0-255 would be a black face, silently (a float-only check:
+        # the uint8 batches of training never pay for the max)
+        if x.is_floating_point() and x.numel() and x.max() <= 1:
+            raise ValueError("BatchTransform takes pixels on the 0-255 scale (uint8, as the "
+                             "cache holds them), but these are all <= 1: pass "
+                             "(x * 255).round().to(torch.uint8)")
         x = x.float() / 255  # (B, 3, H, W) in [0, 1]; never in place: x may be the caller's
         if self.train_mode:
             x = self._random_crop_flip(x, generator)

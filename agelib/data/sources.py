@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -58,8 +59,18 @@ class Faces:
 
     @property
     def fingerprint(self) -> str:
-        """Short hash of the set of images: tells two copies of a dataset apart."""
+        """Short hash of the set of images: tells two copies of a dataset apart (and names
+        the split, which depends on the images alone)."""
         return hashlib.sha1("\n".join(sorted(self.samples["sha1"])).encode()).hexdigest()[:12]
+
+    @property
+    def labels_fingerprint(self) -> str:
+        """Short hash of the images *and* their labels: a file renamed to correct its age
+        keeps the image fingerprint but is other training data (a model cached before the
+        fix must not be handed back after it)."""
+        cols = [c for c in ("sha1", "age", "gender", "race") if c in self.samples]
+        rows = self.samples[cols].sort_values("sha1").astype(str).agg(",".join, axis=1)
+        return hashlib.sha1("\n".join(rows).encode()).hexdigest()[:12]
 
     def images(self, size: int, sha1s: list[str] | None = None) -> np.ndarray:
         """Decoded ``(N, size, size, 3)`` uint8 images, from the cache after the first call."""
@@ -242,6 +253,8 @@ def _table_labels(row: dict) -> dict:
         if isinstance(value, float) and value.is_integer():  # a DataFrame's 30.0
             value = int(value)
         text = "" if value is None or pd.isna(value) else str(value).strip()
+        if re.fullmatch(r"\d+\.0*", text):  # "30.0": pandas writes a column with gaps so
+            text = text.split(".")[0]
         if not text and field != "age":
             return None
         if not text.isdigit() or not low <= int(text) <= high:

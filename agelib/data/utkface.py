@@ -324,8 +324,10 @@ def read_files_table(source) -> pd.DataFrame:
     with the dtypes :func:`scan_folder` gives it (empty notes stay empty strings)."""
     files = pd.read_csv(source, dtype={"file": str, "sha1": str, "timestamp": str,
                                        "irregular": str}, keep_default_na=False,
-                        na_values={"race": [""]})
+                        na_values={"race": [""], "gender": [""]})  # unknown, in a CSV of yours
     files["race"] = files["race"].astype("Int64")
+    if files["gender"].isna().any():  # as the table's own scan gives it: UTKFace names
+        files["gender"] = files["gender"].astype("Int64")  # always say it (int64)
     return files
 
 
