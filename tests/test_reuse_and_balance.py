@@ -59,6 +59,8 @@ def test_load_or_train_trains_anew_when_any_setting_changes(synthetic_faces, res
     relabelled = dataclasses.replace(synthetic_faces, samples=samples)
     assert relabelled.fingerprint == synthetic_faces.fingerprint  # the split stays put
     assert a != training.cached_checkpoint(config(tag="t"), relabelled, MODE)
+    samples.loc[samples.index[1], "race"] = None  # an unknown label hashes too
+    assert dataclasses.replace(synthetic_faces, samples=samples).labels_fingerprint
 
 
 def test_a_trained_run_can_be_kept_for_load_or_train(synthetic_faces, results):

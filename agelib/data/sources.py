@@ -69,8 +69,9 @@ class Faces:
         keeps the image fingerprint but is other training data (a model cached before the
         fix must not be handed back after it)."""
         cols = [c for c in ("sha1", "age", "gender", "race") if c in self.samples]
-        rows = self.samples[cols].sort_values("sha1").astype(str).agg(",".join, axis=1)
-        return hashlib.sha1("\n".join(rows).encode()).hexdigest()[:12]
+        rows = self.samples[cols].sort_values("sha1").itertuples(index=False)
+        text = "\n".join(",".join(map(str, row)) for row in rows)  # str(): unknowns too
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
 
     def images(self, size: int, sha1s: list[str] | None = None) -> np.ndarray:
         """Decoded ``(N, size, size, 3)`` uint8 images, from the cache after the first call."""
