@@ -94,9 +94,9 @@ class Faces:
     def banner(self) -> str:
         """What this dataset is, in one line for the top of every output."""
         if not self.real:
-            return (f"DATA: SYNTHETIC faces ({len(self.samples)} images) - no real UTKFace "
-                    "found; results show the code runs, not how well it estimates ages. "
-                    "See data/README.md to get UTKFace.")
+            return (f"DATA: SYNTHETIC faces ({len(self.samples)} images): results show the "
+                    "code runs, not how well it estimates ages. See data/README.md to get "
+                    "UTKFace.")  # asked for, or no real faces found: true either way
         r = self.report
         return (f"DATA: {self.name}, real faces: {r.n_files} files -> {len(self.samples)} "
                 f"distinct images used ({r.n_duplicate_files} duplicate files merged, "
