@@ -183,6 +183,21 @@ def central_interval(probs: torch.Tensor, level: float = 0.8, min_age: int = 0
     return (min_age + idx[:, 0]).float(), (min_age + idx[:, 1]).float()
 
 
+def interval_mass(distribution: np.ndarray, low: np.ndarray, high: np.ndarray,
+                  min_age: int = 0) -> np.ndarray:
+    """The probability each row of ``distribution`` (ages ``min_age``, ``min_age + 1``, ...)
+    puts inside its interval ``[low, high]``: what the interval promises. Whole-year
+    quantiles make it at least the level asked for, more when the belief is narrow, so a
+    coverage check compares with this, not with the level (chapters 03 and 11).
+
+    >>> interval_mass(np.array([[0.5, 0.3, 0.2]]), np.array([20.0]), np.array([21.0]), 20)
+    array([0.8])
+    """
+    ages = min_age + np.arange(np.shape(distribution)[1])
+    held = (ages >= np.asarray(low)[:, None]) & (ages <= np.asarray(high)[:, None])
+    return (np.asarray(distribution) * held).sum(axis=1)
+
+
 def ensemble_interval(ages: np.ndarray, level: float = 0.8
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean and mean ± z·sd over the models (axis 0) of ``(M, B)`` ages.

@@ -242,6 +242,9 @@ def test_classification_interval_is_the_central_quantiles():
     assert torch.allclose(dist, probs, atol=1e-6)
     low, high = predict.central_interval(dist, level=0.8, min_age=20)
     assert low.tolist() == [22, 26] and high.tolist() == [25, 26]
+    # what they promise: 0.1+0.2+0.4+0.2 (whole years: at least 80%), and all of a certainty
+    mass = predict.interval_mass(dist.numpy(), low.numpy(), high.numpy(), min_age=20)
+    np.testing.assert_allclose(mass, [0.9, 1.0], atol=1e-6)
     low, high = predict.central_interval(dist, level=0.5, min_age=20)
     assert low.tolist() == [23, 26] and high.tolist() == [25, 26]
     with pytest.raises(ValueError, match="between 0 and 1"):
