@@ -6,6 +6,7 @@ import io
 import json
 import os
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -440,3 +441,17 @@ def test_a_non_monotone_ordinal_output_becomes_a_distribution():
     P(age = 1) is clipped to 0 and the rest renormalised, so intervals stay valid."""
     probs = predict.ordinal_to_distribution(torch.tensor([[0.3, 0.6]]))
     np.testing.assert_allclose(probs[0].numpy(), [0.7 / 1.3, 0.0, 0.6 / 1.3], atol=1e-6)
+
+
+def test_chapter_03s_interval_by_hand_promises_what_interval_mass_says():
+    """Chapter 03 computes an interval and its mass by hand (the lesson); agelib's
+    interval_mass, which chapter 11 calls, must agree with it."""
+    path = Path(__file__).resolve().parents[1] / "notebooks" / "03_classification.ipynb"
+    cell = next("".join(c["source"]) for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
+                if "".join(c["source"]).startswith("def interval(logits"))
+    scope: dict = {"torch": torch}
+    exec(cell.split("\nfor loss")[0], scope)  # the function alone, not the loop over runs
+    logits = torch.randn(6, 117) * 3
+    lo, hi, mass = scope["interval"](logits)
+    expected = predict.interval_mass(logits.softmax(-1).numpy(), lo.numpy(), hi.numpy())
+    np.testing.assert_allclose(mass.numpy(), expected, atol=1e-5)
