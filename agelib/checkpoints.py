@@ -42,12 +42,14 @@ def checkpoint_path(name: str | Path) -> Path:
     """A checkpoint named in a config: a bare name lives in ``<data home>/checkpoints``.
 
     Configs (and so run records) name cached checkpoints by file name only, so
-    no machine's folder layout ends up in a record.
+    no machine's folder layout ends up in a record. ``./NAME.pt`` means the current
+    folder (``Path`` would drop the ``./`` and read it as a bare name).
     """
     from . import settings
 
     path = Path(name)
-    return path if path.is_absolute() or path.parent != Path(".") else (
+    here = isinstance(name, str) and name.startswith(("./", ".\\"))
+    return path if here or path.is_absolute() or path.parent != Path(".") else (
         settings.data_home() / "checkpoints" / path)
 
 

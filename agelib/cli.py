@@ -561,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-alpha", type=float, default=0.5, help="weight of the teacher term")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     p.add_argument("--out", help="checkpoint to write; a bare file name goes to <data home>/"
-                   "checkpoints/, where --init-cnn, --init-vit and --distill-from look for one")
+                   "checkpoints/, where --init-cnn, --init-vit and --distill-from look for one "
+                   "(./NAME.pt: this folder)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="n, MAE and CS@5 of a checkpoint on a labelled folder")
@@ -621,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["onnx", "torchscript"],
                    help="default: from --out's suffix (.onnx, .pt)")
     p.add_argument("--out", required=True, help="file to write (a bare name: in <data "
-                   "home>/checkpoints/, beside the checkpoints)")
+                   "home>/checkpoints/, beside the checkpoints; ./NAME: this folder)")
     p.add_argument("--size", type=_at_least(8), help="image side (default: the checkpoint's)")
     p.add_argument("--input", choices=["float", "uint8"], default="float",
                    help="normalised float images (default) or uint8 pixels normalised inside")

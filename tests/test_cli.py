@@ -253,7 +253,8 @@ def test_train_writes_a_bare_out_name_where_init_and_distill_look(monkeypatch, t
 
     monkeypatch.setattr(training, "train_age_model", fake_train)
     for out, expected in [("convnext.pt", training.checkpoint_path("convnext.pt")),
-                          ("mine/convnext.pt", Path("mine/convnext.pt"))]:
+                          ("mine/convnext.pt", Path("mine/convnext.pt")),
+                          ("./convnext.pt", Path("convnext.pt"))]:  # "./": this folder
         with pytest.raises(SystemExit):
             cli.main(["train", "--model", "resnet18", "--out", out])
         assert Path(seen["checkpoint"]) == expected

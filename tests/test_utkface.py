@@ -37,6 +37,15 @@ def test_parse_name_notes_missing_race_and_timestamp():
     assert labels.irregular == "race and timestamp missing"
 
 
+def test_parse_name_reads_a_short_third_field_as_the_race():
+    # "45_1_3.jpg", as a learner names photos of their own: 3 is a race, not a date and time
+    labels = parse_name("45_1_3.jpg")
+    assert (labels.age, labels.gender, labels.race, labels.timestamp) == (45, 1, 3, None)
+    assert labels.irregular == "timestamp missing"
+    # UTKFace's own three-field names keep their date and time
+    assert parse_name("39_1_20170116174525125.jpg.chip.jpg").race is None
+
+
 @pytest.mark.parametrize("name, why", [
     ("photo.jpg", "found 1 field(s)"),
     ("1_0_0_2017_extra.jpg", "found 5 field(s)"),

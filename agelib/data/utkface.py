@@ -53,6 +53,8 @@ def parse_name(name: str) -> FaceLabels:
     FaceLabels(age=39, gender=1, race=2, timestamp='20170116174525125', irregular='')
     >>> parse_name("39_1_20170116174525125.jpg.chip.jpg").irregular
     'race field missing'
+    >>> parse_name("45_1_3.jpg")  # a short third field is a race, not a date
+    FaceLabels(age=45, gender=1, race=3, timestamp=None, irregular='timestamp missing')
     >>> parse_name("24_0_1_20170116220224657 .jpg.chip.jpg").age
     24
     >>> parse_name("35_0_0 20170116174525135.jpg").race
@@ -89,7 +91,10 @@ def parse_name(name: str) -> FaceLabels:
         if parts[2] not in {str(r) for r in RACES}:
             raise fail(f"race {parts[2]!r} is not one of 0-4")
         race, timestamp = int(parts[2]), parts[3]
-    elif len(parts) == 3:
+    elif len(parts) == 3 and parts[2] in {str(r) for r in RACES}:  # "45_1_3.jpg": yours
+        race = int(parts[2])
+        notes.append("timestamp missing")
+    elif len(parts) == 3:  # UTKFace's own: a date and time where the race belongs
         notes.append("race field missing")
         timestamp = parts[2]
     else:
