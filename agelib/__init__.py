@@ -20,7 +20,7 @@ import importlib
 __version__ = "0.1.0"
 __all__ = ["analysis", "baselines", "bench", "checkpoints", "cli", "course", "data", "demo",
            "distill", "export", "faces", "hybrid", "inference", "interpret", "losses",
-           "metrics", "models", "plots", "predict", "records", "settings", "training"]
+           "metrics", "models", "plots", "predict", "records", "settings", "study", "training"]
 
 
 def __getattr__(name: str):

@@ -27,9 +27,10 @@ def labelled(faces) -> pd.DataFrame:
 
 
 def run_label(record) -> str:
-    """A short name for a run in tables and legends: tag, model, what the run changed, and
-    (where they are not the defaults) pretrained weights and the seed, so two runs of one
-    setting never share a name.
+    """A short name for a run in tables and legends: tag, model (with its backbone settings,
+    as README's table names them: a 2-block ViT is not ``vit_tiny_patch16_224``), what the
+    run changed, and (where they are not the defaults) pretrained weights and the seed, so
+    two runs of one setting never share a name.
 
     >>> run_label({"tag": "ch10", "backbone": "resnet18", "variant": "balanced sampling"})
     'ch10 resnet18 (balanced sampling)'
@@ -38,10 +39,15 @@ def run_label(record) -> str:
     >>> run_label({"tag": "ch08", "backbone": "hybrid_atto", "variant": "baseline", "seed": 2,
     ...            "pretrained": True})
     'ch08 hybrid_atto (baseline) · pretrained · seed 2'
+    >>> run_label({"tag": "cpu-study", "backbone": "vit_tiny_patch16_224", "variant": "stage 2",
+    ...            "config": {"model": {"backbone_args": {"depth": 2, "embed_dim": 80}}}})
+    'cpu-study vit_tiny_patch16_224 [depth=2, embed_dim=80] (stage 2)'
     """
     variant = record.get("variant") or ""
-    model = (f"{record['backbone']} ({variant})" if variant else
-             f"{record['backbone']} · {record['head']} · {record['loss']}")
+    args = records.backbone_args_text(record.get("config"))
+    backbone = record["backbone"] + (f" [{args}]" if args else "")
+    model = (f"{backbone} ({variant})" if variant else
+             f"{backbone} · {record['head']} · {record['loss']}")
     pretrained, seed, trained = (record.get(k) for k in ("pretrained", "seed", "n_train"))
     if pd.notna(pretrained) and pretrained and (pd.isna(trained) or trained):  # off-the-shelf
         model += " · pretrained"                       # models say so in their variant already

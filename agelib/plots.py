@@ -63,3 +63,20 @@ def face_grid(images: np.ndarray, titles: Sequence[str] | None = None, ncols: in
             axes[row, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def per_seed_figure(per_seed, title: str, bars: Sequence[tuple[float, str]] = ()) -> plt.Figure:
+    """Test MAE of every (backbone, variant) row of :func:`agelib.records.per_seed`, one dot
+    per training seed and a tick at their mean, worst at the top, with dashed vertical
+    ``bars`` (value, label) to clear: a lever's effect next to the spread of the seeds."""
+    per_seed = per_seed.loc[per_seed.mean(axis=1).sort_values(ascending=False).index]
+    labels = [f"{backbone} ({variant})" for backbone, variant in per_seed.index]
+    fig, ax = plt.subplots(figsize=(7.5, 0.4 * len(labels) + 1.6))
+    for seed, marker in zip(per_seed.columns, "os^Dvp<>"):
+        ax.plot(per_seed[seed], labels, marker, ls="", alpha=0.75, label=f"seed {seed}")
+    ax.plot(per_seed.mean(axis=1), labels, "|", color="k", ms=16, mew=2, label="mean")
+    for value, label in bars:
+        ax.axvline(value, color="C3", ls="--", lw=1, label=label)
+    ax.set(xlabel="test MAE (years)", title=title)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=5, fontsize=8, frameon=False)
+    return fig

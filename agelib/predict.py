@@ -36,7 +36,9 @@ from .data import cache, loaders
 #: What each ``FacePrediction.interval_kind`` means.
 INTERVAL_KINDS = {
     "distribution": "central quantiles of the model's distribution over ages",
-    "ensemble": "mean ± z·sd of the ages predicted by several models",
+    "ensemble": "mean ± z·sd of the ages predicted by several models: how much they disagree, "
+                "not the label noise or the error they share, so it holds fewer true ages than "
+                "its level",
     "none": "a single regression model predicts one number, with no spread; pass several "
             "checkpoints (an ensemble) or use a classification/CORAL/CORN head for an interval",
 }
@@ -203,8 +205,10 @@ def ensemble_interval(ages: np.ndarray, level: float = 0.8
     """Mean and mean ± z·sd over the models (axis 0) of ``(M, B)`` ages.
 
     A normal approximation: with a handful of models, the empirical quantiles would
-    just be the smallest and largest prediction. Few models make a rough sd. Ages
-    are not negative, so neither the mean nor the interval goes below 0.
+    just be the smallest and largest prediction. Few models make a rough sd, and the
+    spread is only their disagreement (none of the error they share), so expect it to
+    cover fewer true ages than ``level``. Ages are not negative, so neither the mean nor
+    the interval goes below 0.
 
     >>> mean, low, high = ensemble_interval(np.array([[30.0], [34.0], [38.0]]), level=0.8)
     >>> mean, low.round(2), high.round(2)

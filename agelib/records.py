@@ -268,7 +268,7 @@ def _with_settings(table: pd.DataFrame) -> pd.DataFrame:
     sorted by date (a record without one first: it can only be older)."""
     variant = table["variant"].fillna("") if "variant" in table else ""
     configs = table.get("config", pd.Series(None, index=table.index))
-    return table.assign(variant=variant, backbone_args=[_backbone_args(c) for c in configs],
+    return table.assign(variant=variant, backbone_args=[backbone_args_text(c) for c in configs],
                         recipe=[json.dumps(_recipe(c), sort_keys=True) for c in configs]
                         ).sort_values("date", na_position="first", kind="stable")
 
@@ -316,8 +316,11 @@ def _latest_runs(table: pd.DataFrame) -> pd.DataFrame:
     return _with_settings(table).drop_duplicates(RUN_KEYS + ["seed"], keep="last")
 
 
-def _backbone_args(config) -> str:
+def backbone_args_text(config) -> str:
     """A record's backbone settings as ``"k=v, k=v"`` ("" for the backbone's defaults).
+
+    >>> backbone_args_text({"model": {"backbone_args": {"depth": 2, "embed_dim": 80}}})
+    'depth=2, embed_dim=80'
 
     Two runs of one backbone built with other settings (a 2-block ViT, the projection
     bridge) are other models: they get their own row, and the table names the settings.

@@ -78,6 +78,20 @@ def test_seeds_and_pretrained_runs_keep_their_own_predictions(synthetic_faces, r
     np.testing.assert_allclose(found["t m (base) · seed 2"]["error"], 2.0, atol=0.01)
 
 
+def test_runs_of_one_backbone_built_with_other_settings_keep_their_own_predictions(
+        synthetic_faces, results):
+    """A 2-block ViT is not the ViT-Tiny its backbone name says: both stay, named as README
+    names them (the later run used to replace the other)."""
+    test = loaders.split_tables(synthetic_faces.samples, synthetic_faces.split(0), MODE).test
+    small = {"model": {"backbone_args": {"depth": 2, "embed_dim": 80}}}
+    fake_run(synthetic_faces, test, test["age"] + 1, variant="part", id="tiny")
+    fake_run(synthetic_faces, test, test["age"] + 4, variant="part", id="small", config=small,
+             date="2099")
+    found = analysis.model_predictions(records.load_records(), synthetic_faces, "smoke")
+    assert set(found) == {"t m (part)", "t m [depth=2, embed_dim=80] (part)"}
+    np.testing.assert_allclose(found["t m (part)"]["error"], 1.0, atol=0.01)
+
+
 def test_the_best_model_is_chosen_on_validation_among_models_trained_here(synthetic_faces,
                                                                          results):
     test = loaders.split_tables(synthetic_faces.samples, synthetic_faces.split(0), MODE).test
