@@ -268,3 +268,14 @@ def test_the_kernels_get_the_users_paths_whole(tmp_path, monkeypatch):
     assert (env["AGELIB_SMOKE"], env["AGELIB_EPOCHS"]) == ("0", "3") and "MPLBACKEND" not in env
     monkeypatch.setenv("AGELIB_DATA", "synthetic")  # a name, not a path
     assert course.kernel_env(full=False)["AGELIB_DATA"] == "synthetic"
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name[:2])
+def test_every_cell_has_its_own_id(path):
+    """nbformat 4.5 wants an id on every cell (a cell added by hand can lack one: nbval warns
+    today, and nbformat will refuse it)."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    ids = [c.get("id") for c in nb["cells"]]
+    assert (nb["nbformat"], nb["nbformat_minor"]) >= (4, 5)
+    assert None not in ids, f"cell {ids.index(None)} has no id"
+    assert len(set(ids)) == len(ids), "two cells share an id"
