@@ -38,6 +38,8 @@ def test_predictions_join_the_labels_of_each_test_face(synthetic_faces, results)
     assert set(p["race"]) <= {"White", "Black", "Asian", "Indian", "Others", "unknown"}
     np.testing.assert_allclose(p["error"], 3.0, atol=0.01)
     assert p["age band"].cat.ordered
+    # a face's band is its true age's, never the prediction's (3 years off, here)
+    assert (p["age band"].astype(str) == metrics.age_band(p["age"])).all()
 
 
 def test_runs_on_other_data_other_modes_or_without_predictions_are_left_out(synthetic_faces,

@@ -200,7 +200,7 @@ def test_report_table_averages_seeds_and_keeps_the_latest_run_of_each_seed():
     table = pd.DataFrame([
         record(0, 9.0, "2025-01-01T00:00:00+00:00"),  # replaced by the re-run below
         record(0, 6.0, "2025-01-02T00:00:00+00:00"),
-        record(1, 8.0, "2025-01-01T12:00:00+00:00"),
+        record(1, 11.0, "2025-01-01T12:00:00+00:00"),
         record(2, 7.0, "2025-01-01T06:00:00+00:00"),
         record(0, 4.0, "2025-01-01T00:00:00+00:00", backbone="vit_small"),  # another model
         record(0, 5.0, "2025-01-01T00:00:00+00:00", tag="ch03"),  # another chapter
@@ -209,9 +209,9 @@ def test_report_table_averages_seeds_and_keeps_the_latest_run_of_each_seed():
     assert len(report) == 3
     row = report[(report.backbone == "resnet18") & (report.tag == "ch02")].iloc[0]
     assert row["runs"] == 3
-    assert row["test_mae"] == pytest.approx(7.0)  # mean of 6, 8, 7: the 9 was replaced
-    assert row["test_mae_std"] == pytest.approx(1.0)  # sample std of 6, 8, 7
-    assert row["valid_mae"] == pytest.approx(7.5) and row["date"] == "2025-01-02T00:00:00+00:00"
+    assert row["test_mae"] == pytest.approx(8.0)  # the mean of 6, 11, 7 (not their median, 7)
+    assert row["test_mae_std"] == pytest.approx(7 ** 0.5)  # sample std of 6, 11, 7
+    assert row["valid_mae"] == pytest.approx(8.5) and row["date"] == "2025-01-02T00:00:00+00:00"
     vit = report[report.backbone == "vit_small"].iloc[0]
     assert vit["runs"] == 1 and math.isnan(vit["test_mae_std"])
 
@@ -252,6 +252,9 @@ def test_to_markdown_shows_one_line_per_setting_with_mean_and_std():
     assert cells[11] == "–"  # these records have no flip-averaged score: a dash, not a zero
     vit = next(line for line in lines if "vit_small" in line)
     assert "| yes |" in vit and "| 4.00 |" in vit and "±" not in vit  # one run: no spread
+    flips = records.to_markdown(records.report_table(pd.DataFrame(
+        [record(0, 6.0, test_mae_flip=5.0), record(1, 8.0, test_mae_flip=7.0)])))
+    assert "| 7.00 ± 1.41 | 0.400 | 6.00 | 7.50 |" in flips  # flip-averaged: the seeds' mean
     variant = records.to_markdown(records.report_table(pd.DataFrame([record(0, 6.0, variant="no flips")])))
     assert "| resnet18 (no flips) |" in variant  # a run's variant names what it changed
     assert records.to_markdown(records.report_table(pd.DataFrame(columns=records.COLUMNS))) == \

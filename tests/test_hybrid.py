@@ -76,6 +76,18 @@ def test_reshape_token_is_every_fourth_channel_of_one_cell():
         assert torch.equal(tokens[0, t], expected)
 
 
+def test_the_head_reads_the_class_token():
+    """As the paper's ViT does, and what init_from_parts copies from the trained ViT: the
+    age head sees token 0 after the blocks, not a mean of the cell tokens."""
+    torch.manual_seed(0)
+    backbone = models.create_model(models.named_config("hybrid_atto", img_size=64)).backbone.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        tokens = backbone.forward_features(x)
+        assert torch.equal(backbone(x), tokens[:, 0])
+        assert not torch.allclose(tokens[:, 0], tokens[:, 1:].mean(1))
+
+
 @pytest.mark.parametrize("name", sorted(hybrid.HYBRIDS))
 def test_every_variant_trains_every_parameter(name):
     config = models.ModelConfig(backbone=name, hidden=32, head_norm=True, img_size=64)

@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+import torch
 from conftest import face_image, jpeg_bytes
 from PIL import Image
 
-from agelib import checkpoints, cli, inference, models, predict
+from agelib import checkpoints, cli, inference, metrics, models, predict
 from agelib.data import cache
 
 
@@ -43,14 +44,32 @@ def test_resizing_never_shrinks_the_callers_photo(tmp_path):
 
 
 def test_a_bare_checkpoint_of_a_model_built_for_its_size_predicts_and_evaluates(tmp_path):
-    path = checkpoints.save_checkpoint(tiny_model(32), tmp_path / "bare.pt")  # no train config
-    assert predict.load_estimators([str(path)])[0].size == 32
     folder = tmp_path / "faces"
     folder.mkdir()
     for i, age in enumerate((20, 35, 50)):
         (folder / f"{age}_0_0_2017010100000000{i}.jpg.chip.jpg").write_bytes(
             jpeg_bytes(face_image(i)))
-    assert inference.evaluate_folder(path, folder, device="cpu")["n"] == 3
+    files = sorted(folder.iterdir())
+    faces = np.stack([inference._read(f, 32) for f in files])  # as evaluation reads them
+    true = np.array([float(f.name.split("_")[0]) for f in files])
+    # a model whose ages differ face by face across the labels' range (25-55 years), so that
+    # a face scored against another file's age changes the MAE
+    model = tiny_model(32)
+    last = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    raw = inference.predict_ages(model, faces, 32, device="cpu")
+    scale = 30 / (raw.max() - raw.min())
+    with torch.no_grad():
+        last.weight.mul_(scale)
+        last.bias.copy_(40 - scale * (raw.mean() - last.bias))
+    pred = inference.predict_ages(model, faces, 32, device="cpu")
+    assert pred.min() < 30 and pred.max() > 50
+
+    path = checkpoints.save_checkpoint(model, tmp_path / "bare.pt")  # no train config
+    assert predict.load_estimators([str(path)])[0].size == 32
+    scores = inference.evaluate_folder(path, folder, device="cpu")
+    assert scores["n"] == 3
+    assert scores["mae"] == pytest.approx(metrics.mae(pred, true), abs=1e-3)
+    assert scores["cs5"] == pytest.approx(metrics.cs_at(pred, true, 5), abs=1e-3)
 
 
 def test_export_to_a_folder_and_evaluate_on_a_file_say_what_to_give(tmp_path, capsys):

@@ -131,6 +131,14 @@ def test_per_batch_mean_is_biased_and_accum_metric_is_per_sample():
     assert cs_metric.value == 0.75
 
 
+def test_the_fastai_cs_metric_uses_its_own_k():
+    _, cs3 = metrics.fastai_metrics(losses.regression_age, k=3)
+    cs3.reset()
+    cs3.accumulate(fake_learn(torch.tensor([[20.0], [30.0], [44.0], [58.0]]),
+                              torch.tensor([20.0, 30.0, 40.0, 50.0])))  # errors 0, 0, 4, 8
+    assert (cs3.name, cs3.value) == ("cs3", 0.5)  # CS@5 would say 0.75
+
+
 def test_fastai_metrics_decode_logits_whole():
     logits = torch.full((5, 117), -20.0)
     logits[torch.arange(5), torch.tensor([20, 30, 41, 60, 3])] = 20.0

@@ -322,6 +322,21 @@ def test_the_age_shown_is_never_negative_nor_outside_its_interval(found):
     assert skewed.ages[0] > 5 and skewed.low[0] <= skewed.ages[0] <= skewed.high[0]
 
 
+def test_an_ensemble_of_distribution_heads_averages_every_models_belief(found):
+    """One model sure of 20, another of 40: the ensemble's belief is half on each."""
+    crops = [found["astronaut"][0].crop]
+    sure = {}
+    for age in (20, 40):
+        logits = torch.full((117,), -30.0)
+        logits[age] = 30.0
+        sure[age] = predict.AgeEstimator(biased("classification", logits), 32)
+    est = predict.estimate_ages([sure[20], sure[40]], crops)
+    assert est.interval_kind == "distribution"
+    assert est.distribution[0, 20] == pytest.approx(0.5) == est.distribution[0, 40]
+    assert est.ages[0] == pytest.approx(30.0)
+    assert (est.low[0], est.high[0]) == (20, 40)
+
+
 def test_estimates_have_names_and_need_crops(found):
     est = predict.estimate_ages([predict.AgeEstimator(tiny("coral"), 32)],
                                 [found["astronaut"][0].crop])

@@ -60,6 +60,17 @@ def test_split_of_a_tiny_table_still_works():
     assert counts["test"] == 6 and counts["valid"] in (3, 4) and counts.sum() == 30
 
 
+def test_a_lone_old_face_joins_the_band_before_it():
+    """A folder of your own: 60 faces aged 20-40 and one of 90. The 90-year-old's band is too
+    thin to stratify on its own (sklearn refuses a class of one): it joins the band before."""
+    ages = [20, 25, 30, 35, 40] * 12 + [90]
+    small = pd.DataFrame({"sha1": [hashlib.sha1(str(i).encode()).hexdigest() for i in range(61)],
+                          "age": ages})
+    split = splits.make_split(small, 0)
+    assert split.notna().all() and len(split) == 61
+    assert set(split) == {"train", "valid", "test"}
+
+
 @pytest.mark.parametrize("fractions", [(0.7, 0.2, 0.2), (0.8, 0.0, 0.2), (1.1, -0.1, 0.0)])
 def test_split_refuses_bad_fractions(samples, fractions):
     with pytest.raises(ValueError, match="fractions"):
