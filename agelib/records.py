@@ -319,11 +319,11 @@ def _latest_runs(table: pd.DataFrame) -> pd.DataFrame:
 def backbone_args_text(config) -> str:
     """A record's backbone settings as ``"k=v, k=v"`` ("" for the backbone's defaults).
 
-    >>> backbone_args_text({"model": {"backbone_args": {"depth": 2, "embed_dim": 80}}})
-    'depth=2, embed_dim=80'
-
     Two runs of one backbone built with other settings (a 2-block ViT, the projection
     bridge) are other models: they get their own row, and the table names the settings.
+
+    >>> backbone_args_text({"model": {"backbone_args": {"depth": 2, "embed_dim": 80}}})
+    'depth=2, embed_dim=80'
     """
     args = config.get("model", {}).get("backbone_args") if isinstance(config, dict) else None
     return ", ".join(f"{k}={v}" for k, v in sorted(args.items())) if args else ""

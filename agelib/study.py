@@ -26,8 +26,8 @@ def hours_per_seed(raw: pd.DataFrame, tag: str) -> pd.Series:
 def levered(raw: pd.DataFrame) -> set[tuple[str, str]]:
     """(backbone, variant) of the runs that started from trained parts or learned from a
     teacher: their budget includes the training of those other models."""
-    return {(r.backbone, r.variant) for r in raw.itertuples()
-            if isinstance(r.config, dict) and (r.config.get("init_from") or r.config.get("distill_from"))}
+    return {(r.backbone, r.variant) for r in raw.itertuples() if isinstance(r.config, dict)
+            and (r.config.get("init_from") or r.config.get("distill_from"))}
 
 
 def comparison(report: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
@@ -42,7 +42,8 @@ def comparison(report: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
     for tag in [t for t in report["tag"].unique() if t in STUDIES]:
         runs = report[(report["tag"] == tag) & (report["variant"] != "teacher")]
         hybrid = runs["backbone"].str.startswith("hybrid")
-        extra = pd.Series([(b, v) in with_levers for b, v in zip(runs["backbone"], runs["variant"])],
+        extra = pd.Series([(b, v) in with_levers for b, v in zip(runs["backbone"],
+                                                                  runs["variant"])],
                           index=runs.index, dtype=bool)
         best = {"best part alone": runs[~hybrid],
                 "best hybrid, same budget": runs[hybrid & ~extra],
