@@ -78,6 +78,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
         raise ValueError(f"'{path.name}' is an exported TorchScript model, not a checkpoint: "
                          "exports are for running elsewhere (agelib.export.load_exported); "
                          "give the checkpoint it was exported from.")
+    if path.suffix.lower() == ".onnx":
+        raise ValueError(f"'{path.name}' is an exported ONNX model, not a checkpoint: exports "
+                         "are for running elsewhere (agelib.export.load_exported); give the "
+                         "checkpoint it was exported from.")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # pickle, zip and unpickling-policy errors all mean "unreadable"

@@ -127,7 +127,8 @@ def cmd_download(args) -> int:
 def cmd_pack(args) -> int:
     from .data import sources
 
-    where = None if str(args.source) == "synthetic" else sources.find_data(args.source)
+    asked = args.source or os.environ.get("AGELIB_DATA")  # "synthetic" by either name
+    where = None if str(asked) == "synthetic" else sources.find_data(args.source)
     if where is not None and where.is_file() and where.suffix.lower() != ".csv":
         raise ValueError(f"'{where.name}' is a pack already: pack the original folder instead "
                          "(--source /path/to/UTKFace); re-encoding a pack loses quality twice")
@@ -136,7 +137,7 @@ def cmd_pack(args) -> int:
     faces = sources.load_faces(args.source)
     out = Path(args.out or settings.data_home() / "packs" / f"{faces.name}-{args.size}px.tar")
     sources.write_faces_pack(faces, args.size, out, quality=args.quality)
-    print(f"wrote {out.name}: {len(faces.samples)} images at {args.size} px, "
+    print(f"wrote {_shown(out)}: {len(faces.samples)} images at {args.size} px, "
           f"{out.stat().st_size / 2**20:.1f} MiB")
     return 0
 
@@ -355,8 +356,11 @@ def cmd_evaluate(args) -> int:
     from . import inference
 
     scores = inference.evaluate_folder(args.checkpoint, args.images)
+    if "note" in scores:
+        print(f"note: {scores['note']}", file=sys.stderr)
     if args.json:
-        print(json.dumps({k: scores[k] for k in ("n", "mae", "cs5", "skipped")}))
+        print(json.dumps({k: scores[k] for k in ("n", "mae", "cs5", "skipped", "note")
+                          if k in scores}))
     else:
         print(f"n {scores['n']}  MAE {scores['mae']:.3f}  CS@5 {scores['cs5']:.3f}")
         for s in scores["skipped"]:
@@ -567,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="n, MAE and CS@5 of a checkpoint on a labelled folder")
     p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
-    p.add_argument("--images", required=True, help="folder of UTKFace-named images")
+    p.add_argument("--images", required=True, help="folder of UTKFace-named images, or a CSV of file,age (your own photos)")
     p.add_argument("--json", action="store_true",
                    help="print {n, mae, cs5, skipped: [{file, reason}]}")
     p.set_defaults(func=cmd_evaluate)

@@ -194,11 +194,23 @@ def to_onnx(model: models.AgeModel, path: str | Path, size: int, dynamic_batch: 
     return path
 
 
+def _is_onnx(path: Path) -> bool:
+    """True for a file that ONNX reads as a model (an earlier export, safe to replace)."""
+    try:
+        import onnx
+
+        onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # not installed, not ONNX, unreadable: not one we may overwrite
+        return False
+    return True
+
+
 def _format(path: Path, format: str | None) -> str:
     fmt = format or SUFFIXES.get(path.suffix.lower())
     if fmt not in FORMATS:
-        raise ValueError(f"cannot tell the format of '{path.name}': give format= one of "
-                         f"{FORMATS}, or name the file *.onnx or *.pt")
+        raise ValueError(f"cannot tell the format of '{path.name}': name the file *.onnx or "
+                         f"*.pt, or give the format (--format; format= in Python), one of "
+                         f"{', '.join(FORMATS)}")
     return fmt
 
 
@@ -314,6 +326,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str | Non
     if checkpoints.is_checkpoint(out):
         raise ValueError(f"'{out}' is an agelib checkpoint: the export would overwrite it. "
                          "Give another name, or delete that checkpoint first if it is unwanted.")
+    if out.exists() and not (checkpoints.is_torchscript(out) or _is_onnx(out)):
+        raise ValueError(f"'{out}' exists and is not an export: the export would overwrite it. "
+                         "Give another name, or move that file first.")
     model, payload = checkpoints.load_checkpoint(source)
     size = size or checkpoints.trained_size(payload, model)
     if not size:

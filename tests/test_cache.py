@@ -2,6 +2,7 @@
 
 import io
 import tarfile
+import warnings
 
 import numpy as np
 import torch
@@ -180,6 +181,18 @@ def test_load_faces_reads_a_pack(quirky_faces, tmp_path, home):
         assert images.shape == (len(faces.samples), 16, 16, 3)
         split = faces.split(seed=0)
         assert set(split.index) == set(faces.samples.sha1)
+
+
+def test_a_pack_used_above_its_size_says_the_faces_are_upscaled(quirky_faces, tmp_path, home):
+    path = cache.write_pack(quirky_faces.samples, quirky_faces.images(32), tmp_path / "faces.tar")
+    faces = data.load_pack(path)
+    assert faces.stored_size == 32 and quirky_faces.stored_size is None  # the folder: originals
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # at or below its size: not a word
+        faces.images(32)
+        faces.images(16)
+    with pytest.warns(UserWarning, match="holds 32 px faces: at 64 px every one is upscaled"):
+        assert faces.images(64).shape[1:] == (64, 64, 3)
 
 
 def test_a_synthetic_pack_stays_synthetic_whatever_its_name(quirky_faces, tmp_path):

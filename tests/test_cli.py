@@ -94,7 +94,7 @@ def test_links_prints_the_chapter_table(runs):
 def test_pack_writes_a_loadable_pack(runs, workdir):
     result = runs["pack"]
     assert result.returncode == 0, result.stderr
-    assert "wrote x.tar: 2000 images at 32 px" in result.stdout
+    assert "x.tar: 2000 images at 32 px" in result.stdout
     faces = sources.load_pack(workdir["pack"])
     assert len(faces.samples) == sources.SYNTHETIC_N and faces.samples["sha1"].is_unique
     assert not faces.real and faces.name.startswith("synthetic")  # provenance travels inside the pack
@@ -104,6 +104,20 @@ def test_pack_writes_a_loadable_pack(runs, workdir):
     again = workdir["pack"].parent / "again.tar"
     assert cli.main(["pack", "--source", str(workdir["pack"]), "--out", str(again)]) == 2
     assert not again.exists()
+
+
+def test_pack_takes_the_synthetic_faces_from_agelib_data_too(tmp_path, monkeypatch, capsys):
+    """AGELIB_DATA=synthetic names the synthetic faces for pack as for every other command."""
+    monkeypatch.setenv("AGELIB_DATA", "synthetic")
+    asked = []
+
+    def fake_load_faces(source=None, verbose=True):
+        asked.append(source)
+        raise RuntimeError("stop here: the data was found")
+
+    monkeypatch.setattr(sources, "load_faces", fake_load_faces)
+    assert cli.main(["pack", "--size", "16", "--out", str(tmp_path / "s.tar")]) == 2
+    assert "the data was found" in capsys.readouterr().err and asked == [None]
 
 
 def test_bad_arguments_are_refused_by_argparse():

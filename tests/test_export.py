@@ -225,6 +225,16 @@ def test_export_never_overwrites_a_checkpoint(checkpoint, tmp_path, capsys):
     assert not checkpoints.is_checkpoint(out) and checkpoints.is_checkpoint(victim)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.pt", "victim-export.pt",
                                                           "victim.pt"]  # no partial file left
+    # ... and so is an earlier ONNX export; any other file is refused, untouched
+    onnx_out = tmp_path / "victim.onnx"
+    for _ in range(2):
+        assert cli.main(["export", "--checkpoint", str(victim), "--out", str(onnx_out)]) == 0
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    assert cli.main(["export", "--checkpoint", str(victim), "--format", "onnx",
+                     "--out", str(notes)]) == 2
+    assert "exists and is not an export" in capsys.readouterr().err
+    assert notes.read_text() == "my notes"
 
 
 def test_a_damaged_checkpoint_says_what_is_wrong(checkpoint, tmp_path):
@@ -244,3 +254,6 @@ def test_an_export_given_as_a_checkpoint_is_named_for_what_it_is(checkpoint, tmp
     assert checkpoints.is_torchscript(out) and not checkpoints.is_torchscript(checkpoint)
     with pytest.raises(ValueError, match="exported TorchScript model, not a checkpoint"):
         checkpoints.load_checkpoint(out)
+    onnx_out = export.export_checkpoint(checkpoint, tmp_path / "model.onnx")["path"]
+    with pytest.raises(ValueError, match="exported ONNX model, not a checkpoint"):
+        checkpoints.load_checkpoint(onnx_out)

@@ -72,6 +72,31 @@ def test_a_bare_checkpoint_of_a_model_built_for_its_size_predicts_and_evaluates(
     assert scores["cs5"] == pytest.approx(metrics.cs_at(pred, true, 5), abs=1e-3)
 
 
+def test_evaluating_on_the_training_folder_says_the_score_flatters(tmp_path, capsys):
+    from agelib.data import sources, utkface
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i, age in enumerate((20, 35, 50)):
+        (folder / f"{age}_0_0_2017010100000000{i}.jpg.chip.jpg").write_bytes(
+            jpeg_bytes(face_image(i)))
+    files, _ = utkface.scan_folder(folder)
+    trained_here = {"data_fingerprint": sources.image_fingerprint(files["sha1"]), "test_mae": 7.5}
+    ours = checkpoints.save_checkpoint(tiny_model(32), tmp_path / "ours.pt", record=trained_here)
+    other = checkpoints.save_checkpoint(tiny_model(32), tmp_path / "other.pt",
+                                        record={**trained_here, "data_fingerprint": "0" * 12})
+    assert cli.main(["evaluate", "--checkpoint", str(ours), "--images", str(folder)]) == 0
+    err = capsys.readouterr().err
+    assert "the photos 'ours.pt' was trained on" in err and "test MAE 7.5" in err
+    assert "note" not in inference.evaluate_folder(other, folder, device="cpu")
+    # the same photos as a table of your own: scored the same way
+    (folder / "labels.csv").write_text("file,age\n" + "".join(
+        f"{name},{name.split('_')[0]}\n" for name in sorted(files["file"])))
+    table = inference.evaluate_folder(other, folder / "labels.csv", device="cpu")
+    direct = inference.evaluate_folder(other, folder, device="cpu")
+    assert (table["n"], table["mae"], table["cs5"]) == (direct["n"], direct["mae"], direct["cs5"])
+
+
 def test_export_to_a_folder_and_evaluate_on_a_file_say_what_to_give(tmp_path, capsys):
     path = checkpoints.save_checkpoint(tiny_model(32), tmp_path / "bare.pt")
     (tmp_path / "out.onnx").mkdir()

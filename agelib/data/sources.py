@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,6 +27,12 @@ from .. import settings
 from . import cache, splits, synthetic, utkface
 
 SYNTHETIC_N = 2000  # faces in the built-in synthetic set
+
+
+def image_fingerprint(sha1s) -> str:
+    """Short hash of a set of images (their content hashes): what a run record's
+    ``data_fingerprint`` holds, so a folder can be recognised as a model's training data."""
+    return hashlib.sha1("\n".join(sorted(sha1s)).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -43,6 +50,7 @@ class Faces:
     files: pd.DataFrame | None = None  # every labelled file, copies included (None for a pack)
     _open: Callable[[str], Image.Image] | None = field(default=None, repr=False)
     cache_source: str | None = None  # what the image cache is keyed by, when not the name
+    stored_size: int | None = None  # a pack's image side: larger sizes only upscale its faces
 
     def open_image(self, sha1: str) -> Image.Image:
         """The original image with this content hash (samples and left-out copies alike)."""
@@ -61,7 +69,7 @@ class Faces:
     def fingerprint(self) -> str:
         """Short hash of the set of images: tells two copies of a dataset apart (and names
         the split, which depends on the images alone)."""
-        return hashlib.sha1("\n".join(sorted(self.samples["sha1"])).encode()).hexdigest()[:12]
+        return image_fingerprint(self.samples["sha1"])
 
     @property
     def labels_fingerprint(self) -> str:
@@ -75,6 +83,12 @@ class Faces:
 
     def images(self, size: int, sha1s: list[str] | None = None) -> np.ndarray:
         """Decoded ``(N, size, size, 3)`` uint8 images, from the cache after the first call."""
+        if self.stored_size and size > self.stored_size:
+            warnings.warn(f"{self.name} holds {self.stored_size} px faces: at {size} px every "
+                          f"one is upscaled, blurred, and a model learns less than the size "
+                          f"promises. Train at {self.stored_size} px (--image-size "
+                          f"{self.stored_size}), or pack the original folder again at "
+                          f"--size {size}.", stacklevel=2)
         ids = list(self.samples["sha1"] if sha1s is None else sha1s)
         return cache.build_cache(ids, lambda i: self.open_image(ids[i]), size,
                                  settings.data_home() / "cache",
@@ -295,8 +309,10 @@ def load_pack(path: str | os.PathLike) -> Faces:
     name = pack.info.get("name", "UTKFace" if real else "synthetic")
     name = f"{name} ({pack.info.get('size', '?')} px {pack.info.get('format', 'WebP')} pack)"
     # two packs of one dataset may differ in size or quality: their caches must not mix
+    size = pack.info.get("size")
     return Faces(name, real, samples, report, pack.files, pack.open,
-                 cache_source=f"{name} {pack.signature}")
+                 cache_source=f"{name} {pack.signature}",
+                 stored_size=int(size) if str(size).isdigit() else None)
 
 
 def write_faces_pack(faces: Faces, size: int, path: str | os.PathLike, quality: int = 80) -> Path:
