@@ -112,7 +112,7 @@ def test_train_transform_flips_some_images_and_keeps_the_others():
     assert 4 <= sum(flipped) <= 28
 
 
-@pytest.mark.parametrize("draw, flipped", [(0.0, True), (0.99, False)])
+@pytest.mark.parametrize("draw, flipped", [(0.0, True), (0.45, True), (0.55, False), (0.99, False)])
 def test_train_flip_with_full_scale_equals_torch_flip(monkeypatch, draw, flipped):
     x = batch(6)
     plain = BatchTransform(32, train=True, scale=(1, 1), flip=False)(x)
@@ -144,6 +144,55 @@ def test_jitter_scales_brightness_and_contrast_within_bounds():
     assert out.min() >= 0 and out.max() <= 1
     ratio = out.mean(dim=(1, 2, 3)) / plain.mean(dim=(1, 2, 3))  # brightness * (mean kept by contrast)
     assert ratio.min() > 0.65 and ratio.max() < 1.35 and ratio.std() > 0.05
+
+
+def pixels(out: torch.Tensor) -> torch.Tensor:
+    """A transform's output back on the [0, 1] scale, unclamped (denormalize clamps)."""
+    mean = torch.tensor(loaders.IMAGENET_MEAN).view(1, 3, 1, 1)
+    return out * torch.tensor(loaders.IMAGENET_STD).view(1, 3, 1, 1) + mean
+
+
+def test_a_grey_face_weighs_red_green_and_blue_as_luma_does():
+    red = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    red[:, 0] = 255
+    grey = BatchTransform(8, train=True, scale=(1, 1), flip=False, grayscale=1.0)(red)
+    torch.testing.assert_close(pixels(grey), torch.full((1, 3, 8, 8), 0.299), atol=1e-4, rtol=0)
+
+
+def test_the_grey_share_is_the_share_asked_for():
+    x = batch(400, side=8)
+    out = pixels(BatchTransform(8, train=True, scale=(1, 1), flip=False, grayscale=0.25)(
+        x, torch.Generator().manual_seed(0)))
+    grey = ((out[:, 0] - out[:, 1]).abs().amax((1, 2)) < 1e-4) & \
+           ((out[:, 1] - out[:, 2]).abs().amax((1, 2)) < 1e-4)
+    assert 0.15 < grey.float().mean() < 0.35
+
+
+def test_rotation_turns_the_image_not_shears_it(monkeypatch):
+    x = batch(2, side=16)
+    plain = BatchTransform(16, train=False)(x)
+    # every draw at its top: full-size crop, no shift, no flip, and a turn of +90 degrees
+    monkeypatch.setattr(torch, "rand", lambda *size, generator=None: torch.ones(size))
+    out = BatchTransform(16, train=True, scale=(1, 1), flip=False, rotate=90)(x)
+    assert any(torch.allclose(out, torch.rot90(plain, k, (-2, -1)), atol=1e-4) for k in (1, -1))
+
+
+def test_jitter_keeps_pixels_in_range_and_each_face_around_its_own_mean():
+    x = batch(64)
+    out = pixels(BatchTransform(32, train=True, scale=(1, 1), flip=False, jitter=0.5)(
+        x, torch.Generator().manual_seed(0)))
+    assert out.min() >= -1e-5 and out.max() <= 1 + 1e-5  # clamped before normalising
+    black_and_white = torch.cat([torch.zeros(16, 3, 8, 8, dtype=torch.uint8),
+                                 torch.full((16, 3, 8, 8), 255, dtype=torch.uint8)])
+    out = pixels(BatchTransform(8, train=True, scale=(1, 1), flip=False, jitter=0.3)(
+        black_and_white, torch.Generator().manual_seed(0)))
+    assert out[:16].abs().max() < 1e-5  # a black face stays black: its contrast is its own
+
+
+def test_balance_weights_band_ages_by_ten_years_from_each_decade_start():
+    weights = loaders.balance_weights(torch.tensor([5.0, 10.0, 10.0, 15.0]), 1)
+    torch.testing.assert_close(weights, torch.tensor([1.0, 1 / 3, 1 / 3, 1 / 3]))
+    assert loaders.balance_weights(torch.tensor([5.0]), 0) is None
 
 
 def test_train_crop_zooms_in():
