@@ -283,3 +283,12 @@ def test_a_later_bench_of_one_model_does_not_hide_another_models_rows():
                and "4,000 | 4.00× | 2026-11-25" in r
                for r in rows)
     assert "3,500" not in table  # the older resnet18 run was replaced row by row
+
+
+def test_throughput_counts_images_not_steps(monkeypatch):
+    import itertools
+
+    clock = itertools.count(0.0, 0.5)  # each reading of the clock half a second later
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    # one window of 4 steps of 32 images between two readings: 128 images in 0.5 s
+    assert bench.throughput(lambda: 32, steps=4, warmup=0, windows=1)["img_per_s"] == 256

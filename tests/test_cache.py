@@ -256,3 +256,19 @@ def test_a_photo_with_an_exif_orientation_is_cached_upright(tmp_path):
     from agelib.data import utkface
     info = utkface.inspect_image(tmp_path / "phone.jpg")
     assert (info["width"], info["height"]) == (100, 200)  # as shown, not as stored
+
+
+def test_a_cache_hands_each_id_its_own_image_whatever_the_order(tmp_path):
+    """Another seed's split asks for the same images in another order: each must still get
+    its own pixels (a cache keyed on the set, not the order, would swap faces and ages)."""
+    colours = {"a": (255, 0, 0), "b": (0, 0, 255)}
+    for ids in (["a", "b"], ["b", "a"]):
+        images = cache.build_cache(ids, lambda i: Image.new("RGB", (8, 8), colours[ids[i]]),
+                                   8, tmp_path)
+        assert [tuple(im[0, 0]) for im in images] == [colours[i] for i in ids]
+
+
+def test_the_cache_key_changes_with_the_decoding_pipeline(monkeypatch):
+    before = cache.cache_key(["a"], 32)
+    monkeypatch.setattr(cache, "PIPELINE", cache.PIPELINE + 1)
+    assert cache.cache_key(["a"], 32) != before  # a changed resize never reuses old pixels

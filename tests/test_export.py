@@ -257,3 +257,13 @@ def test_an_export_given_as_a_checkpoint_is_named_for_what_it_is(checkpoint, tmp
     onnx_out = export.export_checkpoint(checkpoint, tmp_path / "model.onnx")["path"]
     with pytest.raises(ValueError, match="exported ONNX model, not a checkpoint"):
         checkpoints.load_checkpoint(onnx_out)
+
+
+def test_a_uint8_export_refuses_float_images_and_says_what_it_takes(tmp_path):
+    model = tiny("resnet18")
+    for input, says in (("uint8", "uint8 RGB pixels 0-255"), ("float", "float32 RGB")):
+        assert says in export.metadata(model, SIZE, input)["input_description"]
+    path = export.to_torchscript(model, tmp_path / "u.pt", SIZE, input="uint8")
+    with pytest.raises(ValueError, match="takes uint8 pixels"):  # never silently wrong ages
+        export.predict_exported(path, np.zeros((1, 3, SIZE, SIZE), np.float32))
+    assert export.predict_exported(path, face_pixels(2).numpy()).shape == (2,)

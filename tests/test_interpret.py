@@ -331,3 +331,16 @@ def test_region_focus_compares_heat_with_area():
     assert interpret.region_focus(np.zeros((4, 4)), {"all": [(0, 1, 0, 1)]}) == {"all": 0.0}
     with pytest.raises(ValueError, match=r"give maps \(N, H, W\)"):
         interpret.region_focus(np.zeros(4))
+
+
+@pytest.mark.parametrize("head, smooth", [("classification", "expected_age"),
+                                          ("coral", "coral_expected_age"),
+                                          ("corn", "corn_expected_age")])
+def test_a_head_that_decodes_by_label_is_explained_by_its_own_expected_age(head, smooth):
+    from agelib import losses
+
+    model = models.create_model(models.ModelConfig("resnet18", head=head, decode="label",
+                                                   min_age=1, img_size=32))
+    logits = torch.randn(3, 117 if head == "classification" else 116)  # 117 ages, 116 thresholds
+    expected = getattr(losses, smooth)(logits, 1)
+    torch.testing.assert_close(interpret.differentiable_age(model.head, logits), expected)

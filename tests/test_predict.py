@@ -94,6 +94,17 @@ def test_alignment_puts_the_landmarks_on_the_utkface_template(found):
         faces.alignment(np.zeros((5, 2)))
 
 
+def test_a_crop_much_smaller_than_the_photo_is_drawn_larger_then_shrunk():
+    """A phone photo: the face is twice the crop's size. The crop must be the photo, shrunk
+    (landmarks already on the template), not a corner of it or a black square."""
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (25, 25, 3), np.uint8)).resize(
+        (400, 400), Image.Resampling.BICUBIC)
+    crop = faces.align_face(photo, faces.UTKFACE_LANDMARKS * 400, 200)
+    shrunk = photo.resize((200, 200), Image.Resampling.LANCZOS)
+    assert np.abs(np.asarray(crop, float) - np.asarray(shrunk, float)).mean() < 3
+
+
 def test_the_template_is_where_real_utkface_faces_are(real_folder):
     images = sorted(real_folder.glob("*.jpg"))[:12]
     assert np.abs(faces.landmark_template(images) - faces.UTKFACE_LANDMARKS).max() < 0.04

@@ -37,6 +37,12 @@ def test_parse_name_notes_missing_race_and_timestamp():
     assert labels.irregular == "race and timestamp missing"
 
 
+def test_parse_name_keeps_the_oldest_age_and_refuses_one_above_it():
+    assert parse_name("116_0_0_20170120134725990.jpg.chip.jpg").age == 116  # real files
+    with pytest.raises(ValueError, match="above 116"):
+        parse_name("117_0_0_20170120134725990.jpg.chip.jpg")
+
+
 def test_parse_name_reads_a_short_third_field_as_the_race():
     # "45_1_3.jpg", as a learner names photos of their own: 3 is a race, not a date and time
     labels = parse_name("45_1_3.jpg")
@@ -232,6 +238,14 @@ def test_deduplicate_takes_the_majority_attribute():
                           "gender": [1, 1, 0], "race": pd.array([2, 3, 3], dtype="Int64")})
     sample = utkface.deduplicate(files).iloc[0]
     assert (sample["gender"], sample["race"], sample["n_files"]) == (1, 3, 3)
+
+
+def test_the_report_gives_the_age_range_and_median_of_the_samples_used():
+    files = pd.DataFrame({"file": ["a", "b", "c"], "sha1": ["x", "y", "z"], "age": [1, 2, 60],
+                          "gender": [0, 1, 0], "race": pd.array([0, 1, 2], dtype="Int64")})
+    report = utkface.DataReport(folder="f")
+    utkface.deduplicate(files, report)
+    assert (report.age_min, report.age_median, report.age_max) == (1, 2.0, 60)  # not the mean
 
 
 def test_deduplicate_counts_in_the_report(scanned):
