@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import tarfile
+import warnings
 from pathlib import Path
 
 from . import course, settings
@@ -102,6 +103,10 @@ def cmd_data(args) -> int:
     if str(args.folder).lower().endswith(".csv"):  # a table of your own labelled photos
         faces = sources.load_table(args.folder)
         files, report = faces.files, faces.report
+    elif Path(args.folder).is_file() and tarfile.is_tarfile(args.folder):  # a pack: its report
+        faces = sources.load_pack(args.folder)
+        report = faces.report  # a pack without its file table (an old one): the samples
+        files = faces.files if faces.files is not None else faces.samples
     else:
         files, report = utkface.scan_folder(args.folder)
         utkface.deduplicate(files, report)
@@ -286,8 +291,8 @@ def cmd_train(args) -> int:
     if result.checkpoint:
         print(f"checkpoint: {_shown(result.checkpoint)}")
     from . import records  # where a run's record went: a learner's own runs join the course's
-    print(f"record: {_shown(records.results_dir() / (r['id'] + '.json'))} (AGELIB_RESULTS "
-          "puts your records elsewhere)")
+    hint = "" if os.environ.get("AGELIB_RESULTS") else " (AGELIB_RESULTS puts your records elsewhere)"
+    print(f"record: {_shown(records.results_dir() / (r['id'] + '.json'))}{hint}")
     return 0
 
 
@@ -510,9 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("data", help="parse/deduplication report of a UTKFace-style folder "
-                       "or a table of labelled photos")
-    p.add_argument("folder", help="folder of UTKFace-named images, or a CSV of file,age rows")
+    p = sub.add_parser("data", help="parse/deduplication report of a UTKFace-style folder, "
+                       "a table of labelled photos or a pack")
+    p.add_argument("folder", help="folder of UTKFace-named images, a CSV of file,age rows, or a pack (.tar)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_data)
 
@@ -684,6 +689,8 @@ def main(argv: list[str] | None = None) -> int:
         from .data import download
 
         args.url = download.URL
+    shown = warnings.formatwarning  # a warning reads as one line, as an error does, not as
+    warnings.formatwarning = lambda message, *_: f"warning: {message}\n"  # source and line
     try:
         return args.func(args)
     except BrokenPipeError:  # the reader went away (`... | head`): nothing is wrong
@@ -692,3 +699,5 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as err:  # a missing file, a folder, no access
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = shown

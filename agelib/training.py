@@ -80,7 +80,9 @@ class TrainConfig:
         if self.init_from is not None and (not self.init_from or set(self.init_from) - {"cnn", "vit"}):
             raise ValueError(f"init_from takes 'cnn' and/or 'vit' checkpoints, not {self.init_from}")
         if self.init_from and self.model.backbone not in hybrid.HYBRIDS:
-            raise ValueError(f"init_from needs a hybrid backbone; registered: {sorted(hybrid.HYBRIDS)}")
+            raise ValueError(f"starting from trained parts (init_from; --init-cnn, --init-vit) "
+                             f"needs a hybrid model, not {self.model.backbone}; the hybrids: "
+                             f"{', '.join(sorted(hybrid.HYBRIDS))}")
         if self.distill_alpha < 0:
             raise ValueError(f"distill_alpha must be >= 0, not {self.distill_alpha}")
         losses.get_loss(self.loss)  # unknown loss names fail here, listing the valid ones

@@ -100,6 +100,8 @@ def test_pack_writes_a_loadable_pack(runs, workdir):
     assert not faces.real and faces.name.startswith("synthetic")  # provenance travels inside the pack
     assert faces.open_image(faces.samples["sha1"].iloc[0]).size == (32, 32)
     assert not list(workdir["pack"].parent.glob("*.tmp"))
+    # `data` reports on a pack as on a folder: it is a valid AGELIB_DATA
+    assert cli.main(["data", str(workdir["pack"]), "--json"]) == 0
     # packing that pack again would encode every face a second time: refused, nothing written
     again = workdir["pack"].parent / "again.tar"
     assert cli.main(["pack", "--source", str(workdir["pack"]), "--out", str(again)]) == 2
@@ -355,3 +357,24 @@ def test_a_results_folder_under_home_is_expanded(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("AGELIB_RESULTS", "~/my-results")
     assert records.results_dir() == tmp_path / "my-results"
+
+
+def test_a_warning_reads_as_one_line_and_the_format_is_given_back():
+    """Outside pytest (which records warnings instead of printing them), as a user runs it."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        import warnings
+        from agelib import cli
+        def warns(args):
+            warnings.warn("offline: training from scratch", UserWarning)
+            return 0
+        cli.cmd_models = warns
+        before = warnings.formatwarning
+        assert cli.main(["models"]) == 0 and warnings.formatwarning is before
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "warning: offline: training from scratch\n"  # no file, no line

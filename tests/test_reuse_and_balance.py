@@ -173,7 +173,7 @@ def test_three_stage_recipe_and_distillation_run_from_the_config(synthetic_faces
 
 
 def test_the_levers_refuse_wrong_settings():
-    with pytest.raises(ValueError, match="hybrid backbone"):
+    with pytest.raises(ValueError, match="needs a hybrid model, not test_resnet"):
         training.TrainConfig(model=models.ModelConfig("test_resnet"), init_from={"cnn": "x.pt"})
     with pytest.raises(ValueError, match="'cnn' and/or 'vit'"):
         training.TrainConfig(model=models.named_config("hybrid_atto"), init_from={"teacher": "x"})
