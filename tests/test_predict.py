@@ -233,6 +233,9 @@ def test_huge_photo_is_searched_smaller_and_boxes_map_back(portraits, found):
     expected = np.array(found["grace_hopper"][0].box) * 3 + [2000, 1000, 2000, 1000]
     width = expected[2] - expected[0]
     assert np.abs(np.array(face.box) - expected).max() < 0.08 * width
+    # the landmarks map back too (the crop is aligned on them)
+    small = found["grace_hopper"][0].landmarks * 3 + [2000, 1000]
+    assert np.abs(face.landmarks - small).max() < 0.08 * width
     assert face.crop.size == (faces.CROP_SIZE, faces.CROP_SIZE)
 
 
