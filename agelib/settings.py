@@ -90,7 +90,7 @@ class RunMode:
                     f"train/valid/test images at {self.image_size} px, {self.epochs} epoch(s). "
                     "Numbers are only a check that the code runs, not results.")
         return (f"FULL mode on {where}: whole splits at {self.image_size} px, "
-                f"{self.epochs} epoch(s).")
+                f"{self.epochs} epoch(s) by default.")
 
     def caption(self, title: str) -> str:
         """``title`` with the mode stamped under it, for figures: a plot scrolled to (or
