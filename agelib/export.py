@@ -206,7 +206,12 @@ def _is_onnx(path: Path) -> bool:
 
 
 def _format(path: Path, format: str | None) -> str:
-    fmt = format or SUFFIXES.get(path.suffix.lower())
+    named = SUFFIXES.get(path.suffix.lower())
+    if format and named and format != named:  # an ONNX file called *.pt: no one would guess
+        raise ValueError(f"'{path.name}' names a {named} file, but --format is {format}: name "
+                         f"it *{next(k for k, v in SUFFIXES.items() if v == format)}, or leave "
+                         "--format out")
+    fmt = format or named
     if fmt not in FORMATS:
         raise ValueError(f"cannot tell the format of '{path.name}': name the file *.onnx or "
                          f"*.pt, or give the format (--format; format= in Python), one of "

@@ -397,6 +397,8 @@ def _vit_pairs(hybrid: ConvNeXtViT, source: nn.Module) -> tuple[dict, list[str]]
 def _what_fits(c: HybridConfig) -> str:
     vit_args = {k: v for k, v in {"embed_dim": c.vit_width, "num_heads": c.vit_heads,
                                   "depth": c.vit_depth}.items() if v is not None}
+    cli_args = "".join(f" --backbone-arg {k}={v}" for k, v in vit_args.items())
     return (f"Models that fit: cnn = ModelConfig({c.cnn!r}), vit = ModelConfig({c.vit!r}"
             + (f", backbone_args={vit_args}" if vit_args else "") + ") (the ViT may be deeper; "
-            "its first blocks are used); hybrid.part_configs(config) builds both.")
+            "its first blocks are used); hybrid.part_configs(config) builds both. From the "
+            f"command line: `train --model {c.cnn}` and `train --model {c.vit}{cli_args}`.")

@@ -102,7 +102,9 @@ def test_a_model_that_does_not_fit_is_refused_naming_the_ones_that_do():
     wide = models.create_model(models.ModelConfig("vit_tiny_patch16_224", img_size=32,
                                                   backbone_args={"depth": 2}))
     with pytest.raises(ValueError, match=r"does not fit.*Models that fit: cnn = "
-                                         r"ModelConfig\('convnext_atto'\).*'embed_dim': 80"):
+                                         r"ModelConfig\('convnext_atto'\).*'embed_dim': 80.*"
+                                         r"`train --model convnext_atto`.*"
+                                         r"--backbone-arg embed_dim=80"):  # for CLI users too
         hybrid.init_from_parts(model, vit=wide)
     resnet = models.create_model(models.ModelConfig("test_resnet"))
     with pytest.raises(ValueError, match="cnn: has no part 'stem_0'"):

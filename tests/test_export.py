@@ -131,6 +131,8 @@ def test_clear_errors(tmp_path):
     unknown.write_text("x")
     with pytest.raises(ValueError, match="cannot tell the format"):
         export.read_metadata(unknown)
+    with pytest.raises(ValueError, match="names a torchscript file, but --format is onnx"):
+        export._format(tmp_path / "m.pt", "onnx")  # an ONNX export named *.pt: refused
     with pytest.raises(ValueError, match="input must be"):
         export.AgeExport(model, input="bytes")
     with pytest.raises(ValueError, match="AgeModel"):

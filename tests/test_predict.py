@@ -105,6 +105,21 @@ def test_a_crop_much_smaller_than_the_photo_is_drawn_larger_then_shrunk():
     assert np.abs(np.asarray(crop, float) - np.asarray(shrunk, float)).mean() < 3
 
 
+def test_faces_come_left_to_right_and_unsure_ones_are_dropped(monkeypatch):
+    """As detect_faces promises, whatever order the detector gives (here: top-right first)."""
+    boxes = np.array([[300, 10, 400, 110], [10, 300, 110, 400], [150, 150, 250, 250]], float)
+    points = np.stack([b[:2] + (b[2:] - b[:2]) * faces.UTKFACE_LANDMARKS for b in boxes])
+
+    class Detector:
+        def detect(self, image, landmarks=True):
+            return boxes, np.array([0.99, 0.98, 0.5]), points
+
+    monkeypatch.setattr(faces, "detector", lambda: Detector())
+    found = faces.detect_faces(Image.new("RGB", (420, 420)), crop_size=32)
+    assert [f.box[0] for f in found] == [10, 300]  # left to right; the 0.5 face dropped
+    assert [f.probability for f in found] == pytest.approx([0.98, 0.99])
+
+
 def test_the_template_is_where_real_utkface_faces_are(real_folder):
     images = sorted(real_folder.glob("*.jpg"))[:12]
     assert np.abs(faces.landmark_template(images) - faces.UTKFACE_LANDMARKS).max() < 0.04
