@@ -44,8 +44,8 @@ def run_label(record) -> str:
     'cpu-study vit_tiny_patch16_224 [depth=2, embed_dim=80] (stage 2)'
     """
     variant = record.get("variant") or ""
-    args = records.backbone_args_text(record.get("config"))
-    backbone = record["backbone"] + (f" [{args}]" if args else "")
+    backbone = records.model_text(record["backbone"],
+                                  records.backbone_args_text(record.get("config")))
     model = (f"{backbone} ({variant})" if variant else
              f"{backbone} · {record['head']} · {record['loss']}")
     pretrained, seed, trained = (record.get(k) for k in ("pretrained", "seed", "n_train"))

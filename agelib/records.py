@@ -329,6 +329,16 @@ def backbone_args_text(config) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(args.items())) if args else ""
 
 
+def model_text(backbone: str, backbone_args: str = "", variant: str = "") -> str:
+    """A model as the tables name it: backbone, its settings, what the run changed.
+
+    >>> model_text("vit_tiny_patch16_224", "depth=2", "stage 2")
+    'vit_tiny_patch16_224 [depth=2] (stage 2)'
+    """
+    return (backbone + (f" [{backbone_args}]" if backbone_args else "")
+            + (f" ({variant})" if variant else ""))
+
+
 def same_budget(report: pd.DataFrame, data: str, mode: str, image_size: int, epochs: int,
                 tags=("ch02", "ch05", "ch06", "ch07")) -> pd.DataFrame:
     """The rows of :func:`report_table` that a fair comparison of families may set side by side.
@@ -360,8 +370,7 @@ def to_markdown(report: pd.DataFrame) -> str:
              "|" + "---|" * 16]  # tag: which chapter (or `train --tag`) made the runs
     for r in report.itertuples():
         std = f" ± {r.test_mae_std:.2f}" if r.runs > 1 and not np.isnan(r.test_mae_std) else ""
-        model = r.backbone + (f" [{r.backbone_args}]" if getattr(r, "backbone_args", "") else "")
-        model += f" ({r.variant})" if r.variant else ""  # what the run changed
+        model = model_text(r.backbone, getattr(r, "backbone_args", ""), r.variant)
         model += f" · {r.recipe_note}" if getattr(r, "recipe_note", "") else ""
         lines.append(f"| {r.tag} | {r.data} | {r.mode} | {model} | {r.head} | {r.loss} | "
                      f"{'yes' if r.pretrained else 'no'} | {r.image_size} | {r.epochs} | {r.runs} | "

@@ -53,7 +53,8 @@ def comparison(report: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
         picked.append(("the ResNet-18 (teacher)", teacher.nsmallest(1, "valid_mae")))
         for role, row in picked:
             for r in row.itertuples():
-                rows.append({"study": tag, "role": role, "model": _model(r), "epochs": r.epochs,
+                model = records.model_text(r.backbone, r.backbone_args, r.variant)
+                rows.append({"study": tag, "role": role, "model": model, "epochs": r.epochs,
                              "runs": r.runs, "valid MAE": r.valid_mae, "test MAE": r.test_mae})
     out = pd.DataFrame(rows, columns=["study", "role", "model", "epochs", "runs", "valid MAE",
                                       "test MAE"])
@@ -93,9 +94,3 @@ def seed_noise(per_seed: pd.DataFrame) -> tuple[float, float, int] | None:
         return None
     moved = repeated.max(axis=1) - repeated.min(axis=1)
     return float(moved.min()), float(moved.max()), len(moved)
-
-
-def _model(r) -> str:
-    """A report row's model as README's table names it."""
-    args = f" [{r.backbone_args}]" if getattr(r, "backbone_args", "") else ""
-    return r.backbone + args + (f" ({r.variant})" if r.variant else "")
