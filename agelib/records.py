@@ -13,6 +13,7 @@ import datetime as dt
 import functools
 import json
 import platform
+import re
 import subprocess
 import warnings
 from importlib import metadata
@@ -173,14 +174,26 @@ def load_records(folder: str | Path | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=None if rows else COLUMNS)
 
 
+def _saving_order(path: Path) -> list:
+    """Sort key for file names in the order :func:`save_record` writes them: ``<id>`` before
+    ``<id>-2`` before ``<id>-10`` (by plain name, ``-`` sorts before ``.`` and ``1`` before
+    ``9``, so a same-second re-run would count as the older run).
+
+    >>> sorted(["a-10.json", "a-2.json", "a.json"], key=lambda n: _saving_order(Path(n)))
+    ['a.json', 'a-2.json', 'a-10.json']
+    """
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", path.stem))]
+
+
 def read_json_folder(folder: Path, kind: str, needs: tuple[str, ...]) -> list[dict]:
-    """The JSON objects of ``folder/*.json`` (by file name) that have the fields ``needs``.
+    """The JSON objects of ``folder/*.json`` (in the order they were saved) that have the
+    fields ``needs``.
 
     Any other file (unreadable, cut short, not an object, another kind of JSON) is skipped
     with a warning that names it and says what to do: one bad file never hides the rest.
     """
     found = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for path in sorted(folder.glob("*.json"), key=_saving_order) if folder.is_dir() else []:
         try:
             row = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, OSError) as err:

@@ -150,6 +150,20 @@ def quirky_folder(tmp_path) -> Path:
     return write_quirky_folder(tmp_path / "quirky")
 
 
+# --------------------------------------------------------------------------- records
+def run_record(seed=0, test_mae=6.0, date="2026-01-01T00:00:00+00:00", **overrides) -> dict:
+    """A full-mode run record on real faces, with the fields reports read (as
+    ``records.make_record`` writes them)."""
+    r = {"id": f"run-{seed}-{test_mae}-{overrides.get('mode', 'full')}", "tag": "ch02",
+         "variant": "", "backbone": "resnet18", "head": "regression", "loss": "l1",
+         "pretrained": False, "data": "UTKFace", "data_real": True, "mode": "full", "epochs": 20,
+         "image_size": 64, "seed": seed, "params": 11_000_000, "valid_mae": test_mae + 0.5,
+         "test_mae": test_mae, "test_cs5": 0.4, "device": "cpu (x)", "seconds": 3.0,
+         "date": date, "config": {"model": {}}}
+    r.update(overrides)
+    return r
+
+
 # --------------------------------------------------------------------------- settings, data
 def tiny_mode():
     """A run mode in which a training run takes about a second on a CPU (32 px, 64 faces)."""

@@ -8,14 +8,16 @@ import json
 import math
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import run_record
 
 import agelib
-from agelib import checkpoints, models, records
+from agelib import checkpoints, models, records, settings
 from agelib.checkpoints import FORMAT, load_checkpoint, save_checkpoint
 
 TINY = "test_resnet"
@@ -372,3 +374,77 @@ def test_a_bad_record_is_skipped_by_name_and_a_missing_folder_is_an_error(tmp_pa
     assert "6.00" in capsys.readouterr().out
     assert cli.main(["report", "--results", str(tmp_path / "typo")]) == 2
     assert "no results folder at" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- records, from a mutation hunt
+def test_readme_results_show_only_full_runs_on_real_faces():
+    """kills: readme_results dropping the `data_real` filter (synthetic full runs reach README)
+    or the `mode == "full"` filter (smoke runs reach README)."""
+    table = pd.DataFrame([
+        run_record(0, 6.0),
+        run_record(0, 3.0, backbone="vit_small", data="synthetic", data_real=False),  # a check run
+        run_record(0, 2.0, backbone="convnext_atto", mode="smoke", epochs=1),  # proves the code runs
+    ])
+    block = records.readme_results(table)
+    rows = [line for line in block.splitlines() if line.startswith("| ch02")]
+    assert len(rows) == 1 and "| resnet18 |" in rows[0] and "| 6.00 |" in rows[0]
+    assert "vit_small" not in block and "convnext_atto" not in block
+
+
+def test_readme_results_without_a_full_run_count_the_smoke_records():
+    """kills: the 'no full run yet' message counting every record (here 3) as smoke."""
+    table = pd.DataFrame([run_record(0, 6.0, mode="smoke"), run_record(1, 7.0, mode="smoke"),
+                          run_record(0, 5.0, data="synthetic", data_real=False)])
+    assert "The 2 smoke-mode records" in records.readme_results(table)
+
+
+def test_report_rows_come_best_test_mae_first_within_a_tag_with_cs5_averaged_over_seeds():
+    """kills: rows sorted worst first, sorted by validation MAE, and CS@5 aggregated by max
+    (each was caught before only by README's committed-records check, whose advice,
+    `report --write-readme`, would have written the bug into README)."""
+    table = pd.DataFrame([
+        run_record(0, 8.0, tag="a", valid_mae=5.0, test_cs5=0.2),
+        run_record(1, 6.0, tag="a", valid_mae=5.2, test_cs5=0.6),  # x: test 7.0, valid 5.1, CS@5 0.4
+        run_record(0, 4.0, tag="a", backbone="vit_small", valid_mae=9.0, test_cs5=0.7),  # y: test 4
+        run_record(0, 1.0, tag="b", backbone="convnext_atto"),
+    ])
+    report = records.report_table(table)
+    assert list(zip(report["tag"], report["backbone"])) == [
+        ("a", "vit_small"), ("a", "resnet18"), ("b", "convnext_atto")]
+    x = report[report["backbone"] == "resnet18"].iloc[0]
+    assert (x["test_mae"], x["test_cs5"], x["runs"]) == pytest.approx((7.0, 0.4, 2))
+
+
+def test_saving_many_records_with_one_id_keeps_every_one(tmp_path):
+    """kills: `while path.exists()` -> `if`: the third run of an ablation grid started in
+    the same second overwrote the second one's record."""
+    paths = [records.save_record(run_record(0, mae, id="same"), tmp_path) for mae in (1.0, 2.0, 3.0)]
+    assert len(set(paths)) == 3 and len(list(tmp_path.glob("*.json"))) == 3
+    assert sorted(records.load_records(tmp_path)["test_mae"]) == [1.0, 2.0, 3.0]
+
+
+def test_a_re_run_saved_in_the_same_second_replaces_the_older_run(tmp_path):
+    """Two runs of one setting and seed with the same id and date (an ablation grid re-run
+    within a second): the one saved later is the re-run, whatever the file names' order."""
+    for mae in (9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.5):  # -2 ... -10
+        records.save_record(run_record(0, mae, id="same"), tmp_path)
+    report = records.report_table(records.load_records(tmp_path))
+    assert (len(report), report["test_mae"].iloc[0]) == (1, 0.5)
+
+
+def test_make_record_scores_validation_and_test_on_their_own_faces():
+    """kills: make_record swapping the validation and test scores, or their face counts
+    (test_training's tiny mode has as many validation as test faces: 32 and 32)."""
+    model = SimpleNamespace(backbone="resnet18", head="regression", pretrained=False)
+    config = SimpleNamespace(model=model, tag="t", variant="", loss="l1", seed=0, split_seed=0,
+                             lr=1e-3, schedule="one_cycle", to_dict=lambda: {"model": {}})
+    faces = SimpleNamespace(name="UTKFace", real=True, fingerprint="abc")
+    valid = (np.array([12.0, 20.0, 30.0]), np.array([10.0, 20.0, 30.0]))  # MAE 2/3
+    test = (np.array([10.0, 26.0, 30.0, 40.0, 50.0]),  # one face 6 years off: MAE 1.2, CS@5 0.8
+            np.array([10.0, 20.0, 30.0, 40.0, 50.0]))
+    r = records.make_record(config, faces, settings.FULL, "cpu", epochs=20, image_size=64,
+                            batch_size=128, best_epoch=19, seconds=12.34, params=10, n_train=7,
+                            valid=valid, test=test, test_flip=test[1])
+    assert (r["n_train"], r["n_valid"], r["n_test"]) == (7, 3, 5)
+    assert (r["valid_mae"], r["test_mae"], r["test_cs5"]) == (0.667, 1.2, 0.8)
+    assert r["test_mae_flip"] == 0.0 and r["epochs_run"] == 20 and r["seconds"] == 12.3

@@ -16,7 +16,7 @@ import pytest
 
 from agelib import checkpoints, cli, inference, models, records
 from agelib.data import synthetic
-from conftest import Runs
+from conftest import Runs, run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 N_FACES = 40
@@ -177,3 +177,13 @@ def test_train_builds_a_registered_hybrid_with_backbone_settings(runs, work):
     assert (list(c["augment_scale"]), c["rotate"], c["jitter"], c["grayscale"], c["flip"]) == (
         [0.6, 1.0], 10.0, 0.2, 0.1, False)
     assert (c["warmup"], c["weight_decay"], c["model"]["drop_path_rate"]) == (0.2, 0.1, 0.1)
+
+
+# --------------------------------------------------------------------------- report --mode, from a mutation hunt
+def test_report_mode_keeps_only_the_runs_of_that_mode(tmp_path, capsys):
+    """kills: `report --mode` being ignored (smoke numbers printed beside results)."""
+    records.save_record(run_record(0, 6.0), tmp_path)
+    records.save_record(run_record(0, 3.0, mode="smoke", epochs=1), tmp_path)
+    assert cli.main(["report", "--results", str(tmp_path), "--mode", "full"]) == 0
+    out = capsys.readouterr().out
+    assert "| 6.00 |" in out and "| 3.00 |" not in out and "| smoke |" not in out

@@ -15,7 +15,7 @@ import torch
 from conftest import Runs, face_image, jpeg_bytes, odd_mode_image
 from PIL import Image
 
-from agelib import checkpoints, cli, demo, faces, models, predict
+from agelib import checkpoints, cli, demo, faces, models, predict, settings
 
 
 # --------------------------------------------------------------------------- shared material
@@ -499,3 +499,34 @@ def test_chapter_03s_interval_by_hand_promises_what_interval_mass_says():
     lo, hi, mass = scope["interval"](logits)
     expected = predict.interval_mass(logits.softmax(-1).numpy(), lo.numpy(), hi.numpy())
     np.testing.assert_allclose(mass.numpy(), expected, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- the demo, from a mutation hunt
+def test_an_upload_is_read_from_ipywidgets_8_and_7():
+    """kills: _uploaded reading only ipywidgets 8's tuple (Colab's ipywidgets 7 gives a dict
+    of name -> file, and every upload there failed)."""
+    v8 = ({"name": "me.png", "type": "image/png", "content": memoryview(b"png!")},)
+    v7 = {"me.png": {"metadata": {"name": "me.png"}, "content": b"png!"}}
+    assert demo._uploaded(v8) == demo._uploaded(v7) == ("me.png", b"png!")
+    assert demo._uploaded(()) is None and demo._uploaded({}) is None
+
+
+def test_the_summary_states_the_level_asked_for_and_escapes_the_file_name():
+    """kills: the text saying 80% whatever the level, and a file name put into HTML raw."""
+    table = pd.DataFrame({"face": [0], "age": [30.0], "low": [25.0], "high": [36.0],
+                          "interval": ["distribution"]})
+    assert "me.png: 1 face(s); 50% intervals" in demo.summary("me.png", table, level=0.5)
+    empty = demo.summary("<b>&.png", table.iloc[:0])
+    assert "no face found in &lt;b&gt;&amp;.png" in empty and "<b>" not in empty
+
+
+def test_annotate_uses_the_level_asked_for(monkeypatch):
+    """kills: annotate not passing level (and min_prob) on: the widget's level did nothing."""
+    monkeypatch.setenv("PYTHONHASHSEED", "0")  # restored afterwards: seeding sets it
+    settings.seed_everything(0)
+    model = models.create_model(models.ModelConfig("resnet18", head="classification", img_size=32)).eval()
+    estimator = predict.AgeEstimator(model, 32)
+    photo = faces.shipped_portraits()["astronaut"]
+    width = {level: float((t["high"] - t["low"]).iloc[0])
+             for level in (0.5, 0.95) for t in [demo.annotate(photo, estimator, level=level)[1]]}
+    assert width[0.5] < width[0.95]

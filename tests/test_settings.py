@@ -248,3 +248,24 @@ def test_a_missing_course_package_says_how_to_install_it(module, call, monkeypat
     monkeypatch.setitem(sys.modules, module, None)  # as if it were not installed
     with pytest.raises(ImportError, match=r'pip install .*"agelib\[course\]"'):
         call(tmp_path) if call is _onnx_export else call()
+
+
+# --------------------------------------------------------------------------- run mode and seeds, from a mutation hunt
+@pytest.mark.parametrize("value", ["0", "no", "false"])
+def test_agelib_smoke_set_to_no_is_the_full_mode(monkeypatch, value):
+    """kills: run_mode testing that AGELIB_SMOKE is set rather than parsing it: `course --full`
+    sets AGELIB_SMOKE=0 for its kernels, which then ran the smoke mode."""
+    monkeypatch.delenv("AGELIB_EPOCHS", raising=False)
+    monkeypatch.setenv("AGELIB_SMOKE", value)
+    assert settings.run_mode() == settings.FULL
+
+
+def test_seed_everything_gives_other_draws_for_another_seed(monkeypatch):
+    """kills: a seed that is not passed on to NumPy (every seed drew the same NumPy numbers,
+    so 'another seed' changed nothing NumPy decides)."""
+    monkeypatch.setenv("PYTHONHASHSEED", "0")  # restored afterwards: seeding sets it
+    draws = {}
+    for seed in (1, 2):
+        settings.seed_everything(seed)
+        draws[seed] = (tuple(np.random.rand(3)), random.random())
+    assert draws[1][0] != draws[2][0] and draws[1][1] != draws[2][1]

@@ -6,6 +6,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
+from conftest import run_record
+
 from agelib import plots, records, study
 
 PARTS = {"cnn": "stage1.pt", "vit": "stage2.pt"}
@@ -85,4 +87,69 @@ def test_the_per_seed_figure_draws_a_row_per_run_worst_at_the_top_and_the_bar(ra
     assert len(labels) == len(per_seed) == 5
     assert labels[0] == "vit_tiny_patch16_224 (stage 2)"  # the worst mean, drawn first
     assert [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"] == [6.3]
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- roles and the per-seed figure, from a mutation hunt
+def _study_run(variant, seed, test_mae, valid_mae, backbone="hybrid_atto", tag="study",
+               **config) -> dict:
+    return run_record(seed, test_mae, tag=tag, variant=variant, backbone=backbone, loss="adaptive",
+                valid_mae=valid_mae, date=f"2026-01-0{seed + 1}T00:00:00+00:00",
+                id=f"{tag}-{backbone}-{variant}-{seed}", config={"model": {}, **config})
+
+
+def test_a_run_distilled_from_a_teacher_alone_counts_as_levered():
+    """kills: levered() looking only at init_from (a hybrid trained from scratch with a
+    teacher was shown as the same budget as the parts)."""
+    raw = pd.DataFrame([
+        _study_run("stage 1", 0, 9.0, 9.3, backbone="convnext_atto"),
+        _study_run("from scratch", 0, 9.7, 10.0),
+        _study_run("distilled", 0, 8.5, 8.8, distill_from="teacher.pt"),
+    ])
+    assert study.levered(raw) == {("hybrid_atto", "distilled")}
+    table = study.comparison(records.report_table(raw), raw).set_index("role")
+    assert table.loc["best hybrid, same budget", "model"] == "hybrid_atto (from scratch)"
+    assert table.loc["best hybrid, with levers", "model"] == "hybrid_atto (distilled)"
+
+
+def test_the_gpu_studys_teacher_is_recorded_in_its_own_tag_but_is_no_part():
+    """The GPU study records its teacher under its own tag (variant "teacher").
+    kills: the teacher counted as a part, and the teacher role given to any run of the tag."""
+    raw = pd.DataFrame([
+        _study_run("stage 1", 0, 9.0, 9.3, backbone="convnext_atto"),
+        _study_run("stage 2", 0, 13.0, 13.3, backbone="vit_tiny_patch16_224"),
+        _study_run("from scratch", 0, 9.7, 10.0),
+        _study_run("three-stage", 0, 5.9, 6.1, init_from={"cnn": "a.pt", "vit": "b.pt"}),
+        _study_run("teacher", 0, 6.0, 6.3, backbone="resnet18"),
+    ])
+    table = study.comparison(records.report_table(raw), raw).set_index("role")
+    assert table.loc["best part alone", "model"] == "convnext_atto (stage 1)"
+    assert table.loc["the ResNet-18 (teacher)", "model"] == "resnet18 (teacher)"
+    assert table.loc["the ResNet-18 (teacher)", "vs best part"] == pytest.approx(3.0)
+
+
+def test_the_teacher_is_chosen_on_validation_too():
+    """kills: the teacher picked on test MAE (the test set only reports)."""
+    raw = pd.DataFrame([
+        _study_run("stage 1", 0, 9.0, 9.3, backbone="convnext_atto", tag="cpu-study"),
+        _study_run("20 epochs", 0, 6.6, 6.0, backbone="resnet18", tag="cpu-baseline"),
+        _study_run("40 epochs", 0, 6.2, 6.4, backbone="resnet18", tag="cpu-baseline"),
+    ])
+    table = study.comparison(records.report_table(raw), raw).set_index("role")
+    assert table.loc["the ResNet-18 (teacher)", "model"] == "resnet18 (20 epochs)"
+    assert table.loc["the ResNet-18 (teacher)", "test MAE"] == pytest.approx(6.6)
+
+
+def test_the_per_seed_figure_orders_rows_by_their_mean_and_marks_it_with_every_seed():
+    """kills: rows ordered by their worst seed, the tick at the median, seeds past two dropped."""
+    per_seed = pd.DataFrame([[5.0, 5.0, 11.0], [8.0, 8.0, 8.0]],  # means 7 and 8; max 11 and 8
+                            index=pd.MultiIndex.from_tuples([("a", "spread"), ("b", "steady")],
+                                                            names=["backbone", "variant"]),
+                            columns=pd.Index([0, 1, 2], name="seed"))
+    fig = plots.per_seed_figure(per_seed, "t")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["b (steady)", "a (spread)"]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["mean"].get_xdata()) == pytest.approx([8.0, 7.0])
+    assert {"seed 0", "seed 1", "seed 2"} <= set(lines)
     plt.close(fig)
