@@ -416,7 +416,12 @@ def create_model(config: ModelConfig | None = None, **overrides) -> AgeModel:
     config = ModelConfig(**{**(config.to_dict() if config else {}), **overrides})
     kwargs = {"drop_path_rate": config.drop_path_rate} if config.drop_path_rate else {}
     kwargs.update(config.backbone_args or {})
-    kwargs["img_size"] = config.img_size
+    given = kwargs.get("img_size")
+    if given and config.img_size and given != config.img_size:
+        raise ValueError(f"backbone_args says img_size={given} but the config says "
+                         f"img_size={config.img_size} (training sets it to the run's image "
+                         "size): give the size once, as ModelConfig(img_size=...)")
+    kwargs["img_size"] = config.img_size or given  # a size given either way is kept
     try:
         backbone = create_backbone(config.backbone, config.pretrained, **kwargs)
     except PretrainedUnavailable as err:

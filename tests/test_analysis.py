@@ -240,3 +240,37 @@ def test_the_leak_table_scores_each_model_with_and_without_the_leaked_faces():
 def test_no_runs_yet_give_empty_tables_not_errors():
     assert analysis.summary({}).empty and "MAE" in analysis.summary({}).columns
     assert analysis.leak_table({}, set()).empty and analysis.old_age_table({}).empty
+
+
+# --------------------------------------------------------------------------- the dlib baseline's scores, from a mutation hunt
+def test_the_baseline_is_scored_against_each_faces_own_age(synthetic_faces, results, monkeypatch):
+    """Kills B01 (CS@5 computed with another k), B02 (age and pred swapped in the saved
+    predictions) and B06 (true ages out of line with the predictions). dlib is replaced by
+    a predictor whose errors are known, so no package is needed and the numbers are exact."""
+    test = loaders.split_tables(synthetic_faces.samples, synthetic_faces.split(0),
+                                tiny_mode()).test.head(8)
+    ages = test["age"].to_numpy(dtype=np.float32)
+    errors = np.array([-3, 0, 2, 4, 5, 6, -8, 10], dtype=np.float32)
+
+    def known_predictor(images):
+        n = sum(1 for _ in images)  # opens every face, as the real predictor does
+        return ages[:n] + errors[:n]
+
+    monkeypatch.setattr(baselines, "dlib_ages", known_predictor)
+    monkeypatch.setattr(baselines.metadata, "version", lambda name: "0.0")
+    record = baselines.evaluate_dlib(synthetic_faces, test, tiny_mode(), tag="t")
+    assert record["test_mae"] == pytest.approx(38 / 8)  # mean |error|
+    assert record["test_cs5"] == pytest.approx(5 / 8)  # |error| <= 5: -3, 0, 2, 4, 5
+    preds = records.load_predictions(record)
+    assert list(preds["sha1"]) == [str(s)[:records.SHA1_CHARS] for s in test["sha1"]]
+    np.testing.assert_allclose(preds["age"], ages)
+    np.testing.assert_allclose(preds["pred"], ages + errors, atol=1e-3)
+
+
+def test_no_recorded_dlib_run_among_records_that_lack_a_face_count(tmp_path):
+    """Older or hand-written records have no ``n_test``: chapter 10 then measures dlib
+    itself instead of failing with a KeyError."""
+    records.save_record({"id": "run", "tag": "t", "backbone": "m", "mode": "smoke",
+                         "test_mae": 5.0, "date": "2026-01-01"}, tmp_path)
+    test = pd.DataFrame({"sha1": ["a" * 40], "age": [30.0]})
+    assert baselines.recorded_dlib(test, tiny_mode(), folder=tmp_path) is None

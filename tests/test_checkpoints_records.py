@@ -448,3 +448,72 @@ def test_make_record_scores_validation_and_test_on_their_own_faces():
     assert (r["n_train"], r["n_valid"], r["n_test"]) == (7, 3, 5)
     assert (r["valid_mae"], r["test_mae"], r["test_cs5"]) == (0.667, 1.2, 0.8)
     assert r["test_mae_flip"] == 0.0 and r["epochs_run"] == 20 and r["seconds"] == 12.3
+
+
+# --------------------------------------------------------------------------- checkpoints, from a mutation hunt
+def test_extra_values_come_back_with_the_weights(tmp_path):
+    """Kills C01 (``extra`` not written): test predictions kept with a model are not lost."""
+    extra = {"test_pred": [31.5, 8.0], "test_sha1": ["ab12", "cd34"]}
+    path = checkpoints.save_checkpoint(tiny_model(), tmp_path / "m.pt", extra=extra)
+    assert checkpoints.load_checkpoint(path)[1]["extra"] == extra
+
+
+def test_trained_size_reads_the_train_config_then_the_record_then_the_model_config(tmp_path):
+    """Kills C03 (train config ignored) and C04 (the model's config read first)."""
+    vit_like = tiny_model(img_size=32)  # a bare ViT or hybrid knows its size
+    cnn = tiny_model()
+    both = {"train_config": {"image_size": 48}, "record": {"image_size": 64}}
+    assert checkpoints.trained_size(both, vit_like) == 48
+    assert checkpoints.trained_size({"record": {"image_size": 64}}, vit_like) == 64
+    assert checkpoints.trained_size({"train_config": {}, "record": {}}, vit_like) == 32
+    assert checkpoints.trained_size({"train_config": {}, "record": {}}, cnn) is None
+    path = checkpoints.save_checkpoint(cnn, tmp_path / "m.pt", train_config={"image_size": 40})
+    model, payload = checkpoints.load_checkpoint(path)
+    assert checkpoints.trained_size(payload, model) == 40
+
+
+def test_a_bare_state_dict_is_not_an_agelib_checkpoint(tmp_path):
+    """Kills C05 (is_checkpoint true for any dict): only files with the format marker count."""
+    model = tiny_model()
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    assert not checkpoints.is_checkpoint(tmp_path / "weights.pt")
+    assert checkpoints.is_checkpoint(checkpoints.save_checkpoint(model, tmp_path / "m.pt"))
+
+
+def test_a_dot_slash_name_means_the_current_folder(home):
+    """Kills C06 (``./NAME`` read as a bare name): ``train --out ./mine.pt`` must write here,
+    not into <data home>/checkpoints, while a bare ``mine.pt`` goes there."""
+    assert checkpoints.checkpoint_path("./mine.pt") == Path("mine.pt")
+    assert checkpoints.checkpoint_path(".\\mine.pt") == Path(".\\mine.pt")
+    assert checkpoints.checkpoint_path("mine.pt") == home / "checkpoints" / "mine.pt"
+
+
+def test_a_checkpoint_missing_a_tensor_is_refused_naming_it(tmp_path):
+    """Kills C11 (missing tensors not reported): a ValueError that names the tensor, not
+    torch's RuntimeError from load_state_dict."""
+    path = checkpoints.save_checkpoint(tiny_model(head="classification",
+                                                             num_classes=20), tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    del payload["state_dict"]["head.net.0.bias"]
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=r"'m.pt': the weights do not fit.*1 missing "
+                                         r"\(e\.g\. head\.net\.0\.bias\)"):
+        checkpoints.load_checkpoint(path)
+
+
+def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    """Kills C12 (writing straight to the real name): a full disk or an interrupt during a
+    save must not destroy the checkpoint that was there."""
+    model = tiny_model()
+    path = checkpoints.save_checkpoint(model, tmp_path / "best.pt", record={"test_mae": 5.0})
+
+    def crash(obj, f, *args, **kwargs):  # half the bytes reach the disk, then it is full
+        with open(f, "wb") as out:
+            out.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        checkpoints.save_checkpoint(model, path, record={"test_mae": 4.0})
+    monkeypatch.undo()
+    assert checkpoints.load_checkpoint(path)[1]["record"] == {"test_mae": 5.0}

@@ -6,6 +6,7 @@ and timm's ``test_resnet`` as student and teacher on the synthetic faces at 32 p
 
 from __future__ import annotations
 
+import types
 import warnings
 
 import pytest
@@ -217,3 +218,34 @@ def test_bad_teachers_and_students_are_refused(synthetic_faces, teacher, tmp_pat
     learn = training.make_learner(dls, student, "cross_entropy")
     with pytest.raises(ValueError, match="decode='expected'"), learn.no_bar(), learn.no_logging():
         learn.fit(1, cbs=[distill.DistillFromTeacher(teacher)])
+
+
+# --------------------------------------------------------------------------- the teacher, from a mutation hunt
+def test_a_teacher_put_back_in_training_mode_is_evaluated_again_when_fit_starts():
+    """Kills D09 (before_fit not calling teacher.eval()). A teacher in training mode would
+    use each batch's statistics and overwrite its batch-norm running statistics."""
+    torch.manual_seed(0)
+    teacher = models.create_model(models.ModelConfig("test_resnet", img_size=32))
+    callback = distill.DistillFromTeacher(teacher, alpha=0.5)
+    teacher.train()  # e.g. trained a little more after the callback was made
+    callback.learn = types.SimpleNamespace(model=torch.nn.Linear(1, 1))  # the student
+    callback.before_fit()
+    assert not any(m.training for m in teacher.modules())
+
+
+def test_a_teacher_trained_at_a_smaller_size_sees_the_batch_antialiased():
+    """Kills D04 (antialias off when shrinking). A one-pixel checkerboard at 96 px is grey
+    at 32 px: antialiased, the teacher sees about 0 everywhere; without it, every third pixel,
+    so +-1."""
+    torch.manual_seed(0)
+    teacher = models.create_model(models.ModelConfig("test_resnet", img_size=32)).eval()
+    seen = []
+    hook = teacher.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    signs = torch.tensor([1.0, -1.0]).repeat(48)
+    board = (signs[:, None] * signs[None, :]).expand(1, 3, 96, 96)
+    try:
+        distill.teacher_ages(teacher, board, size=32, flip=False)
+    finally:
+        hook.remove()
+    assert seen[0].shape == (1, 3, 32, 32)
+    assert seen[0].abs().max() < 0.1

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 from agelib import losses, models
+from agelib.data.loaders import IMAGENET_MEAN, IMAGENET_STD
 from agelib.models import HEADS, ModelConfig, PretrainedUnavailable
 
 TINY = "test_resnet"
@@ -431,3 +433,83 @@ def test_predict_ages_takes_the_size_the_model_was_built_for():
     with pytest.raises(ValueError, match="give size: the image side this model was trained at"):
         inference.predict_ages(cnn, images, device="cpu")
     assert inference.predict_ages(cnn, images, 32, device="cpu").shape == (2,)
+
+
+# --------------------------------------------------------------------------- heads and input normalisation, from a mutation hunt
+def test_forward_gives_the_backbone_inputs_in_its_own_normalisation():
+    """Kills M10 (forward_features skipping self.renormalize). The loaders normalise with
+    ImageNet's mean and std; a model whose weights expect mean 0.5, std 0.5 must show its
+    backbone exactly (pixels - 0.5) / 0.5, in forward and predict_age alike."""
+    torch.manual_seed(0)
+    model = models.create_model(ModelConfig("test_resnet", input_norm=((0.5,) * 3, (0.5,) * 3)))
+    model.eval()
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    as_map = lambda v: torch.tensor(v).view(1, 3, 1, 1)  # noqa: E731
+    imagenet = (pixels - as_map(IMAGENET_MEAN)) / as_map(IMAGENET_STD)  # what loaders give
+    with torch.no_grad():
+        features = model.backbone.forward_features((pixels - 0.5) / 0.5)
+        torch.testing.assert_close(model.forward_features(imagenet), features,
+                                   atol=1e-4, rtol=1e-4)
+        expected = model.head.to_age(model.forward_head(features))
+    torch.testing.assert_close(model.predict_age(imagenet), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("head", ["regression", "classification"])
+def test_a_hidden_layer_has_a_gelu_unless_the_config_turns_it_off(head):
+    """Kills M05 (activation inverted) and M07 (create_head not passing hidden_act). The
+    default hidden layer is Linear -> GELU -> Linear; the hybrid paper's head is
+    LayerNorm -> Linear(192, 128) -> Linear(128, 1), with no activation between."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 8)
+    mlp = models.create_head(ModelConfig(head=head, hidden=4, num_classes=6), 8)
+    first, last = [m for m in mlp.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), last(F.gelu(first(x))).squeeze(-1))
+        paper = models.create_head(models.named_config("hybrid_paper", head=head,
+                                                       num_classes=6), 192)
+        norm = [m for m in paper.modules() if isinstance(m, torch.nn.LayerNorm)][0]
+        first, last = [m for m in paper.modules() if isinstance(m, torch.nn.Linear)]
+        assert (first.in_features, first.out_features) == (192, 128)
+        x = torch.randn(5, 192)
+        torch.testing.assert_close(paper(x), last(first(norm(x))).squeeze(-1))
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_drop_rate_drops_features_in_training_and_never_in_eval(head):
+    """Kills M06 (drop_rate silently ignored by the heads): with drop_rate 0.5, two training
+    passes of the same features differ; in eval mode, and without dropout, they do not."""
+    x = torch.ones(4, 64)
+    torch.manual_seed(0)
+    dropping = models.create_head(ModelConfig(head=head, num_classes=12, drop_rate=0.5), 64)
+    plain = models.create_head(ModelConfig(head=head, num_classes=12), 64)
+    with torch.no_grad():
+        assert not torch.allclose(dropping.train()(x), dropping(x))
+        assert torch.equal(dropping.eval()(x), dropping(x))
+        assert torch.equal(plain.train()(x), plain(x))
+
+
+@pytest.mark.parametrize("head, loss", [("classification", "cross_entropy"),
+                                        ("coral", "coral"), ("corn", "corn")])
+def test_the_default_heads_cover_every_utkface_age_from_0_to_116(head, loss):
+    """Kills M14 (default num_classes 116): UTKFace's ages run 1..116, so a head built with
+    the defaults must train on age 116 and be able to answer it."""
+    module = models.create_head(ModelConfig(head=head, decode="label"), 8)
+    out = module(torch.zeros(2, 8))
+    value = losses.get_loss(loss, head=module)(out, torch.tensor([0.0, 116.0]))  # no ValueError
+    assert torch.isfinite(value)
+    sure_oldest = torch.full_like(out[:1], 30.0)  # ordinal: "older than k" for every k
+    if head == "classification":
+        sure_oldest = torch.full_like(out[:1], -30.0)
+        sure_oldest[0, -1] = 30.0  # all belief on the last class
+    assert module.to_age(sure_oldest).tolist() == [116.0]
+
+
+def test_an_image_size_in_backbone_args_is_kept_or_refused_when_it_disagrees():
+    """timm's ``img_size`` given in ``backbone_args`` was silently replaced by None."""
+    small = {"depth": 1, "embed_dim": 32, "num_heads": 2}
+    vit = models.create_model(ModelConfig("vit_tiny_patch16_224",
+                                          backbone_args={**small, "img_size": 64}))
+    assert tuple(vit.backbone.patch_embed.img_size) == (64, 64)
+    with pytest.raises(ValueError, match=r"give the size once, as ModelConfig\(img_size=...\)"):
+        models.create_model(ModelConfig("vit_tiny_patch16_224", img_size=32,
+                                        backbone_args={**small, "img_size": 64}))
