@@ -242,10 +242,10 @@ def test_no_runs_yet_give_empty_tables_not_errors():
     assert analysis.leak_table({}, set()).empty and analysis.old_age_table({}).empty
 
 
-# --------------------------------------------------------------------------- the dlib baseline's scores, from a mutation hunt
+# --------------------------------------------------------------------------- the dlib baseline's scores
 def test_the_baseline_is_scored_against_each_faces_own_age(synthetic_faces, results, monkeypatch):
-    """Kills B01 (CS@5 computed with another k), B02 (age and pred swapped in the saved
-    predictions) and B06 (true ages out of line with the predictions). dlib is replaced by
+    """Catches CS@5 computed with another k, age and pred swapped in the saved
+    predictions and true ages out of line with the predictions. dlib is replaced by
     a predictor whose errors are known, so no package is needed and the numbers are exact."""
     test = loaders.split_tables(synthetic_faces.samples, synthetic_faces.split(0),
                                 tiny_mode()).test.head(8)

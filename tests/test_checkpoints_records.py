@@ -376,9 +376,9 @@ def test_a_bad_record_is_skipped_by_name_and_a_missing_folder_is_an_error(tmp_pa
     assert "no results folder at" in capsys.readouterr().err
 
 
-# --------------------------------------------------------------------------- records, from a mutation hunt
+# --------------------------------------------------------------------------- records
 def test_readme_results_show_only_full_runs_on_real_faces():
-    """kills: readme_results dropping the `data_real` filter (synthetic full runs reach README)
+    """Catches readme_results dropping the `data_real` filter (synthetic full runs reach README)
     or the `mode == "full"` filter (smoke runs reach README)."""
     table = pd.DataFrame([
         run_record(0, 6.0),
@@ -392,14 +392,14 @@ def test_readme_results_show_only_full_runs_on_real_faces():
 
 
 def test_readme_results_without_a_full_run_count_the_smoke_records():
-    """kills: the 'no full run yet' message counting every record (here 3) as smoke."""
+    """Catches the 'no full run yet' message counting every record (here 3) as smoke."""
     table = pd.DataFrame([run_record(0, 6.0, mode="smoke"), run_record(1, 7.0, mode="smoke"),
                           run_record(0, 5.0, data="synthetic", data_real=False)])
     assert "The 2 smoke-mode records" in records.readme_results(table)
 
 
 def test_report_rows_come_best_test_mae_first_within_a_tag_with_cs5_averaged_over_seeds():
-    """kills: rows sorted worst first, sorted by validation MAE, and CS@5 aggregated by max
+    """Catches rows sorted worst first, sorted by validation MAE, and CS@5 aggregated by max
     (each was caught before only by README's committed-records check, whose advice,
     `report --write-readme`, would have written the bug into README)."""
     table = pd.DataFrame([
@@ -416,7 +416,7 @@ def test_report_rows_come_best_test_mae_first_within_a_tag_with_cs5_averaged_ove
 
 
 def test_saving_many_records_with_one_id_keeps_every_one(tmp_path):
-    """kills: `while path.exists()` -> `if`: the third run of an ablation grid started in
+    """Catches `while path.exists()` -> `if`: the third run of an ablation grid started in
     the same second overwrote the second one's record."""
     paths = [records.save_record(run_record(0, mae, id="same"), tmp_path) for mae in (1.0, 2.0, 3.0)]
     assert len(set(paths)) == 3 and len(list(tmp_path.glob("*.json"))) == 3
@@ -433,7 +433,7 @@ def test_a_re_run_saved_in_the_same_second_replaces_the_older_run(tmp_path):
 
 
 def test_make_record_scores_validation_and_test_on_their_own_faces():
-    """kills: make_record swapping the validation and test scores, or their face counts
+    """Catches make_record swapping the validation and test scores, or their face counts
     (test_training's tiny mode has as many validation as test faces: 32 and 32)."""
     model = SimpleNamespace(backbone="resnet18", head="regression", pretrained=False)
     config = SimpleNamespace(model=model, tag="t", variant="", loss="l1", seed=0, split_seed=0,
@@ -450,16 +450,16 @@ def test_make_record_scores_validation_and_test_on_their_own_faces():
     assert r["test_mae_flip"] == 0.0 and r["epochs_run"] == 20 and r["seconds"] == 12.3
 
 
-# --------------------------------------------------------------------------- checkpoints, from a mutation hunt
+# --------------------------------------------------------------------------- checkpoints
 def test_extra_values_come_back_with_the_weights(tmp_path):
-    """Kills C01 (``extra`` not written): test predictions kept with a model are not lost."""
+    """Catches ``extra`` not written: test predictions kept with a model are not lost."""
     extra = {"test_pred": [31.5, 8.0], "test_sha1": ["ab12", "cd34"]}
     path = checkpoints.save_checkpoint(tiny_model(), tmp_path / "m.pt", extra=extra)
     assert checkpoints.load_checkpoint(path)[1]["extra"] == extra
 
 
 def test_trained_size_reads_the_train_config_then_the_record_then_the_model_config(tmp_path):
-    """Kills C03 (train config ignored) and C04 (the model's config read first)."""
+    """Catches train config ignored and the model's config read first."""
     vit_like = tiny_model(img_size=32)  # a bare ViT or hybrid knows its size
     cnn = tiny_model()
     both = {"train_config": {"image_size": 48}, "record": {"image_size": 64}}
@@ -473,7 +473,7 @@ def test_trained_size_reads_the_train_config_then_the_record_then_the_model_conf
 
 
 def test_a_bare_state_dict_is_not_an_agelib_checkpoint(tmp_path):
-    """Kills C05 (is_checkpoint true for any dict): only files with the format marker count."""
+    """Catches is_checkpoint true for any dict: only files with the format marker count."""
     model = tiny_model()
     torch.save(model.state_dict(), tmp_path / "weights.pt")
     assert not checkpoints.is_checkpoint(tmp_path / "weights.pt")
@@ -481,7 +481,7 @@ def test_a_bare_state_dict_is_not_an_agelib_checkpoint(tmp_path):
 
 
 def test_a_dot_slash_name_means_the_current_folder(home):
-    """Kills C06 (``./NAME`` read as a bare name): ``train --out ./mine.pt`` must write here,
+    """Catches ``./NAME`` read as a bare name: ``train --out ./mine.pt`` must write here,
     not into <data home>/checkpoints, while a bare ``mine.pt`` goes there."""
     assert checkpoints.checkpoint_path("./mine.pt") == Path("mine.pt")
     assert checkpoints.checkpoint_path(".\\mine.pt") == Path(".\\mine.pt")
@@ -489,7 +489,7 @@ def test_a_dot_slash_name_means_the_current_folder(home):
 
 
 def test_a_checkpoint_missing_a_tensor_is_refused_naming_it(tmp_path):
-    """Kills C11 (missing tensors not reported): a ValueError that names the tensor, not
+    """Catches missing tensors not reported: a ValueError that names the tensor, not
     torch's RuntimeError from load_state_dict."""
     path = checkpoints.save_checkpoint(tiny_model(head="classification",
                                                              num_classes=20), tmp_path / "m.pt")
@@ -502,7 +502,7 @@ def test_a_checkpoint_missing_a_tensor_is_refused_naming_it(tmp_path):
 
 
 def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
-    """Kills C12 (writing straight to the real name): a full disk or an interrupt during a
+    """Catches writing straight to the real name: a full disk or an interrupt during a
     save must not destroy the checkpoint that was there."""
     model = tiny_model()
     path = checkpoints.save_checkpoint(model, tmp_path / "best.pt", record={"test_mae": 5.0})

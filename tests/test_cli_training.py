@@ -179,9 +179,9 @@ def test_train_builds_a_registered_hybrid_with_backbone_settings(runs, work):
     assert (c["warmup"], c["weight_decay"], c["model"]["drop_path_rate"]) == (0.2, 0.1, 0.1)
 
 
-# --------------------------------------------------------------------------- report --mode, from a mutation hunt
+# --------------------------------------------------------------------------- report --mode
 def test_report_mode_keeps_only_the_runs_of_that_mode(tmp_path, capsys):
-    """kills: `report --mode` being ignored (smoke numbers printed beside results)."""
+    """Catches `report --mode` being ignored (smoke numbers printed beside results)."""
     records.save_record(run_record(0, 6.0), tmp_path)
     records.save_record(run_record(0, 3.0, mode="smoke", epochs=1), tmp_path)
     assert cli.main(["report", "--results", str(tmp_path), "--mode", "full"]) == 0

@@ -281,7 +281,7 @@ def test_every_cell_has_its_own_id(path):
     assert len(set(ids)) == len(ids), "two cells share an id"
 
 
-# --------------------------------------------------------------------------- course runs, from a mutation hunt
+# --------------------------------------------------------------------------- course runs
 def _course_run(mode, chapters, device="cpu (x86_64)", date="2026-11-23T08:00:00", **extra):
     return {"mode": mode, "device": device, "date": date, "chapters": [
         {"notebook": name, "seconds": s, "ok": ok, "error": None if ok else "boom"}
@@ -289,7 +289,7 @@ def _course_run(mode, chapters, device="cpu (x86_64)", date="2026-11-23T08:00:00
 
 
 def test_course_table_marks_a_failed_chapter():
-    """kills: the table showing a failed chapter's time like a finished one's."""
+    """Catches the table showing a failed chapter's time like a finished one's."""
     table = course.course_run_table([_course_run("smoke", [("00_x.ipynb", 10, True),
                                                            ("01_x.ipynb", 20, False)])])
     assert "| 00_x.ipynb | 10 s |" in table and "| 01_x.ipynb | 20 s (failed) |" in table
@@ -307,7 +307,7 @@ def no_chapters(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("real", [True, False])
 def test_a_course_run_says_which_faces_it_ran_on(no_chapters, monkeypatch, real):
-    """kills: every course run recorded as on real faces: a learner's check on the synthetic
+    """Catches every course run recorded as on real faces: a learner's check on the synthetic
     faces then replaced the course's timings in README."""
     monkeypatch.setattr(course, "_real_faces", lambda env: real)
     run = course.run_chapters(save=False)
@@ -317,7 +317,7 @@ def test_a_course_run_says_which_faces_it_ran_on(no_chapters, monkeypatch, real)
 
 @pytest.mark.parametrize("full, shell", [(True, "1"), (False, "0")])
 def test_a_course_run_records_the_mode_it_was_asked_for(no_chapters, monkeypatch, full, shell):
-    """kills: the record's mode taken from the shell's AGELIB_SMOKE instead of --full (the
+    """Catches the record's mode taken from the shell's AGELIB_SMOKE instead of --full (the
     kernels run the mode asked for, so the record named the wrong one)."""
     monkeypatch.setenv("AGELIB_SMOKE", shell)
     monkeypatch.setattr(course, "_real_faces", lambda env: True)
@@ -327,13 +327,13 @@ def test_a_course_run_records_the_mode_it_was_asked_for(no_chapters, monkeypatch
 
 @pytest.mark.parametrize("full, shell", [(True, "1"), (False, "0"), (False, "")])
 def test_the_kernels_run_the_mode_asked_for_whatever_the_shell_says(monkeypatch, full, shell):
-    """kills: kernel_env keeping the shell's AGELIB_SMOKE for a smoke course."""
+    """Catches kernel_env keeping the shell's AGELIB_SMOKE for a smoke course."""
     monkeypatch.setenv("AGELIB_SMOKE", shell)
     assert course.kernel_env(full=full)["AGELIB_SMOKE"] == ("0" if full else "1")
 
 
 def test_tagged_cells_lose_jpeg_and_svg_pictures_too():
-    """kills: only PNG pictures left out (a JPEG or SVG of UTKFace photos was committed,
+    """Catches only PNG pictures left out (a JPEG or SVG of UTKFace photos was committed,
     which the dataset's licence does not allow)."""
     stream = {"output_type": "stream", "name": "stdout", "text": "a table\n"}
     cell = {"cell_type": "code", "metadata": {"tags": [course.DATASET_FACES]}, "outputs": [
@@ -344,7 +344,7 @@ def test_tagged_cells_lose_jpeg_and_svg_pictures_too():
 
 
 def test_only_the_course_chapters_run(no_chapters):
-    """kills: run_chapters executing every notebook in notebooks/ (a learner's scratch copy
+    """Catches run_chapters executing every notebook in notebooks/ (a learner's scratch copy
     was run, timed and recorded as a chapter)."""
     (no_chapters / "my_copy_of_02.ipynb").write_text(json.dumps(
         {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))

@@ -220,9 +220,9 @@ def test_bad_teachers_and_students_are_refused(synthetic_faces, teacher, tmp_pat
         learn.fit(1, cbs=[distill.DistillFromTeacher(teacher)])
 
 
-# --------------------------------------------------------------------------- the teacher, from a mutation hunt
+# --------------------------------------------------------------------------- the teacher
 def test_a_teacher_put_back_in_training_mode_is_evaluated_again_when_fit_starts():
-    """Kills D09 (before_fit not calling teacher.eval()). A teacher in training mode would
+    """Catches before_fit not calling teacher.eval(). A teacher in training mode would
     use each batch's statistics and overwrite its batch-norm running statistics."""
     torch.manual_seed(0)
     teacher = models.create_model(models.ModelConfig("test_resnet", img_size=32))
@@ -234,7 +234,7 @@ def test_a_teacher_put_back_in_training_mode_is_evaluated_again_when_fit_starts(
 
 
 def test_a_teacher_trained_at_a_smaller_size_sees_the_batch_antialiased():
-    """Kills D04 (antialias off when shrinking). A one-pixel checkerboard at 96 px is grey
+    """Catches antialias off when shrinking. A one-pixel checkerboard at 96 px is grey
     at 32 px: antialiased, the teacher sees about 0 everywhere; without it, every third pixel,
     so +-1."""
     torch.manual_seed(0)

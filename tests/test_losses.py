@@ -461,9 +461,9 @@ def test_get_loss_takes_min_age_from_the_head_it_trains():
     assert losses.get_loss("coral", head=hand_made, min_age=16).keywords["min_age"] == 16
 
 
-# --------------------------------------------------------------------------- decoders, from a mutation hunt
+# --------------------------------------------------------------------------- decoders
 def test_decoder_for_coral_and_corn_apply_each_papers_rule():
-    """Kills L25 (DECODERS' coral and corn entries swapped). The same logits mean different
+    """Catches DECODERS' coral and corn entries swapped. The same logits mean different
     ages to the two heads: CORAL counts P(age > k) > 0.5 task by task, CORN multiplies the
     conditional probabilities first (coral_pytorch's proba_to_label / corn_label_from_logits)."""
     logits = torch.tensor([[3.0, 0.2, 0.2, 0.2]])  # sigmoid: 0.953, 0.550, 0.550, 0.550
@@ -473,7 +473,7 @@ def test_decoder_for_coral_and_corn_apply_each_papers_rule():
 
 
 def test_ordinal_labels_count_only_probabilities_above_one_half():
-    """Kills L21 (coral_age counting P >= 0.5). A logit of exactly 0 is P = 0.5: not a "yes"
+    """Catches coral_age counting P >= 0.5. A logit of exactly 0 is P = 0.5: not a "yes"
     in coral_pytorch's proba_to_label (probas > 0.5), so the count stays at min_age."""
     zero = torch.zeros(2, 3)
     assert losses.coral_age(zero, min_age=20).tolist() == [20.0, 20.0]
@@ -481,6 +481,6 @@ def test_ordinal_labels_count_only_probabilities_above_one_half():
 
 
 def test_regression_age_keeps_a_batch_of_one_a_batch():
-    """Kills L29 (regression_age squeezing every axis): one face is still a (1,) batch."""
+    """Catches regression_age squeezing every axis: one face is still a (1,) batch."""
     assert losses.regression_age(torch.tensor([[31.5]])).shape == (1,)
     assert losses.decoder_for("regression")(torch.tensor([[31.5]])).tolist() == [31.5]

@@ -435,9 +435,9 @@ def test_predict_ages_takes_the_size_the_model_was_built_for():
     assert inference.predict_ages(cnn, images, 32, device="cpu").shape == (2,)
 
 
-# --------------------------------------------------------------------------- heads and input normalisation, from a mutation hunt
+# --------------------------------------------------------------------------- heads and input normalisation
 def test_forward_gives_the_backbone_inputs_in_its_own_normalisation():
-    """Kills M10 (forward_features skipping self.renormalize). The loaders normalise with
+    """Catches forward_features skipping self.renormalize. The loaders normalise with
     ImageNet's mean and std; a model whose weights expect mean 0.5, std 0.5 must show its
     backbone exactly (pixels - 0.5) / 0.5, in forward and predict_age alike."""
     torch.manual_seed(0)
@@ -456,7 +456,7 @@ def test_forward_gives_the_backbone_inputs_in_its_own_normalisation():
 
 @pytest.mark.parametrize("head", ["regression", "classification"])
 def test_a_hidden_layer_has_a_gelu_unless_the_config_turns_it_off(head):
-    """Kills M05 (activation inverted) and M07 (create_head not passing hidden_act). The
+    """Catches activation inverted and create_head not passing hidden_act. The
     default hidden layer is Linear -> GELU -> Linear; the hybrid paper's head is
     LayerNorm -> Linear(192, 128) -> Linear(128, 1), with no activation between."""
     torch.manual_seed(0)
@@ -476,7 +476,7 @@ def test_a_hidden_layer_has_a_gelu_unless_the_config_turns_it_off(head):
 
 @pytest.mark.parametrize("head", HEADS)
 def test_drop_rate_drops_features_in_training_and_never_in_eval(head):
-    """Kills M06 (drop_rate silently ignored by the heads): with drop_rate 0.5, two training
+    """Catches drop_rate silently ignored by the heads: with drop_rate 0.5, two training
     passes of the same features differ; in eval mode, and without dropout, they do not."""
     x = torch.ones(4, 64)
     torch.manual_seed(0)
@@ -491,7 +491,7 @@ def test_drop_rate_drops_features_in_training_and_never_in_eval(head):
 @pytest.mark.parametrize("head, loss", [("classification", "cross_entropy"),
                                         ("coral", "coral"), ("corn", "corn")])
 def test_the_default_heads_cover_every_utkface_age_from_0_to_116(head, loss):
-    """Kills M14 (default num_classes 116): UTKFace's ages run 1..116, so a head built with
+    """Catches default num_classes 116: UTKFace's ages run 1..116, so a head built with
     the defaults must train on age 116 and be able to answer it."""
     module = models.create_head(ModelConfig(head=head, decode="label"), 8)
     out = module(torch.zeros(2, 8))

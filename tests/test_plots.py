@@ -8,7 +8,7 @@ from agelib import plots
 
 
 def test_face_grid_shows_every_face_with_its_own_title():
-    """kills: the last, partial row dropped (5 faces in rows of 4 drew 4), titles shifted."""
+    """Catches the last, partial row dropped (5 faces in rows of 4 drew 4), titles shifted."""
     images = np.stack([np.full((8, 8, 3), 40 * i, dtype=np.uint8) for i in range(5)])
     fig = plots.face_grid(images, titles=list("abcde"), ncols=4)
     shown = [ax for ax in fig.axes if ax.images]
@@ -19,7 +19,7 @@ def test_face_grid_shows_every_face_with_its_own_title():
 
 
 def test_a_figure_of_synthetic_faces_goes_to_scratch_not_figures(home):
-    """kills: save_figure ignoring real=False (a smoke run on a fresh clone overwrote the
+    """Catches save_figure ignoring real=False (a smoke run on a fresh clone overwrote the
     committed figures README shows)."""
     fig = plt.figure()
     path = plots.save_figure(fig, "mutation-hunt-check", real=False)

@@ -501,9 +501,9 @@ def test_chapter_03s_interval_by_hand_promises_what_interval_mass_says():
     np.testing.assert_allclose(mass.numpy(), expected, atol=1e-5)
 
 
-# --------------------------------------------------------------------------- the demo, from a mutation hunt
+# --------------------------------------------------------------------------- the demo
 def test_an_upload_is_read_from_ipywidgets_8_and_7():
-    """kills: _uploaded reading only ipywidgets 8's tuple (Colab's ipywidgets 7 gives a dict
+    """Catches _uploaded reading only ipywidgets 8's tuple (Colab's ipywidgets 7 gives a dict
     of name -> file, and every upload there failed)."""
     v8 = ({"name": "me.png", "type": "image/png", "content": memoryview(b"png!")},)
     v7 = {"me.png": {"metadata": {"name": "me.png"}, "content": b"png!"}}
@@ -512,7 +512,7 @@ def test_an_upload_is_read_from_ipywidgets_8_and_7():
 
 
 def test_the_summary_states_the_level_asked_for_and_escapes_the_file_name():
-    """kills: the text saying 80% whatever the level, and a file name put into HTML raw."""
+    """Catches the text saying 80% whatever the level, and a file name put into HTML raw."""
     table = pd.DataFrame({"face": [0], "age": [30.0], "low": [25.0], "high": [36.0],
                           "interval": ["distribution"]})
     assert "me.png: 1 face(s); 50% intervals" in demo.summary("me.png", table, level=0.5)
@@ -521,7 +521,7 @@ def test_the_summary_states_the_level_asked_for_and_escapes_the_file_name():
 
 
 def test_annotate_uses_the_level_asked_for(monkeypatch):
-    """kills: annotate not passing level (and min_prob) on: the widget's level did nothing."""
+    """Catches annotate not passing level (and min_prob) on: the widget's level did nothing."""
     monkeypatch.setenv("PYTHONHASHSEED", "0")  # restored afterwards: seeding sets it
     settings.seed_everything(0)
     model = models.create_model(models.ModelConfig("resnet18", head="classification", img_size=32)).eval()

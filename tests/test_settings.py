@@ -250,10 +250,10 @@ def test_a_missing_course_package_says_how_to_install_it(module, call, monkeypat
         call(tmp_path) if call is _onnx_export else call()
 
 
-# --------------------------------------------------------------------------- run mode and seeds, from a mutation hunt
+# --------------------------------------------------------------------------- run mode and seeds
 @pytest.mark.parametrize("value", ["0", "no", "false"])
 def test_agelib_smoke_set_to_no_is_the_full_mode(monkeypatch, value):
-    """kills: run_mode testing that AGELIB_SMOKE is set rather than parsing it: `course --full`
+    """Catches run_mode testing that AGELIB_SMOKE is set rather than parsing it: `course --full`
     sets AGELIB_SMOKE=0 for its kernels, which then ran the smoke mode."""
     monkeypatch.delenv("AGELIB_EPOCHS", raising=False)
     monkeypatch.setenv("AGELIB_SMOKE", value)
@@ -261,7 +261,7 @@ def test_agelib_smoke_set_to_no_is_the_full_mode(monkeypatch, value):
 
 
 def test_seed_everything_gives_other_draws_for_another_seed(monkeypatch):
-    """kills: a seed that is not passed on to NumPy (every seed drew the same NumPy numbers,
+    """Catches a seed that is not passed on to NumPy (every seed drew the same NumPy numbers,
     so 'another seed' changed nothing NumPy decides)."""
     monkeypatch.setenv("PYTHONHASHSEED", "0")  # restored afterwards: seeding sets it
     draws = {}

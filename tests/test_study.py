@@ -90,7 +90,7 @@ def test_the_per_seed_figure_draws_a_row_per_run_worst_at_the_top_and_the_bar(ra
     plt.close(fig)
 
 
-# --------------------------------------------------------------------------- roles and the per-seed figure, from a mutation hunt
+# --------------------------------------------------------------------------- roles and the per-seed figure
 def _study_run(variant, seed, test_mae, valid_mae, backbone="hybrid_atto", tag="study",
                **config) -> dict:
     return run_record(seed, test_mae, tag=tag, variant=variant, backbone=backbone, loss="adaptive",
@@ -99,7 +99,7 @@ def _study_run(variant, seed, test_mae, valid_mae, backbone="hybrid_atto", tag="
 
 
 def test_a_run_distilled_from_a_teacher_alone_counts_as_levered():
-    """kills: levered() looking only at init_from (a hybrid trained from scratch with a
+    """Catches levered() looking only at init_from (a hybrid trained from scratch with a
     teacher was shown as the same budget as the parts)."""
     raw = pd.DataFrame([
         _study_run("stage 1", 0, 9.0, 9.3, backbone="convnext_atto"),
@@ -114,7 +114,7 @@ def test_a_run_distilled_from_a_teacher_alone_counts_as_levered():
 
 def test_the_gpu_studys_teacher_is_recorded_in_its_own_tag_but_is_no_part():
     """The GPU study records its teacher under its own tag (variant "teacher").
-    kills: the teacher counted as a part, and the teacher role given to any run of the tag."""
+    Catches the teacher counted as a part, and the teacher role given to any run of the tag."""
     raw = pd.DataFrame([
         _study_run("stage 1", 0, 9.0, 9.3, backbone="convnext_atto"),
         _study_run("stage 2", 0, 13.0, 13.3, backbone="vit_tiny_patch16_224"),
@@ -129,7 +129,7 @@ def test_the_gpu_studys_teacher_is_recorded_in_its_own_tag_but_is_no_part():
 
 
 def test_the_teacher_is_chosen_on_validation_too():
-    """kills: the teacher picked on test MAE (the test set only reports)."""
+    """Catches the teacher picked on test MAE (the test set only reports)."""
     raw = pd.DataFrame([
         _study_run("stage 1", 0, 9.0, 9.3, backbone="convnext_atto", tag="cpu-study"),
         _study_run("20 epochs", 0, 6.6, 6.0, backbone="resnet18", tag="cpu-baseline"),
@@ -141,7 +141,7 @@ def test_the_teacher_is_chosen_on_validation_too():
 
 
 def test_the_per_seed_figure_orders_rows_by_their_mean_and_marks_it_with_every_seed():
-    """kills: rows ordered by their worst seed, the tick at the median, seeds past two dropped."""
+    """Catches rows ordered by their worst seed, the tick at the median, seeds past two dropped."""
     per_seed = pd.DataFrame([[5.0, 5.0, 11.0], [8.0, 8.0, 8.0]],  # means 7 and 8; max 11 and 8
                             index=pd.MultiIndex.from_tuples([("a", "spread"), ("b", "steady")],
                                                             names=["backbone", "variant"]),
