@@ -6,8 +6,6 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from conftest import run_record
-
 from agelib import plots, records, study
 
 PARTS = {"cnn": "stage1.pt", "vit": "stage2.pt"}
@@ -93,9 +91,8 @@ def test_the_per_seed_figure_draws_a_row_per_run_worst_at_the_top_and_the_bar(ra
 # --------------------------------------------------------------------------- roles and the per-seed figure
 def _study_run(variant, seed, test_mae, valid_mae, backbone="hybrid_atto", tag="study",
                **config) -> dict:
-    return run_record(seed, test_mae, tag=tag, variant=variant, backbone=backbone, loss="adaptive",
-                valid_mae=valid_mae, date=f"2026-01-0{seed + 1}T00:00:00+00:00",
-                id=f"{tag}-{backbone}-{variant}-{seed}", config={"model": {}, **config})
+    """:func:`run` with its validation MAE given (the GPU study's tag by default)."""
+    return run(variant, seed, test_mae, backbone, tag, valid_gap=valid_mae - test_mae, **config)
 
 
 def test_a_run_distilled_from_a_teacher_alone_counts_as_levered():
