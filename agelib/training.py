@@ -368,8 +368,15 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
     ``init(model)`` runs on the fresh model before training (e.g. initialising a
     hybrid from trained parts); ``cbs`` are extra fastai callbacks (e.g. distillation).
     ``cache=True`` keeps the model where :func:`load_or_train` looks, so a later
-    chapter asking for the same settings reuses it instead of training again.
+    chapter asking for the same settings reuses it instead of training again. It
+    refuses ``init`` and ``cbs``: they change the model but not the settings, so the
+    cache would hand this model to a chapter that asks for the plain one.
     """
+    if cache and (init is not None or cbs):
+        raise ValueError("cache=True keeps the model under its settings, but init= and cbs= "
+                         "change it without changing them: a later chapter asking for these "
+                         "settings would get this model. Drop cache=True (and give the run its "
+                         "own variant= so its record says what changed).")
     mode = mode or settings.run_mode()
     epochs = config.epochs = config.epochs or mode.epochs  # resolved, so records say what ran
     size = config.image_size = config.image_size or mode.image_size

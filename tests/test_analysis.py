@@ -274,3 +274,62 @@ def test_no_recorded_dlib_run_among_records_that_lack_a_face_count(tmp_path):
                          "test_mae": 5.0, "date": "2026-01-01"}, tmp_path)
     test = pd.DataFrame({"sha1": ["a" * 40], "age": [30.0]})
     assert baselines.recorded_dlib(test, tiny_mode(), folder=tmp_path) is None
+
+
+def _predictions(ages, preds, **labels) -> pd.DataFrame:
+    """A per-face table as model_predictions gives it, from ages, predictions and labels."""
+    p = pd.DataFrame({"sha1": [f"{i:08x}" for i in range(len(ages))], "age": ages,
+                      "pred": preds, **labels})
+    p["age band"] = pd.Categorical(metrics.age_band(p["age"]), categories=metrics.band_labels(),
+                                   ordered=True)
+    return p.assign(error=(p["pred"] - p["age"]).abs())
+
+
+def test_the_worst_group_skips_unlabelled_faces_and_groups_too_small_to_rank():
+    """Catches a "worst race" that is 7 faces without a race label, or 3 faces of "Others"."""
+    race = ["White"] * 40 + ["Black"] * 40 + ["unknown"] * 7 + ["Others"] * 3
+    errors = [2.0] * 40 + [3.0] * 40 + [20.0] * 7 + [15.0] * 3
+    ages = [20, 40] * 45
+    p = _predictions(ages, [a + e for a, e in zip(ages, errors)], race=race, gender=["male"] * 90)
+    assert analysis.worst_group(p, "race") == pytest.approx(3.0)
+    assert analysis.worst_group(p, "race", min_faces=3) == pytest.approx(15.0)  # Others, not unknown
+    assert np.isnan(analysis.worst_group(p, "race", min_faces=41))
+    s = analysis.summary({"m": p})
+    assert s.loc["m", "worst race"] == pytest.approx(3.0)
+    assert s.loc["m", "worst gender"] == pytest.approx(p["error"].mean())
+
+
+def test_group_errors_standardise_the_age_mix_and_bracket_the_mae():
+    """Catches a fairness table that blames a group for holding more old faces."""
+    # the model errs by 2 years at 25 and by 10 at 75, for both groups; B has more old faces
+    ages = [25] * 60 + [75] * 20 + [25] * 20 + [75] * 60
+    errors = [2.0 if a == 25 else 10.0 for a in ages]
+    p = _predictions(ages, [a + e for a, e in zip(ages, errors)], race=["A"] * 80 + ["B"] * 80)
+    t = analysis.group_errors(p, "race")
+    assert t.loc["A", "MAE"] == pytest.approx(4.0) and t.loc["B", "MAE"] == pytest.approx(8.0)
+    # the whole table's mix is half 25s, half 75s: both groups standardise to (2 + 10) / 2
+    assert t["age-standardised MAE"].tolist() == pytest.approx([6.0, 6.0])
+    assert (t["age mix covered"] == 1.0).all() and t["faces"].tolist() == [80, 80]
+    assert (t["MAE low"] < t["MAE"]).all() and (t["MAE"] < t["MAE high"]).all()
+    assert (t["standardised low"] <= 6.0).all() and (t["standardised high"] >= 6.0).all()
+    # the interval is a bootstrap of the group's own faces: about ±1.96 standard errors
+    half = (t.loc["A", "MAE high"] - t.loc["A", "MAE low"]) / 2
+    se = np.std(np.array(errors[:80]), ddof=1) / np.sqrt(80)
+    assert half == pytest.approx(1.96 * se, rel=0.15)
+
+
+def test_group_errors_say_how_much_of_the_age_mix_a_group_covers():
+    """Catches a standardised MAE that silently averages over bands the group has no face in."""
+    p = _predictions([25, 25, 75, 75], [27, 27, 85, 85], race=["A", "A", "A", "B"])
+    t = analysis.group_errors(p, "race", n_boot=50)
+    assert t.loc["A", "age mix covered"] == 1.0 and t.loc["B", "age mix covered"] == 0.5
+    assert t.loc["B", "age-standardised MAE"] == pytest.approx(10.0)
+    assert t.loc["A", "age-standardised MAE"] == pytest.approx((2 + 10) / 2)
+
+
+def test_distinct_runs_keep_the_first_name_of_identical_predictions():
+    """Catches the same command's two records counted as two models."""
+    a = _predictions([20, 30], [21, 33])
+    b = a.sample(frac=1, random_state=0)  # the same predictions, in another order
+    c = _predictions([20, 30], [21, 34])
+    assert list(analysis.distinct_runs({"x": a, "y": b, "z": c})) == ["x", "z"]

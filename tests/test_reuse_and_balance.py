@@ -71,6 +71,16 @@ def test_a_trained_run_can_be_kept_for_load_or_train(synthetic_faces, results):
     assert reused.learn is None and reused.record["tag"] == "ch02"  # trained once, by ch02
 
 
+@pytest.mark.parametrize("change", ["init", "cbs"])
+def test_a_run_changed_outside_its_settings_is_not_cached(synthetic_faces, results, change):
+    """Catches chapter 07's exercise (zeroed position embeddings) replacing chapter 09's model."""
+    extra = {"init": lambda m: None} if change == "init" else {"cbs": [training.KeepBestEpoch()]}
+    with pytest.raises(ValueError, match="Drop cache=True"):
+        training.train_age_model(config(), synthetic_faces, mode=MODE, device="cpu",
+                                 verbose=False, cache=True, **extra)
+    assert not training.cached_checkpoint(config(), synthetic_faces, MODE).exists()
+
+
 def test_a_broken_cached_checkpoint_is_retrained_with_a_warning(synthetic_faces, results):
     path = training.cached_checkpoint(config(tag="b"), synthetic_faces, MODE)
     path.parent.mkdir(parents=True, exist_ok=True)
