@@ -378,3 +378,100 @@ def test_a_warning_reads_as_one_line_and_the_format_is_given_back():
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stderr == "warning: offline: training from scratch\n"  # no file, no line
+
+
+# --------------------------------------------------------------------------- options reach the work
+def test_train_passes_every_option_to_the_training_run(tmp_path, monkeypatch):
+    """Catches a CLI that ignores --seed, --lr, --pretrained, --balance, --tag or the
+    --init-*/--distill-* options (or swaps --init-cnn and --init-vit)."""
+    from agelib import training
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("cnn.pt", "vit.pt", "teacher.pt"):
+        (tmp_path / name).write_bytes(b"")  # found by name; never read before training
+    seen = {}
+
+    def fake_train(config, mode, checkpoint):
+        seen["config"] = config
+        raise SystemExit(0)  # stop before training
+
+    monkeypatch.setattr(training, "train_age_model", fake_train)
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--model", "hybrid_atto", "--seed", "7", "--lr", "0.02",
+                  "--pretrained", "--balance", "0.5", "--tag", "mine", "--init-cnn", "cnn.pt",
+                  "--init-vit", "vit.pt", "--distill-from", "teacher.pt",
+                  "--distill-alpha", "0.3", "--backbone-arg", "vit_depth=2"])
+    c = seen["config"]
+    assert (c.seed, c.lr, c.model.pretrained, c.balance, c.tag) == (7, 0.02, True, 0.5, "mine")
+    assert c.init_from == {"cnn": "cnn.pt", "vit": "vit.pt"}
+    assert (c.distill_from, c.distill_alpha) == ("teacher.pt", 0.3)
+    assert c.model.backbone_args == {"vit_depth": 2}  # a number, not the text "2"
+
+
+def test_pack_passes_its_quality_and_takes_100(tmp_path, monkeypatch, capsys):
+    """Catches `pack` ignoring --quality, or refusing the documented top value 100."""
+    import types
+
+    seen = {}
+    monkeypatch.setattr(sources, "load_faces", lambda source=None, verbose=True:
+                        types.SimpleNamespace(name="synthetic", samples=[0, 1]))
+
+    def fake_write(faces, size, out, quality=80):
+        seen.update(size=size, quality=quality)
+        Path(out).write_bytes(b"")
+
+    monkeypatch.setattr(sources, "write_faces_pack", fake_write)
+    out = tmp_path / "p.tar"
+    assert cli.main(["pack", "--source", "synthetic", "--size", "16", "--quality", "100",
+                     "--out", str(out)]) == 0, capsys.readouterr().err
+    assert seen == {"size": 16, "quality": 100}
+
+
+def test_download_passes_dest_archive_and_the_default_url(tmp_path, monkeypatch):
+    """Catches `download` ignoring --dest or --archive, or losing the default URL."""
+    from agelib.data import download
+
+    seen = {}
+    monkeypatch.setattr(download, "download_utkface",
+                        lambda dest, url=None, archive=None: seen.update(
+                            dest=Path(dest), url=url, archive=archive))
+    archive = str(tmp_path / "UTKFace.tar.gz")
+    assert cli.main(["download", "--dest", str(tmp_path / "d"), "--archive", archive]) == 0
+    assert seen == {"dest": tmp_path / "d", "url": download.URL, "archive": archive}
+
+
+def test_landmarks_passes_n_and_seed(monkeypatch, capsys):
+    """Catches `landmarks` ignoring --n or --seed (another sample than the one asked for)."""
+    from agelib import faces
+
+    seen = {}
+    monkeypatch.setattr(sources, "load_faces", lambda source=None, verbose=True: "faces")
+
+    def fake_measure(faces_, n=1000, seed=1, **kwargs):
+        seen.update(faces=faces_, n=n, seed=seed)
+        return {"data": "x", "n_found": n, "n_images": n, "seed": seed,
+                "template": [[0.3, 0.3]] * 5}
+
+    monkeypatch.setattr(faces, "measure_template", fake_measure)
+    assert cli.main(["landmarks", "--n", "12", "--seed", "5"]) == 0
+    assert seen == {"faces": "faces", "n": 12, "seed": 5}
+    assert "on 12 of 12 images (seed 5)" in capsys.readouterr().out
+
+
+def test_bench_uses_the_smoke_defaults_and_honours_its_switches(monkeypatch, tmp_path, capsys):
+    """Catches `bench` swapping the smoke and full defaults, inverting --no-data-only, or
+    ignoring --save."""
+    from agelib import bench, data
+
+    seen, saved = {}, []
+    monkeypatch.setattr(data, "load_faces", lambda source=None, verbose=True: "faces")
+    monkeypatch.setattr(bench, "run_bench", lambda **kw: seen.update(kw) or {"kind": "bench"})
+    monkeypatch.setattr(bench, "save_bench", lambda result: saved.append(result) or
+                        tmp_path / "b.json")
+    assert settings.smoke_mode()  # the tests run in smoke mode
+    assert cli.main(["bench", "--device", "cpu"]) == 0
+    assert (seen["batch_size"], seen["steps"], seen["warmup"], seen["windows"],
+            seen["n_images"], seen["latency_repeats"]) == (8, 2, 1, 2, 64, 3)
+    assert seen["data_only"] is True and saved == []
+    assert cli.main(["bench", "--device", "cpu", "--no-data-only", "--save"]) == 0
+    assert seen["data_only"] is False and saved == [{"kind": "bench"}]

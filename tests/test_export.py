@@ -269,3 +269,38 @@ def test_a_uint8_export_refuses_float_images_and_says_what_it_takes(tmp_path):
     with pytest.raises(ValueError, match="takes uint8 pixels"):  # never silently wrong ages
         export.predict_exported(path, np.zeros((1, 3, SIZE, SIZE), np.float32))
     assert export.predict_exported(path, face_pixels(2).numpy()).shape == (2,)
+
+
+def test_cli_export_honours_format_size_and_uint8_input(checkpoint, tmp_path, capsys):
+    """Catches `export` ignoring --format (a name with no known suffix), --size or --input,
+    or checking a uint8 export with float images."""
+    out = tmp_path / "model.bin"
+    code = cli.main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--format",
+                     "torchscript", "--size", "48", "--input", "uint8", "--check", "--json"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out)
+    assert (report["format"], report["image_size"], report["input"]) == ("torchscript", "48",
+                                                                          "uint8")
+    assert report["max_abs_diff_years"] < TOLERANCE
+    assert export.predict_exported(out, face_pixels(2, 48).numpy(), "torchscript").shape == (2,)
+
+
+def test_an_export_takes_float64_images(tmp_path):
+    """Catches float images passed on as float64 (NumPy's default), which the file refuses."""
+    model = tiny("resnet18")
+    path = export.to_torchscript(model, tmp_path / "m.pt", SIZE)
+    images = face_images(2).numpy()
+    np.testing.assert_allclose(export.predict_exported(path, images.astype(np.float64)),
+                               export.predict_exported(path, images), atol=1e-6)
+
+
+def test_parity_is_the_worst_of_every_batch(monkeypatch):
+    """Catches check_parity reporting only the last batch (a batch-1 mismatch hidden)."""
+    model = tiny("resnet18").eval()
+    with torch.no_grad():
+        true = lambda x: model.head.to_age(model(torch.from_numpy(x))).numpy()  # noqa: E731
+    wrong_at_1 = lambda x: true(x) + (10.0 if len(x) == 1 else 0.0)  # noqa: E731
+    monkeypatch.setattr(export, "load_exported", lambda path, format=None: (
+        wrong_at_1, {"input": "float"}))
+    assert export.check_parity(model, "x.onnx", [face_images(1), face_images(5)]) == \
+        pytest.approx(10.0, abs=1e-3)

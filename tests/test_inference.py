@@ -106,3 +106,45 @@ def test_export_to_a_folder_and_evaluate_on_a_file_say_what_to_give(tmp_path, ca
     photo.write_bytes(jpeg_bytes(face_image(1)))
     assert cli.main(["evaluate", "--checkpoint", str(path), "--images", str(photo)]) == 2
     assert "is a file: give the folder" in capsys.readouterr().err
+
+
+def test_ages_are_the_heads_ages_of_the_evaluation_batch_in_any_batch_size():
+    """Catches predict_ages transposing images (H and W swapped), skipping model.eval() or
+    head.to_age, augmenting as in training, or losing images between batches."""
+    import copy
+
+    from agelib.data import loaders
+
+    torch.manual_seed(0)
+    model = models.create_model(models.ModelConfig("test_resnet", head="classification",
+                                                   img_size=32)).train()
+    images = np.stack([np.asarray(face_image(seed, 32)) for seed in range(5)])
+    reference = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        x = loaders.BatchTransform(32, train=False)(torch.from_numpy(images).permute(0, 3, 1, 2))
+        expected = reference.head.to_age(reference(x)).numpy()
+    got = inference.predict_ages(model, images, 32, batch_size=2, device="cpu")
+    assert got.shape == (5,)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert model.training
+
+
+def test_evaluate_scores_cs5_and_lists_the_files_it_skipped(tmp_path, monkeypatch, capsys):
+    """Catches evaluate scoring CS at another threshold than 5 years, or dropping (or not
+    printing) the files it could not read."""
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i, age in enumerate((20, 35, 50)):
+        (folder / f"{age}_0_0_2017010100000000{i}.jpg.chip.jpg").write_bytes(
+            jpeg_bytes(face_image(i)))
+    (folder / "40_0_0_20170101000000009.jpg.chip.jpg").write_bytes(b"")  # empty: skipped
+    path = checkpoints.save_checkpoint(tiny_model(32), tmp_path / "bare.pt")
+    # errors of 4.5, 0 and 10 years: CS@5 2/3, CS@4 1/3
+    monkeypatch.setattr(inference, "predict_ages", lambda model, images, *a, **k:
+                        np.array([24.5, 35.0, 60.0], dtype=np.float32))
+    scores = inference.evaluate_folder(path, folder, device="cpu")
+    assert (scores["n"], scores["mae"], scores["cs5"]) == (3, pytest.approx(14.5 / 3, abs=1e-4),
+                                                           pytest.approx(2 / 3, abs=1e-4))
+    assert [s["file"] for s in scores["skipped"]] == ["40_0_0_20170101000000009.jpg.chip.jpg"]
+    assert cli.main(["evaluate", "--checkpoint", str(path), "--images", str(folder)]) == 0
+    assert "skipped 40_0_0_20170101000000009.jpg.chip.jpg: " in capsys.readouterr().out

@@ -530,3 +530,106 @@ def test_annotate_uses_the_level_asked_for(monkeypatch):
     width = {level: float((t["high"] - t["low"]).iloc[0])
              for level in (0.5, 0.95) for t in [demo.annotate(photo, estimator, level=level)[1]]}
     assert width[0.5] < width[0.95]
+
+
+# --------------------------------------------------------------------------- more detection checks
+class FixedDetector:
+    """MTCNN's answer for one face at ``box`` (landmarks on the template), recording the
+    size of each image it searched."""
+
+    def __init__(self, box, prob):
+        self.box, self.prob, self.searched = np.array([box], float), np.array([prob]), []
+
+    def detect(self, image, landmarks=True):
+        self.searched.append(image.size)
+        b = self.box[0]
+        return self.box, self.prob, (b[:2] + (b[2:] - b[:2]) * faces.UTKFACE_LANDMARKS)[None]
+
+
+def test_a_face_exactly_as_sure_as_min_prob_is_kept(monkeypatch):
+    """Catches a strict `>` where detect_faces promises faces with probability >= min_prob."""
+    monkeypatch.setattr(faces, "detector", lambda: FixedDetector([10, 10, 60, 60], 0.9))
+    assert len(faces.detect_faces(Image.new("RGB", (100, 100)), min_prob=0.9, crop_size=32)) == 1
+
+
+def test_a_wide_photo_is_searched_with_its_long_side_at_most_max_side(monkeypatch):
+    """Catches a photo shrunk by its short side (a 3000 px panorama searched at full cost)."""
+    found = FixedDetector([10, 10, 60, 60], 0.99)
+    monkeypatch.setattr(faces, "detector", lambda: found)
+    (face,) = faces.detect_faces(Image.new("RGB", (3000, 600)), crop_size=32)
+    assert max(found.searched[0]) <= faces.MAX_SIDE
+    assert face.box[2] == pytest.approx(60 * 3000 / found.searched[0][0])  # mapped back
+
+
+def test_alignment_places_the_template_at_the_crop_size_asked_for():
+    """Catches alignment scaling the template by the default 200 px whatever size is asked."""
+    landmarks = faces.UTKFACE_LANDMARKS * 400 + 30  # a face twice a 200 px crop, shifted
+    matrix = faces.alignment(landmarks, size=100)  # crop -> photo
+    on_photo = np.c_[faces.UTKFACE_LANDMARKS * 100, np.ones(5)] @ matrix.T
+    assert np.abs(on_photo[:, :2] - landmarks).max() < 1e-6
+    photo = Image.new("RGB", (500, 500), (200, 100, 50))
+    assert faces.align_face(photo, landmarks, 100).size == (100, 100)
+
+
+def test_a_photo_just_over_the_pixel_limit_is_refused_too(monkeypatch):
+    """Catches photos between one and two times MAX_IMAGE_PIXELS, where Pillow only warns,
+    being opened anyway."""
+    data = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(data, "PNG")  # 4,096 pixels: between 3,000 and 6,000
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
+    with pytest.raises(faces.UnreadablePhoto, match="more than the 3,000 pixels"):
+        faces.open_photo(data.getvalue())
+
+
+def test_the_latest_template_record_is_the_newest(results):
+    """Catches latest_template_record giving the oldest measurement instead of the newest."""
+    folder = results / "landmarks"
+    folder.mkdir(parents=True)
+    for date, x in (("2026-01-01T00:00:00+00:00", 0.1), ("2026-06-01T00:00:00+00:00", 0.2)):
+        record = {"data": "UTKFace", "template": [[x, x]] * 5, "date": date}
+        (folder / f"{date[:10].replace('-', '')}-000000-UTKFace.json").write_text(
+            json.dumps(record))
+    assert faces.latest_template_record("UTKFace")["template"][0] == [0.2, 0.2]
+
+
+def test_cli_predict_passes_min_prob_and_level(files, monkeypatch, capsys):
+    """Catches `predict` ignoring --min-prob (or --level), which the note then misreports."""
+    seen = {}
+    monkeypatch.setattr(predict, "load_estimators", lambda checkpoints: ["model"])
+    monkeypatch.setattr(predict, "caveat", lambda estimators: None)
+
+    def fake_predict_faces(estimators, photo, level=0.8, min_prob=0.9):
+        seen.update(level=level, min_prob=min_prob)
+        return []
+
+    monkeypatch.setattr(predict, "predict_faces", fake_predict_faces)
+    code = cli.main(["predict", "--checkpoint", "m.pt", "--min-prob", "0.5", "--level", "0.9",
+                     str(files / "noise.png")])
+    assert code == 0 and seen == {"level": 0.9, "min_prob": 0.5}
+    assert "probability >= 0.5" in capsys.readouterr().err
+
+
+def test_a_fine_pattern_is_averaged_not_aliased_when_the_crop_shrinks_it():
+    """Catches align_face sampling a large face directly (no draw-larger-then-antialias):
+    a 1-pixel checkerboard shrunk 4 times must come out mid-grey, not a wrong flat shade."""
+    board = ((np.indices((800, 800)).sum(axis=0) % 2) * 255).astype(np.uint8)
+    photo = Image.fromarray(np.dstack([board] * 3))
+    crop = np.asarray(faces.align_face(photo, faces.UTKFACE_LANDMARKS * 800 + 0.3, 200), float)
+    assert abs(crop.mean() - 127.5) < 10
+
+
+def test_the_template_sample_does_not_depend_on_the_order_of_the_samples(monkeypatch):
+    """Catches measure_template drawing from the samples as they come instead of in file-name
+    order (the same seed would measure other faces after a reload)."""
+    import types
+
+    monkeypatch.setattr(faces, "_crop_landmarks", lambda image, pad: np.full((5, 2), image))
+    rows = pd.DataFrame({"file": [f"{i:02d}.jpg" for i in range(20)],
+                         "sha1": [float(i) for i in range(20)]})
+
+    def measured(samples):
+        data = types.SimpleNamespace(name="x", real=False, fingerprint="f", samples=samples,
+                                     open_image=lambda sha1: sha1)
+        return faces.measure_template(data, n=3, seed=4, save=False)["template"]
+
+    assert measured(rows) == measured(rows.iloc[::-1])
