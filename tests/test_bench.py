@@ -292,3 +292,44 @@ def test_throughput_counts_images_not_steps(monkeypatch):
     monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
     # one window of 4 steps of 32 images between two readings: 128 images in 0.5 s
     assert bench.throughput(lambda: 32, steps=4, warmup=0, windows=1)["img_per_s"] == 256
+
+
+class Scheduled(torch.nn.Module):
+    """A model whose forward passes sleep for the given seconds, one after another."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.seconds = list(seconds)
+
+    def forward(self, x):
+        time.sleep(self.seconds.pop(0))
+        return x.mean((1, 2, 3))
+
+
+def test_latency_leaves_out_the_warmup_and_takes_the_median():
+    """Catches a latency that times the warm-up passes or averages in one slow pass."""
+    model = Scheduled([0.15, 0.15, 0.0, 0.3, 0.0])  # two slow warm-ups, then one slow repeat
+    assert bench.latency(model, 1, 8, warmup=2, repeats=3) < 0.05
+
+
+def test_the_bench_times_training_faces_only(synthetic_faces):
+    """Catches bench images drawn from the test or valid split."""
+    split = synthetic_faces.split(0)
+    for n in (None, 20):
+        sha1s = bench.bench_images(synthetic_faces, n_images=n)
+        assert set(split[sha1s]) == {"train"} and len(set(sha1s)) == len(sha1s)
+
+
+def test_resident_batches_are_augmented_and_always_full(synthetic_faces):
+    """Catches a resident pipeline timed without augmentation (unfair to the typical one)
+    or with a last partial batch."""
+    one = bench.bench_images(synthetic_faces, n_images=1)
+    batches = bench.resident_batches(synthetic_faces, SIZE, 1, sha1s=one)
+    views = [next(batches)[0] for _ in range(4)]  # one face, cropped and flipped at random
+    assert not all(torch.equal(views[0], v) for v in views[1:])
+    batches.close()
+    batches = bench.resident_batches(synthetic_faces, SIZE, BATCH,
+                                     sha1s=bench.bench_images(synthetic_faces, n_images=6))
+    assert [len(next(batches)[1]) for _ in range(4)] == [BATCH] * 4  # 6 faces: 2 left over
+    batches.close()

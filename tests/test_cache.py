@@ -272,3 +272,20 @@ def test_the_cache_key_changes_with_the_decoding_pipeline(monkeypatch):
     before = cache.cache_key(["a"], 32)
     monkeypatch.setattr(cache, "PIPELINE", cache.PIPELINE + 1)
     assert cache.cache_key(["a"], 32) != before  # a changed resize never reuses old pixels
+
+
+def test_16_bit_grey_above_black_is_stretched_without_wrapping_around():
+    """Catches a 16-bit rescale that forgets the minimum, so bright pixels overflow uint8."""
+    ramp = np.linspace(20_000, 60_000, 64, dtype=np.uint16).reshape(8, 8)
+    rgb = np.asarray(cache.to_rgb(Image.fromarray(ramp))).astype(int)
+    assert rgb.min() == 0 and rgb.max() == 255
+    assert (np.diff(rgb[..., 0].ravel()) >= 0).all()  # brighter stays brighter: no wrap to 0
+
+
+def test_square_resize_crops_the_centre_of_a_wide_photo_instead_of_squashing_it():
+    """Catches a resize that stretches a non-square photo instead of cropping its centre."""
+    wide = Image.new("RGB", (80, 40), (0, 255, 0))  # green middle square...
+    wide.paste((255, 0, 0), (0, 0, 20, 40))  # ...between a red left strip
+    wide.paste((0, 0, 255), (60, 0, 80, 40))  # ...and a blue right strip
+    square = np.asarray(cache.square_resize(wide, 16)).astype(int)
+    assert (square[..., 1] > 200).all() and (square[..., [0, 2]] < 60).all()

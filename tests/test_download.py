@@ -126,3 +126,13 @@ def test_a_missing_archive_is_named_as_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="No archive at .*nope.tar.gz"):
         download.download_utkface(tmp_path / "data", archive=tmp_path / "nope.tar.gz")
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("page", ['<!doctype html>\n<HTML lang="en"><head>',
+                                  '\n  <html lang="en">'])
+def test_a_web_page_is_recognised_however_its_tags_are_written(tmp_path, page):
+    """Catches a web-page check that only knows one spelling of the html tag."""
+    (tmp_path / "page.html").write_text(page + "<title>Google Drive - Virus scan warning</title>")
+    with pytest.raises(RuntimeError, match="web page"):
+        download.download_utkface(tmp_path / "dest", url=(tmp_path / "page.html").as_uri(),
+                                  min_images=1)

@@ -344,3 +344,31 @@ def test_a_head_that_decodes_by_label_is_explained_by_its_own_expected_age(head,
     logits = torch.randn(3, 117 if head == "classification" else 116)  # 117 ages, 116 thresholds
     expected = getattr(losses, smooth)(logits, 1)
     torch.testing.assert_close(interpret.differentiable_age(model.head, logits), expected)
+
+
+def test_as_batch_normalises_faces_as_evaluation_does():
+    """Catches Grad-CAM fed raw [0, 1] pixels instead of the normalised faces a model was
+    evaluated on (the map would explain another prediction)."""
+    from agelib.data.loaders import BatchTransform
+
+    images = faces(2, 16)
+    expected = BatchTransform(16, train=False)(torch.from_numpy(images).permute(0, 3, 1, 2))
+    torch.testing.assert_close(interpret.as_batch(images), expected)
+
+
+def test_age_cam_gives_the_model_back_in_the_mode_it_was_in():
+    """Catches a model left in eval mode after Grad-CAM (pytorch-grad-cam turns it to eval)."""
+    model = build(models.ModelConfig("resnet18", img_size=32)).train()
+    interpret.age_cam(model, faces(1, 32))
+    assert model.training
+
+
+def test_overlay_of_a_wide_face_keeps_its_shape_and_the_hot_side():
+    """Catches a map resized with height and width swapped for a face that is not square."""
+    face = np.full((24, 40, 3), 128, np.uint8)
+    cam = np.zeros((3, 5), np.float32)
+    cam[:, 3:] = 1.0  # hot on the right
+    out = interpret.overlay(face, cam)
+    assert out.shape == (24, 40, 3)
+    right, left = out[12, -2].astype(int), out[12, 1].astype(int)
+    assert right[0] > right[2] and left[2] > left[0]

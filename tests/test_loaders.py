@@ -340,3 +340,49 @@ def test_the_transform_leaves_a_float_input_untouched():
     assert torch.equal(x, torch.full((2, 3, 16, 16), 200.0))  # the caller's array, unchanged
     with pytest.raises(ValueError, match="0-255 scale"):  # [0, 1] floats: not a black face
         BatchTransform(16, train=False)(x / 255)
+
+
+# --------------------------------------------------------------------------- seeds, devices
+def tiny_dls(faces, **kw):
+    from conftest import tiny_mode
+
+    return loaders.face_dataloaders(faces, mode=tiny_mode(), size=32, **{"device": "cpu", **kw})
+
+
+def test_valid_and_test_batches_are_never_augmented(synthetic_faces):
+    """Catches augmentation (crops, flips) applied to the faces a model is evaluated on."""
+    dls = tiny_dls(synthetic_faces)
+    assert dls.train.transform.train_mode
+    for dl in dls.loaders[1:]:
+        images, _ = dl.one_batch()
+        plain = BatchTransform(32, train=False)(dl.dataset.images[:len(images)])
+        torch.testing.assert_close(images, plain, atol=0, rtol=0)
+
+
+def test_the_training_seed_changes_neither_the_split_nor_the_faces_seen(synthetic_faces):
+    """Catches a training seed that redraws the split or the smoke subsets: runs with other
+    seeds must be compared on the same train, valid and test faces."""
+    faces_seen = [[set(dl.dataset.table["sha1"])
+                   for dl in tiny_dls(synthetic_faces, seed=s).loaders]
+                  for s in (0, 1)]
+    assert faces_seen[0] == faces_seen[1]
+
+
+def test_resident_images_and_batches_live_on_the_loaders_device():
+    """Catches resident images left on the host and batches not moved to the device ('meta'
+    stands in for a GPU, so this runs on any machine)."""
+    resident = loader(10, 4, device="meta").make_resident()
+    assert resident.dataset.images.device.type == "meta"
+    streamed = loader(10, 4, device="meta")  # not resident: images stay, batches move
+    assert streamed.dataset.images.device.type == "cpu"
+    for dl in (resident, streamed):
+        images, ages = dl.one_batch()
+        assert images.device.type == ages.device.type == "meta" and images.shape == (4, 3, 16, 16)
+
+
+def test_face_dataloaders_make_every_split_resident_on_the_device(synthetic_faces):
+    """Catches face_dataloaders ignoring ``resident`` (every batch would cross from the host)."""
+    dls = tiny_dls(synthetic_faces, device="meta")
+    assert [dl.dataset.images.device.type for dl in dls.loaders] == ["meta"] * 3
+    kept = tiny_dls(synthetic_faces, device="meta", resident=False)
+    assert [dl.dataset.images.device.type for dl in kept.loaders] == ["cpu"] * 3

@@ -227,3 +227,37 @@ def test_a_split_that_lists_an_image_twice_still_splits(samples):
     twice = pd.concat([split, split.iloc[:3]])  # the same assignment, listed twice
     parts = loaders.split_tables(samples, twice, settings.FULL)
     assert sum(len(p) for p in (parts.train, parts.valid, parts.test)) == len(samples)
+
+
+def test_the_test_set_itself_changes_with_the_seed(samples):
+    """Catches a split whose test part ignores the seed (only valid would move)."""
+    first, second = (splits.make_split(samples, seed=seed) for seed in (0, 1))
+    assert set(first.index[first == "test"]) != set(second.index[second == "test"])
+
+
+def test_folds_change_with_the_seed(samples):
+    """Catches k-fold assignments that ignore the seed (repeats would be one run)."""
+    folds = [splits.make_folds(samples, k=5, seed=seed) for seed in (0, 1)]
+    assert not folds[0].equals(folds[1])
+
+
+def test_the_fallback_draw_of_a_tiny_subsample_is_reproducible(samples):
+    """Catches an unseeded fallback draw: smoke subsets of tiny data must not change per run."""
+    first = splits.subsample(samples, 3, seed=5)
+    assert all(splits.subsample(samples, 3, seed=5).equals(first) for _ in range(5))
+
+
+def test_split_tables_refuse_a_split_that_leaks_or_leaves_faces_out(samples):
+    """Catches split_tables silently using a split that puts one face in train and test, or
+    that misses faces (a stale or hand-made split file)."""
+    from agelib import settings
+    from agelib.data import loaders
+
+    split = splits.make_split(samples, seed=0)
+    first = split.index[0]
+    leaky = pd.concat([split, pd.Series(["test" if split.iloc[0] != "test" else "train"],
+                                        index=[first])])
+    with pytest.raises(ValueError, match="more than one split"):
+        loaders.split_tables(samples, leaky, settings.FULL)
+    with pytest.raises(ValueError, match="have no split"):
+        loaders.split_tables(samples, split.iloc[1:], settings.FULL)

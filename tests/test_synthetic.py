@@ -153,3 +153,21 @@ def test_age_is_learnable_from_pixels() -> None:
     mae_model = np.abs(pred - y[n_train:]).mean()
     mae_mean = np.abs(y_mean - y[n_train:]).mean()
     assert mae_model < 0.8 * mae_mean, (mae_model, mae_mean)
+
+
+def test_another_size_regenerates(tmp_path: Path) -> None:
+    """Catches faces of an old size reused when another size is asked for."""
+    synthetic.write_synthetic_faces(tmp_path, n=4, seed=1, size=32)
+    synthetic.write_synthetic_faces(tmp_path, n=4, seed=1, size=48)
+    assert {Image.open(p).size for p in _jpgs(tmp_path)} == {(48, 48)}
+
+
+def test_a_synthetic_folder_stays_synthetic_wherever_it_is_and_whatever_its_name(
+        tmp_path: Path, home) -> None:
+    """Catches synthetic faces passed off as real data when read as an ordinary folder."""
+    from agelib.data import sources
+
+    folder = synthetic.write_synthetic_faces(tmp_path / "UTKFace", n=6, seed=0, size=32)
+    for faces in (sources.load_folder(folder), sources.load_faces(folder, verbose=False)):
+        assert not faces.real and faces.name == "synthetic"
+        assert "SYNTHETIC" in faces.banner()

@@ -313,3 +313,25 @@ def test_a_photo_too_large_to_decode_is_skipped_with_the_reason(tmp_path, monkey
     assert report.skipped == [{"file": "40_0_0_20170101000000009.jpg.chip.jpg",
                                "reason": report.skipped[0]["reason"]}]
     assert "too large to decode safely" in report.skipped[0]["reason"]
+
+
+def test_a_folder_holding_only_other_files_names_them_instead_of_saying_empty(tmp_path):
+    """Catches a folder of non-images (the archive not unpacked) reported as an empty folder."""
+    (tmp_path / "UTKFace.tar.gz").write_bytes(b"\x1f\x8b not unpacked")
+    with pytest.raises(ValueError, match="No usable image") as err:
+        utkface.scan_folder(tmp_path)
+    assert "UTKFace.tar.gz" in str(err.value) and "not an image file name" in str(err.value)
+
+
+def test_a_file_replaced_under_the_same_name_is_scanned_again(quirky_folder, home):
+    """Catches a cached folder scan that is reused after a file's content changed."""
+    from conftest import face_image, jpeg_bytes
+
+    from agelib.data import sources
+
+    name = GOOD[0]
+    before = sources.load_folder(quirky_folder).files.set_index("file").loc[name, "sha1"]
+    (quirky_folder / name).write_bytes(jpeg_bytes(face_image(500), quality=60))  # re-saved
+    files = sources.load_folder(quirky_folder).files.set_index("file")
+    assert files.loc[name, "sha1"] != before
+    assert files.loc[name, "bytes"] == (quirky_folder / name).stat().st_size
