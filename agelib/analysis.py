@@ -173,9 +173,9 @@ def group_errors(p: pd.DataFrame, by: str, level: float = 0.95, n_boot: int = 20
     """One model's error per group of ``by`` (race, gender), with what a fair reading needs.
 
     - ``MAE`` and its bootstrap interval at ``level`` (``MAE low``, ``MAE high``):
-      the group's faces resampled with replacement ``n_boot`` times. A group of
-      100 faces has an interval about a year wide; two groups whose intervals
-      overlap are not shown to differ.
+      the group's faces resampled with replacement ``n_boot`` times. The interval
+      narrows only with the square root of the group's size, so a small group's
+      is wide; two groups whose intervals overlap are not shown to differ.
     - ``age-standardised MAE`` (and its interval, from the same resamples): the
       group's MAE in each age band (``p["age band"]``), weighted by the share of
       that band among *all* the faces in ``p``. Error grows with age, so a group
