@@ -333,3 +333,34 @@ def test_distinct_runs_keep_the_first_name_of_identical_predictions():
     b = a.sample(frac=1, random_state=0)  # the same predictions, in another order
     c = _predictions([20, 30], [21, 34])
     assert list(analysis.distinct_runs({"x": a, "y": b, "z": c})) == ["x", "z"]
+
+
+def test_a_rerun_of_a_model_replaces_its_earlier_predictions(synthetic_faces, results):
+    """Catches tables that show the first, superseded run of a model instead of its re-run."""
+    test = loaders.split_tables(synthetic_faces.samples, synthetic_faces.split(0), MODE).test
+    fake_run(synthetic_faces, test, test["age"] + 2, variant="same", id="a-rerun", date="2099")
+    fake_run(synthetic_faces, test, test["age"] + 7, variant="same", id="b-first", date="2026")
+    found = analysis.model_predictions(records.load_records(), synthetic_faces, "smoke")
+    assert list(found) == ["t m (same)"]
+    np.testing.assert_allclose(found["t m (same)"]["error"], 2.0, atol=0.01)  # the 2099 run
+
+
+def test_age_mix_covered_is_a_share_of_faces_not_of_bands():
+    """Catches "age mix covered" counted as the share of bands instead of the share of faces."""
+    # bands 20-29 (6 faces) and 70-79 (2 faces); B has faces only in the rarer band
+    p = _predictions([25] * 6 + [75] * 2, [27] * 6 + [85] * 2, race=["A"] * 6 + ["B"] * 2)
+    t = analysis.group_errors(p, "race", n_boot=50)
+    assert t.loc["A", "age mix covered"] == pytest.approx(0.75)
+    assert t.loc["B", "age mix covered"] == pytest.approx(0.25)
+
+
+def test_a_resample_that_misses_a_band_is_not_scored_as_zero_error_there():
+    """Catches a bootstrap that counts a band absent from a resample as 0 years of error."""
+    # A's one old face errs by 10, its 19 young ones by 2; about a third of resamples miss it
+    ages = [25] * 19 + [75] + [75] * 19
+    p = _predictions(ages, [a + (2 if a == 25 else 10) for a in ages],
+                     race=["A"] * 20 + ["B"] * 19)
+    t = analysis.group_errors(p, "race", n_boot=200)
+    # every resample's standardised MAE averages A's band MAEs: never below its smallest error
+    assert t.loc["A", "standardised low"] >= 2.0 - 1e-9
+    assert t.loc["A", "standardised high"] <= 10.0 + 1e-9

@@ -169,3 +169,47 @@ def test_cross_attention_without_fused_attention_computes_the_same():
     x, context = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
     with torch.no_grad():
         torch.testing.assert_close(plain(x, context), fused(x, context), atol=1e-5, rtol=1e-5)
+
+
+def test_cross_attention_is_a_residual_update():
+    """Catches cross-attention that replaces its queries instead of adding to them."""
+    torch.manual_seed(0)
+    cross = hybrid.CrossAttention(32, 4).eval()
+    with torch.no_grad():
+        cross.attn.out_proj.weight.zero_()
+        cross.attn.out_proj.bias.zero_()
+        x, context = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
+        assert torch.equal(cross(x, context), x)  # no attention output: the queries pass through
+
+
+def test_cells_to_tokens_attention_updates_only_the_class_token():
+    """Catches the CNN cells' attention added to a cell token the age head never reads."""
+    torch.manual_seed(0)
+    backbone = models.create_model(models.named_config("hybrid_atto", img_size=64,
+                                   backbone_args={"cross_attention": "cells_to_tokens"})
+                                   ).backbone.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fmap = backbone.cnn_map(x)
+        cls = backbone.cls_token.expand(2, -1, -1)
+        plain = backbone.norm(backbone.blocks(torch.cat([cls, backbone.tokens(fmap)], 1)
+                                              + backbone.pos_embed))
+        cells = backbone.cross(backbone._cells(fmap), plain)
+        out = backbone.forward_features(x)
+    torch.testing.assert_close(out[:, 1:], plain[:, 1:])
+    torch.testing.assert_close(out[:, 0], plain[:, 0] + cells.mean(1))
+
+
+def test_tokens_to_cells_attention_comes_before_the_encoder():
+    """Catches the tokens' attention to the CNN cells applied after the encoder, not before."""
+    torch.manual_seed(0)
+    backbone = models.create_model(models.named_config("hybrid_atto", img_size=64,
+                                   backbone_args={"cross_attention": "tokens_to_cells"})
+                                   ).backbone.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fmap = backbone.cnn_map(x)
+        cls = backbone.cls_token.expand(2, -1, -1)
+        tokens = torch.cat([cls, backbone.tokens(fmap)], 1) + backbone.pos_embed
+        expected = backbone.norm(backbone.blocks(backbone.cross(tokens, backbone._cells(fmap))))
+        torch.testing.assert_close(backbone.forward_features(x), expected)

@@ -633,3 +633,20 @@ def test_the_template_sample_does_not_depend_on_the_order_of_the_samples(monkeyp
         return faces.measure_template(data, n=3, seed=4, save=False)["template"]
 
     assert measured(rows) == measured(rows.iloc[::-1])
+
+
+def test_estimates_use_the_evaluation_model_and_transform_and_leave_the_mode_as_it_was():
+    """Catches ages taken in training mode (BatchNorm's batch statistics) or from augmented
+    crops, and a model left in eval mode by a call made in the middle of training."""
+    from agelib.data import cache, loaders
+
+    model = tiny("classification").train()  # as a notebook has it halfway through training
+    rng = np.random.default_rng(0)
+    crops = [Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)) for _ in range(3)]
+    est = predict.estimate_ages([predict.AgeEstimator(model, 32)], crops)
+    assert model.training  # put back as it was
+    pixels = np.stack([np.asarray(cache.square_resize(c, 32)) for c in crops])
+    transform = loaders.BatchTransform(32, train=False)
+    with torch.no_grad():
+        out = model.eval()(transform(torch.as_tensor(pixels).permute(0, 3, 1, 2)))
+    np.testing.assert_allclose(est.ages, model.head.to_age(out).numpy(), rtol=1e-5, atol=1e-5)

@@ -408,3 +408,44 @@ def test_raw_outputs_and_predict_ages_give_one_row_per_sample_in_order(synthetic
     assert not np.allclose(averaged, pred)
     again, _ = training.predict_ages(learn, dl)  # the mirroring callback was for that call only
     np.testing.assert_allclose(again, pred, rtol=1e-6)
+
+
+def test_train_age_model_uses_the_configs_lr_warmup_and_weight_decay(synthetic_faces):
+    """Catches a run that drops its config's lr, warmup or weight decay on the way to fastai."""
+    rates = LearningRates()
+    lr, warmup = 2e-2, 0.5
+    train(synthetic_faces, config(epochs=2, lr=lr, schedule="warmup_cosine", warmup=warmup,
+                                  weight_decay=0.01), cbs=[rates])
+    lrs = np.array(rates.lrs)
+    assert len(lrs) == 2 * 4  # 64 faces / 16 per batch, two epochs
+    assert set(rates.wds) == {0.01}
+    assert lrs[0] == pytest.approx(lr * 1e-3) and lrs.max() == pytest.approx(lr)
+    assert int(np.argmax(lrs)) == 4  # half of 8 batches warming up
+
+
+class FirstTrainingBatch(Callback):
+    """The true ages of the first training batch a fit draws."""
+
+    def after_batch(self):
+        if self.training and not hasattr(self, "ages"):
+            self.ages = self.learn.yb[0].detach().clone()
+
+
+def test_the_training_seed_shuffles_the_batches(synthetic_faces):
+    """Catches a training seed that changes the weights but not the order the faces come in."""
+    def first_batch(seed):
+        seen = FirstTrainingBatch()
+        train(synthetic_faces, config(seed=seed), cbs=[seen])
+        return seen.ages
+
+    first = first_batch(0)
+    assert torch.equal(first, first_batch(0))
+    assert not torch.equal(first, first_batch(1))
+
+
+def test_a_squashed_regression_head_is_not_started_at_the_mean_age(synthetic_faces, monkeypatch):
+    """Catches a sigmoid-squashed head's logit bias set to ~35 years: saturated, no gradient."""
+    monkeypatch.setattr(training, "fit", lambda *args, **kwargs: None)  # look before any step
+    fresh = TrainConfig(model=models.ModelConfig(TINY, age_range=(0, 116)), loss="l1")
+    result = train(synthetic_faces, fresh)
+    assert abs(result.learn.model.head.net[-1].bias.item()) < 5  # as initialised, not 10-60
