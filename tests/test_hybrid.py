@@ -182,18 +182,25 @@ def test_cross_attention_is_a_residual_update():
         assert torch.equal(cross(x, context), x)  # no attention output: the queries pass through
 
 
-def test_cells_to_tokens_attention_updates_only_the_class_token():
-    """Catches the CNN cells' attention added to a cell token the age head never reads."""
+def _cross_attention_hybrid(mode: str):
+    """A tiny hybrid with cross-attention ``mode``, an input, its CNN map, and the tokens as
+    the encoder receives them (class token first, position embeddings added)."""
     torch.manual_seed(0)
     backbone = models.create_model(models.named_config("hybrid_atto", img_size=64,
-                                   backbone_args={"cross_attention": "cells_to_tokens"})
-                                   ).backbone.eval()
+                                   backbone_args={"cross_attention": mode})).backbone.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         fmap = backbone.cnn_map(x)
         cls = backbone.cls_token.expand(2, -1, -1)
-        plain = backbone.norm(backbone.blocks(torch.cat([cls, backbone.tokens(fmap)], 1)
-                                              + backbone.pos_embed))
+        tokens = torch.cat([cls, backbone.tokens(fmap)], 1) + backbone.pos_embed
+    return backbone, x, fmap, tokens
+
+
+def test_cells_to_tokens_attention_updates_only_the_class_token():
+    """Catches the CNN cells' attention added to a cell token the age head never reads."""
+    backbone, x, fmap, tokens = _cross_attention_hybrid("cells_to_tokens")
+    with torch.no_grad():
+        plain = backbone.norm(backbone.blocks(tokens))
         cells = backbone.cross(backbone._cells(fmap), plain)
         out = backbone.forward_features(x)
     torch.testing.assert_close(out[:, 1:], plain[:, 1:])
@@ -202,14 +209,7 @@ def test_cells_to_tokens_attention_updates_only_the_class_token():
 
 def test_tokens_to_cells_attention_comes_before_the_encoder():
     """Catches the tokens' attention to the CNN cells applied after the encoder, not before."""
-    torch.manual_seed(0)
-    backbone = models.create_model(models.named_config("hybrid_atto", img_size=64,
-                                   backbone_args={"cross_attention": "tokens_to_cells"})
-                                   ).backbone.eval()
-    x = torch.randn(2, 3, 64, 64)
+    backbone, x, fmap, tokens = _cross_attention_hybrid("tokens_to_cells")
     with torch.no_grad():
-        fmap = backbone.cnn_map(x)
-        cls = backbone.cls_token.expand(2, -1, -1)
-        tokens = torch.cat([cls, backbone.tokens(fmap)], 1) + backbone.pos_embed
         expected = backbone.norm(backbone.blocks(backbone.cross(tokens, backbone._cells(fmap))))
         torch.testing.assert_close(backbone.forward_features(x), expected)
