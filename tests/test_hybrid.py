@@ -97,6 +97,27 @@ def test_every_variant_trains_every_parameter(name):
     out.sum().backward()
     silent = [n for n, p in model.named_parameters() if p.grad is None]
     assert not silent, f"parameters without gradient (a disconnected branch): {silent[:5]}"
+    # a branch multiplied by zero (a gate left shut, a zeroed head) still gets a grad tensor
+    zero = [n for n, p in model.named_parameters() if not p.grad.abs().sum() > 0]
+    assert not zero, f"parameters whose gradient is all zero (a branch that is shut): {zero[:5]}"
+
+
+def test_multiscale_fusion_adds_each_earlier_stage_averaged_to_the_last_grid():
+    """The paper's "linear fusion of multi-scale features": stage 2 and 3 maps, average-pooled
+    to stage 4's grid and projected by a 1x1 convolution each, are added to stage 4's map."""
+    torch.manual_seed(0)
+    backbone = models.create_model(
+        models.named_config("hybrid_multiscale", img_size=64)).backbone.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        maps = backbone.cnn(x)
+        assert len(maps) == len(backbone.fuse) + 1 == 3
+        expected = maps[-1].clone()
+        for conv, m in zip(backbone.fuse, maps[:-1]):
+            k = m.shape[-1] // maps[-1].shape[-1]  # 4 then 2 at 64 px
+            expected += conv(torch.nn.functional.avg_pool2d(m, k))
+        assert torch.allclose(backbone.cnn_map(x), expected, atol=1e-5)
+        assert not torch.allclose(backbone.cnn_map(x), maps[-1], atol=1e-3)
 
 
 @pytest.mark.parametrize("head", ["classification", "coral", "corn"])
