@@ -268,7 +268,9 @@ def latest_times(runs: list[dict], mode: str) -> dict | None:
     training lengths (a chapter re-run at 2 epochs is not part of a 20-epoch course).
     """
     # the course's timings are of the real faces: a run on the synthetic ones is a check
-    runs = [r for r in runs if r["mode"] == mode and r.get("data", "real") == "real"]
+    # ...and a run with no chapter (stopped before its first, or emptied by hand) says nothing
+    runs = [r for r in runs
+            if r["mode"] == mode and r.get("data", "real") == "real" and r.get("chapters")]
     if not runs:
         return None
     device, epochs = runs[-1]["device"], runs[-1].get("epochs")

@@ -73,6 +73,14 @@ def test_course_table_shows_the_latest_run_of_each_mode():
     assert course.course_run_table(runs + [synthetic]) == table
 
 
+def test_a_course_record_without_chapters_changes_nothing():
+    runs = [run_record("smoke", [10, 20])]
+    empty = run_record("smoke", [], device="cuda (H100)", date="2026-11-25T00:00:00")
+    assert course.course_run_table(runs + [empty]) == course.course_run_table(runs)
+    assert course.latest_times([empty], "smoke") is None
+    assert "no course run" in course.course_run_table([empty])
+
+
 def test_course_table_stitches_a_run_split_over_calls_on_one_device():
     gpu = "cuda (NVIDIA H100)"
     first = run_record("full", [30, 40], device=gpu, date="2026-11-24T10:00:00")
@@ -312,7 +320,8 @@ def test_a_course_run_says_which_faces_it_ran_on(no_chapters, monkeypatch, real)
     monkeypatch.setattr(course, "_real_faces", lambda env: real)
     run = course.run_chapters(save=False)
     assert run["data"] == ("real" if real else "synthetic")
-    assert (course.latest_times([run], "smoke") is None) == (not real)
+    timed = {**run, "chapters": [{"notebook": "00_x.ipynb", "seconds": 1, "ok": True, "error": None}]}
+    assert (course.latest_times([timed], "smoke") is None) == (not real)
 
 
 @pytest.mark.parametrize("full, shell", [(True, "1"), (False, "0")])
