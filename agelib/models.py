@@ -63,6 +63,10 @@ class ModelConfig:
             raise ValueError(f"unknown head {self.head!r}; choose one of {HEADS}")
         if self.decode not in ("expected", "label"):
             raise ValueError(f"decode must be 'expected' or 'label', not {self.decode!r}")
+        if self.decode == "label" and self.head == "regression":  # would be ignored silently
+            raise ValueError("decode='label' reads a class or ordinal head (argmax or threshold "
+                             "count); a regression head outputs the age itself: choose "
+                             "head='classification', 'coral' or 'corn', or drop decode")
         if self.age_range is not None:
             self.age_range = tuple(float(a) for a in self.age_range)
         if self.input_norm is not None:

@@ -198,6 +198,9 @@ def test_model_config_rejects_an_unknown_head_listing_the_valid_ones():
 def test_model_config_rejects_a_bad_decode():
     with pytest.raises(ValueError, match="decode must be 'expected' or 'label'.*'mean'"):
         ModelConfig(head="coral", decode="mean")
+    # a regression head outputs the age: decode="label" would be ignored without a word
+    with pytest.raises(ValueError, match="head='classification', 'coral' or 'corn'"):
+        ModelConfig(decode="label")
 
 
 def test_model_config_round_trips_through_a_dict_and_refuses_unknown_fields():
