@@ -172,8 +172,8 @@ def differentiable_age(head: nn.Module, out: torch.Tensor) -> torch.Tensor:
     """The predicted age ``(B,)`` from a head's output, as a smooth function of it.
 
     Heads that decode by argmax or by counting thresholds (``decode="label"``)
-    give a step function with zero gradient; their expected age is used instead,
-    which moves the same way.
+    give a step function with zero gradient; their expected age is used instead, a
+    smooth stand-in that usually, though not always, moves with the decoded age.
     """
     if getattr(head, "decode", "expected") == "label":
         return SMOOTH_DECODERS[head.kind](out, head.min_age)
