@@ -517,3 +517,84 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_whole(tmp_path,
         checkpoints.save_checkpoint(model, path, record={"test_mae": 4.0})
     monkeypatch.undo()
     assert checkpoints.load_checkpoint(path)[1]["record"] == {"test_mae": 5.0}
+
+
+def test_make_record_counts_cs5_at_five_years_and_states_an_early_stop():
+    """Catches CS@5 computed at another threshold (errors of 4 years count, 6 do not) and
+    ``epochs_run`` ignored: a run stopped early must not claim the epochs it was asked for."""
+    model = SimpleNamespace(backbone="resnet18", head="regression", pretrained=False)
+    config = SimpleNamespace(model=model, tag="t", variant="", loss="l1", seed=0, split_seed=0,
+                             lr=1e-3, schedule="one_cycle", to_dict=lambda: {"model": {}})
+    faces = SimpleNamespace(name="UTKFace", real=True, fingerprint="abc")
+    true = np.array([10.0, 20.0, 30.0, 40.0])
+    test = (true + np.array([0.0, 4.0, -4.0, 6.0]), true)  # 3 of 4 within 5 years, 1 within 3
+    r = records.make_record(config, faces, settings.FULL, "cpu", epochs=20, image_size=64,
+                            batch_size=128, best_epoch=5, seconds=1.0, params=10, n_train=7,
+                            valid=test, test=test, epochs_run=8)
+    assert r["test_cs5"] == 0.75
+    assert (r["epochs"], r["epochs_run"], r["best_epoch"]) == (20, 8, 5)
+    assert r["test_mae_flip"] is None  # no flip-averaged score was measured
+
+
+def test_a_record_saved_under_a_taken_id_takes_its_file_name_as_id(tmp_path):
+    """Catches save_record renaming the file but not the id inside it: reports and
+    load_predictions find a run's predictions by the id its record states."""
+    records.save_record(record(test_mae=1.0, id="same"), tmp_path)
+    second = record(test_mae=2.0, id="same")
+    path = records.save_record(second, tmp_path, predictions=pd.DataFrame({"sha1": ["a"]}))
+    assert path.stem == "same-2" and second["id"] == "same-2"
+    assert json.loads(path.read_text())["id"] == "same-2"
+    assert second["predictions"] == "predictions/same-2.csv"
+
+
+def test_predictions_table_shortens_sha1s_and_rounds_ages_to_a_tenth():
+    table = records.predictions_table(["0123456789abcdef0123"], [31.26], [30.12345])
+    assert table["sha1"].tolist() == ["0123456789ab"]  # SHA1_CHARS = 12
+    assert table["age"].tolist() == [pytest.approx(31.3)]
+    assert table["pred"].tolist() == [pytest.approx(30.123)]
+
+
+def test_replace_block_needs_both_markers():
+    with pytest.raises(ValueError, match="needs the markers <s> and <e>"):
+        records.replace_block("text <s> without its end", "<s>", "<e>", "new")
+    with pytest.raises(ValueError, match="needs the markers"):
+        records.replace_block("text <e> without its start", "<s>", "<e>", "new")
+
+
+def test_a_checkpoint_with_an_extra_tensor_is_refused_naming_it(tmp_path):
+    """Catches unexpected tensors not reported: a ValueError naming the stray tensor, not
+    torch's RuntimeError from load_state_dict."""
+    path = checkpoints.save_checkpoint(tiny_model(), tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["head.stray"] = torch.zeros(2)
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=r"the weights do not fit.*1 unexpected "
+                                         r"\(e\.g\. head\.stray\)"):
+        checkpoints.load_checkpoint(path)
+
+
+def test_a_checkpoint_without_weights_is_called_damaged(tmp_path):
+    path = checkpoints.save_checkpoint(tiny_model(), tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    del payload["state_dict"]
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="'m.pt' is a damaged agelib checkpoint: it has no "
+                                         "state_dict"):
+        checkpoints.load_checkpoint(path)
+
+
+def test_a_checkpoint_saved_before_extra_existed_loads_with_an_empty_extra(tmp_path):
+    """Older checkpoints have no "extra": callers read payload["extra"] without a guard."""
+    path = checkpoints.save_checkpoint(tiny_model(), tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    del payload["extra"]
+    torch.save(payload, path)
+    assert checkpoints.load_checkpoint(path)[1]["extra"] == {}
+
+
+def test_an_onnx_file_given_as_a_checkpoint_is_named_an_export(tmp_path):
+    """Catches the ONNX check skipped: the learner should hear "exported ONNX model", not
+    the generic "not a readable checkpoint"."""
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x07onnx bytes")
+    with pytest.raises(ValueError, match="'m.onnx' is an exported ONNX model, not a checkpoint"):
+        checkpoints.load_checkpoint(tmp_path / "m.onnx")

@@ -249,3 +249,19 @@ def test_a_teacher_trained_at_a_smaller_size_sees_the_batch_antialiased():
         hook.remove()
     assert seen[0].shape == (1, 3, 32, 32)
     assert seen[0].abs().max() < 0.1
+
+
+def test_distillation_loss_refuses_ages_of_another_shape():
+    """A (B, 1) teacher output minus (B,) student ages broadcasts to (B, B): a mean gap
+    that trains without complaint towards the wrong answer. It must raise instead."""
+    with pytest.raises(ValueError, match=r"student ages \(4,\) and teacher ages \(4, 1\)"):
+        distill.distillation_loss(torch.zeros(4), torch.zeros(4, 1))
+
+
+def test_distillation_loss_is_float32_for_a_bfloat16_batch():
+    """The term is computed in float32 whatever the batch's precision (bf16 has 8 bits of
+    mantissa: a gap near 100 years would land on a grid of half a year)."""
+    student = torch.tensor([100.0, 40.0], dtype=torch.bfloat16)
+    teacher = torch.tensor([99.0, 37.0], dtype=torch.bfloat16)
+    gap = distill.distillation_loss(student, teacher)
+    assert gap.dtype == torch.float32 and gap.item() == 2.0

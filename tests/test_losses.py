@@ -484,3 +484,26 @@ def test_regression_age_keeps_a_batch_of_one_a_batch():
     """Catches regression_age squeezing every axis: one face is still a (1,) batch."""
     assert losses.regression_age(torch.tensor([[31.5]])).shape == (1,)
     assert losses.decoder_for("regression")(torch.tensor([[31.5]])).tolist() == [31.5]
+
+
+# --------------------------------------------------------------------------- boundaries of the checks
+def test_bad_settings_raise_at_the_boundary_not_only_beyond_it():
+    """s = 0 and top_k = 0 are refused too: s = 0 divides 0 by 0 at a perfect prediction
+    (a NaN loss), and top_k = 0 would silently mean "the whole distribution is the tail"."""
+    with pytest.raises(ValueError, match="s must be positive"):
+        adaptive_loss(torch.zeros(1), torch.zeros(1), s=0.0)
+    with pytest.raises(ValueError, match="top_k must be between 1 and the 5 classes, got 0"):
+        mean_residue_loss(torch.zeros(1, 5), torch.tensor([2.0]), top_k=0)
+
+
+def test_a_single_column_is_not_a_classification_head():
+    """A (B, 1) output is a regression head's; as classification logits it has one class,
+    a cross-entropy of exactly 0 whatever the model does, so it must be refused."""
+    with pytest.raises(ValueError, match=r"at least 2 logit column\(s\), got 1"):
+        cross_entropy_loss(torch.zeros(3, 1), torch.zeros(3))
+
+
+def test_scalar_ages_are_refused_with_a_value_error():
+    """A 0-d age tensor is not (B,): the shape check names it, not a TypeError from len()."""
+    with pytest.raises(ValueError, match=r"ages must have shape \(B,\), got \(\)"):
+        losses.l1_loss(torch.tensor([1.0]), torch.tensor(1.0))

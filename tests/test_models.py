@@ -516,3 +516,23 @@ def test_an_image_size_in_backbone_args_is_kept_or_refused_when_it_disagrees():
     with pytest.raises(ValueError, match=r"give the size once, as ModelConfig\(img_size=...\)"):
         models.create_model(ModelConfig("vit_tiny_patch16_224", img_size=32,
                                         backbone_args={**small, "img_size": 64}))
+
+
+def test_pretrained_input_norm_differs_when_either_mean_or_std_does():
+    """Weights trained on ImageNet's mean but another std (or the reverse) still need their
+    inputs converted: one matching value must not pass the whole normalisation as ImageNet's."""
+    from types import SimpleNamespace
+
+    as_imagenet = SimpleNamespace(pretrained_cfg={"mean": IMAGENET_MEAN, "std": IMAGENET_STD})
+    assert models.pretrained_input_norm(as_imagenet) is None
+    assert models.pretrained_input_norm(SimpleNamespace(pretrained_cfg={})) is None
+    other_std = SimpleNamespace(pretrained_cfg={"mean": IMAGENET_MEAN, "std": (0.5,) * 3})
+    assert models.pretrained_input_norm(other_std) == (tuple(IMAGENET_MEAN), (0.5,) * 3)
+    other_mean = SimpleNamespace(pretrained_cfg={"mean": (0.5,) * 3, "std": IMAGENET_STD})
+    assert models.pretrained_input_norm(other_mean) == ((0.5,) * 3, tuple(IMAGENET_STD))
+
+
+def test_paper_parameter_count_adds_the_papers_unused_pieces_only_to_its_own_model():
+    """Only hybrid_paper's count includes the pieces the paper's code keeps but never uses."""
+    model = tiny_model()
+    assert models.paper_parameter_count(model) == models.count_parameters(model)

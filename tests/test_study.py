@@ -150,3 +150,11 @@ def test_the_per_seed_figure_orders_rows_by_their_mean_and_marks_it_with_every_s
     assert list(lines["mean"].get_xdata()) == pytest.approx([8.0, 7.0])
     assert {"seed 0", "seed 1", "seed 2"} <= set(lines)
     plt.close(fig)
+
+
+def test_a_lever_whose_runs_share_no_seed_is_left_out():
+    """Catches a pair with no common seed kept as a row of NaNs (0 seeds): there is no
+    seed-by-seed comparison to make, so the table must not claim one."""
+    raw = pd.DataFrame([run("from scratch", 0, 9.0), run("three-stage", 1, 8.0)])
+    effects = study.lever_effects(raw, "cpu-study", [("start", "from scratch", "three-stage")])
+    assert effects.empty
