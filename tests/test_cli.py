@@ -475,3 +475,45 @@ def test_bench_uses_the_smoke_defaults_and_honours_its_switches(monkeypatch, tmp
     assert seen["data_only"] is True and saved == []
     assert cli.main(["bench", "--device", "cpu", "--no-data-only", "--save"]) == 0
     assert seen["data_only"] is False and saved == [{"kind": "bench"}]
+
+
+# --------------------------------------------------------------------------- links, on a scratch checkout
+@pytest.fixture
+def scratch_course(tmp_path, monkeypatch):
+    """A README and two of the chapters in a scratch folder, with course.notebooks_dir on it."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    (tmp_path / "README.md").write_text(f"# x\n{course.TABLE_START}\n{course.TABLE_END}\n")
+    cell = {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+            "source": ["import os\n", 'REPOSITORY = "old/name"  # edit\n']}
+    for ch in course.CHAPTERS[:2]:
+        (folder / ch.file).write_text(json.dumps({"cells": [cell], "metadata": {},
+                                                  "nbformat": 4, "nbformat_minor": 5}))
+    monkeypatch.setattr(course, "notebooks_dir", lambda: folder)
+    return folder
+
+
+def test_chapters_not_written_yet_have_no_link(scratch_course):
+    """Catches a Colab link in README for every chapter, whether its notebook exists or not."""
+    rows = course.chapter_table("me/course").splitlines()[2:]
+    assert "Open in Colab" in rows[1] and rows[2].endswith("| coming soon |")
+    assert sum("coming soon" in row for row in rows) == len(course.CHAPTERS) - 2
+
+
+def test_write_links_rewrites_readme_and_notebooks_then_nothing(scratch_course, monkeypatch):
+    """Catches write_links skipping the notebooks, ignoring settings.REPOSITORY, or
+    rewriting (and listing) files that were already up to date."""
+    monkeypatch.setattr(settings, "REPOSITORY", "me/course")
+    assert course.write_links() == ["README.md", course.CHAPTERS[0].file, course.CHAPTERS[1].file]
+    nb = json.loads((scratch_course / course.CHAPTERS[1].file).read_text())
+    assert nb["cells"][0]["source"][1] == 'REPOSITORY = "me/course"  # edit\n'
+    assert "github/me/course/blob" in (scratch_course.parent / "README.md").read_text()
+    assert course.write_links() == []  # now in step: nothing written
+
+
+def test_readme_with_table_needs_both_markers():
+    """Catches a README with only one marker accepted (then split apart with a bare unpacking
+    error, instead of the message that says which markers are needed)."""
+    for text in (f"{course.TABLE_START}\nold\n", f"old\n{course.TABLE_END}\n"):
+        with pytest.raises(ValueError, match="needs the markers"):
+            course.readme_with_table(text)

@@ -31,6 +31,7 @@ def test_run_chapters_executes_in_place_times_and_records(chapters, tmp_path):
     first, second = run["chapters"]
     assert first["ok"] and first["seconds"] > 0 and first["error"] is None
     assert not second["ok"] and "ZeroDivisionError" in second["error"]
+    assert run["total_seconds"] == round(first["seconds"] + second["seconds"], 1)  # not the last one's
     executed = nbformat.read(chapters / "00_setup.ipynb", as_version=4)
     assert executed.cells[0].outputs[0]["text"].strip() == "smoke None"  # the mode it was asked for
     saved = list((tmp_path / "results" / "course").glob("*-smoke.json"))
@@ -358,3 +359,56 @@ def test_only_the_course_chapters_run(no_chapters):
     (no_chapters / "my_copy_of_02.ipynb").write_text(json.dumps(
         {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
     assert course.run_chapters(save=False)["chapters"] == []
+
+
+def test_stitching_never_takes_a_chapter_from_another_device():
+    """Catches latest_times mixing devices: an older CPU run's chapter that the GPU course
+    never ran showed up in the GPU column (and its total)."""
+    cpu = _course_run("full", [("03_x.ipynb", 999, True)], date="2026-11-23T08:00:00")
+    gpu = _course_run("full", [("00_x.ipynb", 30, True)], device="cuda (H100)",
+                      date="2026-11-24T08:00:00")
+    stitched = course.latest_times([cpu, gpu], "full")
+    assert [c["notebook"] for c in stitched["chapters"]] == ["00_x.ipynb"]
+    assert stitched["total_seconds"] == 30 and "999" not in course.course_run_table([cpu, gpu])
+
+
+def test_a_course_stitched_over_days_says_from_when_to_when():
+    """Catches the header naming only the first day of a split course, or its days in
+    hash order (a set's order), so 'from ... to ...' read backwards."""
+    days = ["2026-11-21", "2026-11-22", "2026-11-23", "2026-11-24", "2026-11-25"]
+    runs = [_course_run("full", [(f"0{i}_x.ipynb", 10, True)], date=f"{day}T08:00:00")
+            for i, day in enumerate(days)]
+    assert course.latest_times(runs[::-1], "full")["dates"] == days
+    assert "full mode, cpu (x86_64), 2026-11-21 to 2026-11-25 |" in course.course_run_table(runs)
+
+
+def test_course_table_lists_chapters_in_course_order():
+    """Catches rows in the order the records happen to hold them (a chapter re-run first,
+    or present in one mode only, jumped ahead of chapter 00)."""
+    full = _course_run("full", [("01_x.ipynb", 20, True)])
+    smoke = _course_run("smoke", [("01_x.ipynb", 2, True), ("00_x.ipynb", 1, True)])
+    rows = [line.split(" | ")[0] for line in course.course_run_table([full, smoke]).splitlines()[2:]]
+    assert rows == ["| 00_x.ipynb", "| 01_x.ipynb", "| **total**"]
+
+
+def test_the_kernels_get_a_relative_agelib_home_whole(tmp_path, monkeypatch):
+    """Catches AGELIB_HOME passed on as typed: the kernels run in notebooks/, where a relative
+    home names another folder (caches and splits made again, or missing)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AGELIB_HOME", "my-home")
+    assert course.kernel_env(full=False)["AGELIB_HOME"] == str(tmp_path / "my-home")
+
+
+def test_a_chapter_number_is_a_prefix_and_save_false_writes_nothing(no_chapters, tmp_path,
+                                                                    monkeypatch):
+    """Catches `course 0` also running chapter 10 (the number matched anywhere in the name),
+    and save=False still writing a course-run record."""
+    for name in ("00_setup.ipynb", "10_errors_and_fairness.ipynb"):
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, no_chapters / name)
+    monkeypatch.setenv("AGELIB_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setattr(course, "_real_faces", lambda env: False)
+    run = course.run_chapters(["0"], timeout=60, save=False)
+    assert [c["notebook"] for c in run["chapters"]] == ["00_setup.ipynb"]
+    assert not (tmp_path / "results").exists()

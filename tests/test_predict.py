@@ -650,3 +650,17 @@ def test_estimates_use_the_evaluation_model_and_transform_and_leave_the_mode_as_
     with torch.no_grad():
         out = model.eval()(transform(torch.as_tensor(pixels).permute(0, 3, 1, 2)))
     np.testing.assert_allclose(est.ages, model.head.to_age(out).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_the_latest_upload_is_the_one_shown_and_its_name_is_escaped():
+    """Catches _uploaded taking the first file of ipywidgets 7's dict (which keeps earlier
+    uploads: the widget kept showing the first photo), a file name put raw into the faces
+    table's HTML, and a full-size PNG sent to the browser."""
+    v7 = {"old.png": {"metadata": {"name": "old.png"}, "content": b"old"},
+          "new.png": {"metadata": {"name": "new.png"}, "content": b"new"}}
+    assert demo._uploaded(v7) == ("new.png", b"new")
+    table = pd.DataFrame({"face": [0], "age": [30.0], "low": [25.0], "high": [36.0],
+                          "interval": ["distribution"]})
+    assert "<b>" not in demo.summary("<b>&.png", table).split("</p>")[0]
+    big = Image.new("RGB", (2000, 1000))
+    assert Image.open(io.BytesIO(demo._png(big))).size == (640, 320)

@@ -1,5 +1,6 @@
 """Run-wide settings (agelib.settings) and where the data is found (sources.find_data)."""
 
+import os
 import random
 import sys
 from pathlib import Path
@@ -269,3 +270,43 @@ def test_seed_everything_gives_other_draws_for_another_seed(monkeypatch):
         settings.seed_everything(seed)
         draws[seed] = (tuple(np.random.rand(3)), random.random())
     assert draws[1][0] != draws[2][0] and draws[1][1] != draws[2][1]
+
+
+# --------------------------------------------------------------------------- mutation hunt
+def test_get_device_takes_cuda_first_when_there_is_one(monkeypatch):
+    """Catches CUDA skipped by the automatic choice (a GPU machine trained on its CPU)."""
+    monkeypatch.delenv("AGELIB_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert settings.get_device() == torch.device("cuda")
+
+
+def test_a_bad_device_asked_by_argument_is_named_as_such(monkeypatch):
+    """Catches the error blaming AGELIB_DEVICE for a device passed as an argument."""
+    monkeypatch.delenv("AGELIB_DEVICE", raising=False)
+    with pytest.raises(ValueError, match="^device 'gpu' is not a device torch knows"):
+        settings.get_device("gpu")
+
+
+def test_seed_everything_seeds_the_hash_of_child_processes(monkeypatch):
+    """Catches PYTHONHASHSEED left alone: subprocesses (DataLoader workers, the course's
+    kernels) then hash strings differently on every run."""
+    monkeypatch.setenv("PYTHONHASHSEED", "0")  # restored afterwards
+    settings.seed_everything(5)
+    assert os.environ["PYTHONHASHSEED"] == "5"
+
+
+def test_the_full_mode_says_its_size_and_length():
+    """Catches the full mode's figure caption or its one-line description losing the image
+    size or the number of epochs (a figure then says nothing of what it was run at)."""
+    assert settings.FULL.caption("test set") == "test set\n(full mode, 128 px)"
+    assert settings.FULL.describe("cpu").endswith("at 128 px, 20 epoch(s) by default.")
+
+
+def test_repo_root_is_none_outside_a_checkout(monkeypatch, tmp_path):
+    """Catches repo_root naming the package's parent folder on a plain install (site-packages
+    then held data/ and results/)."""
+    monkeypatch.setattr(settings, "_REPO_DIR", tmp_path)
+    assert settings.repo_root() is None
+    (tmp_path / "pyproject.toml").write_text("")
+    assert settings.repo_root() == tmp_path
