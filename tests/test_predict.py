@@ -423,6 +423,21 @@ def test_widget_shows_a_portrait_a_missing_face_and_a_bad_file():
     assert picture.value == b""
 
 
+def test_widget_says_a_smoke_models_ages_are_no_estimates_and_ignores_the_placeholder():
+    """Catches the smoke-model note dropped from the widget's answers, and picking the
+    "(pick a portrait)" placeholder again failing with a KeyError inside the widget."""
+    pytest.importorskip("ipywidgets")
+    smoke = predict.AgeEstimator(tiny("classification"), 32, "tiny.pt",
+                                 {"mode": "smoke", "data_real": True})
+    panel = demo.age_widget(smoke)
+    (upload, choice), picture, message = panel.children[0].children, *panel.children[1:]
+    choice.value = "grace_hopper"
+    assert message.value.startswith("<p><b>Note:</b> these ages are not estimates yet")
+    shown = message.value
+    choice.value = "(pick a portrait)"  # back to the placeholder: nothing new to show
+    assert message.value == shown
+
+
 def test_draw_predictions_labels_each_face(found, portraits):
     face = found["grace_hopper"][0]
     p = predict.FacePrediction(face.box, face.probability, 34.4, 28.0, 41.0, "distribution")
