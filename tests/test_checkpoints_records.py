@@ -561,23 +561,27 @@ def test_replace_block_needs_both_markers():
         records.replace_block("text <e> without its start", "<s>", "<e>", "new")
 
 
+def tampered_checkpoint(tmp_path, change) -> Path:
+    """A saved checkpoint whose payload ``change`` edited in place: damage a test can name."""
+    path = checkpoints.save_checkpoint(tiny_model(), tmp_path / "m.pt")
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    torch.save(payload, path)
+    return path
+
+
 def test_a_checkpoint_with_an_extra_tensor_is_refused_naming_it(tmp_path):
     """Catches unexpected tensors not reported: a ValueError naming the stray tensor, not
     torch's RuntimeError from load_state_dict."""
-    path = checkpoints.save_checkpoint(tiny_model(), tmp_path / "m.pt")
-    payload = torch.load(path, weights_only=True)
-    payload["state_dict"]["head.stray"] = torch.zeros(2)
-    torch.save(payload, path)
+    path = tampered_checkpoint(tmp_path, lambda p: p["state_dict"].update(
+        {"head.stray": torch.zeros(2)}))
     with pytest.raises(ValueError, match=r"the weights do not fit.*1 unexpected "
                                          r"\(e\.g\. head\.stray\)"):
         checkpoints.load_checkpoint(path)
 
 
 def test_a_checkpoint_without_weights_is_called_damaged(tmp_path):
-    path = checkpoints.save_checkpoint(tiny_model(), tmp_path / "m.pt")
-    payload = torch.load(path, weights_only=True)
-    del payload["state_dict"]
-    torch.save(payload, path)
+    path = tampered_checkpoint(tmp_path, lambda p: p.pop("state_dict"))
     with pytest.raises(ValueError, match="'m.pt' is a damaged agelib checkpoint: it has no "
                                          "state_dict"):
         checkpoints.load_checkpoint(path)
@@ -585,10 +589,7 @@ def test_a_checkpoint_without_weights_is_called_damaged(tmp_path):
 
 def test_a_checkpoint_saved_before_extra_existed_loads_with_an_empty_extra(tmp_path):
     """Older checkpoints have no "extra": callers read payload["extra"] without a guard."""
-    path = checkpoints.save_checkpoint(tiny_model(), tmp_path / "m.pt")
-    payload = torch.load(path, weights_only=True)
-    del payload["extra"]
-    torch.save(payload, path)
+    path = tampered_checkpoint(tmp_path, lambda p: p.pop("extra"))
     assert checkpoints.load_checkpoint(path)[1]["extra"] == {}
 
 

@@ -156,11 +156,14 @@ def test_get_device_picks_the_best_available(monkeypatch):
     assert settings.get_device().type == expected
 
 
-def test_get_device_is_cpu_without_an_accelerator(monkeypatch):
+@pytest.mark.parametrize("cuda, mps, expected", [(False, False, "cpu"), (False, True, "mps"),
+                                                (True, True, "cuda")])
+def test_get_device_takes_the_best_accelerator_there_is(monkeypatch, cuda, mps, expected):
+    """Catches CUDA skipped by the automatic choice (a GPU machine trained on its CPU)."""
     monkeypatch.delenv("AGELIB_DEVICE", raising=False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    assert settings.get_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert settings.get_device() == torch.device(expected)
 
 
 def test_get_device_honours_agelib_device_and_prefer(monkeypatch):
@@ -273,14 +276,6 @@ def test_seed_everything_gives_other_draws_for_another_seed(monkeypatch):
 
 
 # --------------------------------------------------------------------------- mutation hunt
-def test_get_device_takes_cuda_first_when_there_is_one(monkeypatch):
-    """Catches CUDA skipped by the automatic choice (a GPU machine trained on its CPU)."""
-    monkeypatch.delenv("AGELIB_DEVICE", raising=False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    assert settings.get_device() == torch.device("cuda")
-
-
 def test_a_bad_device_asked_by_argument_is_named_as_such(monkeypatch):
     """Catches the error blaming AGELIB_DEVICE for a device passed as an argument."""
     monkeypatch.delenv("AGELIB_DEVICE", raising=False)
