@@ -175,7 +175,8 @@ def group_errors(p: pd.DataFrame, by: str, level: float = 0.95, n_boot: int = 20
     - ``MAE`` and its bootstrap interval at ``level`` (``MAE low``, ``MAE high``):
       the group's faces resampled with replacement ``n_boot`` times. The interval
       narrows only with the square root of the group's size, so a small group's
-      is wide; two groups whose intervals overlap are not shown to differ.
+      is wide. Intervals that do not overlap show a gap beyond resampling noise;
+      intervals that overlap a little can still hide one (the cautious check).
     - ``age-standardised MAE`` (and its interval, from the same resamples): the
       group's MAE in each age band (``p["age band"]``), weighted by the share of
       that band among *all* the faces in ``p``. Error grows with age, so a group
