@@ -300,6 +300,23 @@ def test_efficientnet_lite0_loads_the_shipped_imagenet_weights_offline(no_hub, m
     assert not torch.equal(random["conv_stem.weight"], backbone["conv_stem.weight"])
 
 
+@pytest.mark.parametrize("tamper, message", [
+    (lambda w: w.pop("_conv_head.weight"), "shipped tensors for .* versions do not match"),
+    (lambda w: w.update({"_conv_stem.weight": w["_conv_stem.weight"][:16]}),
+     "_conv_stem.weight .* does not fit conv_stem.weight"),
+])
+def test_efficientnet_lite0_weights_of_another_version_are_refused_by_name(
+        no_hub, monkeypatch, tamper, message):
+    """The key mapping is by position, so weights of another package version (one tensor
+    more or less, or another shape) must stop the load with a message, never shift every
+    tensor by one or load half a model."""
+    shipped = efficientnet_lite0_file()
+    tamper(shipped)
+    monkeypatch.setattr(models.torch, "load", lambda *args, **kwargs: dict(shipped))
+    with pytest.raises(RuntimeError, match=message):
+        models.load_shipped_efficientnet_lite0(models.create_backbone("efficientnet_lite0"))
+
+
 def imagenet_normalised_photo() -> torch.Tensor:
     """Grace Hopper (matplotlib's sample photo) as every loader of the course makes a
     batch: 224 px, normalised with ImageNet's mean and std, (1, 3, 224, 224)."""
