@@ -509,7 +509,10 @@ def cmd_course(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m agelib", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m agelib",
+        description="The course's tools: data, training, evaluation, prediction and reports.",
+        epilog="Each command's options: python -m agelib COMMAND --help")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("info", help="versions, device, mode and data found")
