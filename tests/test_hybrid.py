@@ -62,6 +62,22 @@ def test_projection_bridge_gives_one_token_per_cell():
     assert model.backbone.token_grid == model.backbone.cnn_grid == (7, 7)
 
 
+def test_at_the_courses_128_px_both_bridges_have_the_grids_chapter_07_gives():
+    """Chapter 07 trains at 128 px: a 4x4 map, 64 reshape tokens on 8x8 and 16 projected
+    tokens on 4x4, the ViT's 14x14 position embeddings resampled to each grid."""
+    for name, grid in (("hybrid_paper", (8, 8)), ("hybrid_project", (4, 4))):
+        backbone = build_on_meta(models.named_config(name, img_size=128)).backbone
+        assert backbone.cnn_grid == (4, 4) and backbone.token_grid == grid
+        assert tuple(backbone.pos_embed.shape) == (1, 1 + grid[0] * grid[1], 192)
+
+
+def test_reshape_bridge_refuses_channels_that_are_not_a_multiple_of_the_token_width():
+    with pytest.raises(ValueError, match="multiple of the token width"):  # 320 channels, width 96
+        build_on_meta(models.named_config("hybrid_atto", backbone_args={"vit_width": 96}))
+    project = {"bridge": "project", "vit_width": 96}  # a 1x1 convolution fits any pair
+    assert build_on_meta(models.named_config("hybrid_atto", backbone_args=project)).backbone.width == 96
+
+
 def test_reshape_token_is_every_fourth_channel_of_one_cell():
     """Why the paper's tokens are not patches: what token t actually holds."""
     b, c, h, w, d = 1, 768, 7, 7, 192

@@ -261,3 +261,21 @@ def test_split_tables_refuse_a_split_that_leaks_or_leaves_faces_out(samples):
         loaders.split_tables(samples, leaky, settings.FULL)
     with pytest.raises(ValueError, match="have no split"):
         loaders.split_tables(samples, split.iloc[1:], settings.FULL)
+
+
+# --------------------------------------------------------------------------- Faces.split
+def test_faces_split_is_saved_in_the_data_home_and_reloaded_not_redrawn(samples, home):
+    """Chapter 01's promise: the standard split is saved under ``<data home>/splits/`` and
+    later runs reload it. Catches a split drawn afresh each time (a changed sklearn or seed
+    handling would then move faces between splits silently) or saved somewhere else."""
+    from agelib.data import sources, utkface
+
+    faces = sources.Faces("mine", True, samples, utkface.DataReport("mine"))
+    split = faces.split(seed=0)
+    saved = list((home / "splits").glob("*.csv"))
+    assert len(saved) == 1 and splits.load_split(saved[0]).equals(split)
+    edited = split.where(split != "valid", "train")  # not what make_split draws
+    splits.save_split(edited, saved[0])
+    assert faces.split(seed=0).equals(edited)  # read back from the file, not drawn again
+    assert not faces.split(seed=1).equals(edited)  # another seed, another file
+    assert len(list((home / "splits").glob("*.csv"))) == 2
