@@ -169,8 +169,10 @@ def run_chapters(files: list[str] | None = None, full: bool = False, timeout: in
     given), so its outputs are those of a real run of the mode it states. The
     record (``results/course/<date>-<mode>.json``) holds the wall time of every
     chapter, the device and the date, and is rewritten after each chapter, so a
-    run cut short (a time limit, a crash) still keeps what it measured.
-    README's "course run" table is made from these records.
+    run cut short (a time limit, a crash) still keeps what it measured. It also
+    counts the trained models already cached when the run began: chapters load
+    those instead of training (``training.load_or_train``), so such a run is faster
+    than a learner's first. README's "course run" table is made from these records.
     """
     import datetime as dt
     import os
@@ -195,8 +197,12 @@ def run_chapters(files: list[str] | None = None, full: bool = False, timeout: in
            "device": records.device_name(settings.get_device()),
            "data": "real" if real == "1" else "synthetic",
            "date": now.isoformat(timespec="seconds"), "code": records.code_version(),
-           "total_seconds": 0.0, "chapters": []}
+           "cached_models": cached_models(env), "total_seconds": 0.0, "chapters": []}
     path = records.results_dir() / "course" / f"{now:%Y%m%d-%H%M%S}-{mode.name}.json"
+    if run["cached_models"]:
+        print(f"{run['cached_models']} trained model(s) already in the data home's checkpoints/: "
+              "chapters load them instead of training, so these times are not a first run's",
+              flush=True)
     for name in wanted:
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", _EXECUTE, name, str(timeout), real],
@@ -235,6 +241,14 @@ def kernel_env(full: bool, epochs: int | None = None) -> dict:
         env["AGELIB_EPOCHS"] = str(epochs)
     env.pop("MPLBACKEND", None)  # "Agg" would keep every figure out of the saved outputs
     return env
+
+
+def cached_models(env: dict) -> int:
+    """How many trained models the chapters' kernels will find in the data home's
+    ``checkpoints/`` (where ``training.load_or_train`` keeps them, keyed by config, mode
+    and data). A chapter that finds its model there loads it instead of training it."""
+    home = Path(env["AGELIB_HOME"]) if env.get("AGELIB_HOME") else settings.data_home()
+    return len(list((home / "checkpoints").glob("*.pt")))
 
 
 def _real_faces(env: dict) -> bool:
@@ -279,7 +293,8 @@ def latest_times(runs: list[dict], mode: str) -> dict | None:
         if run["device"] != device or run.get("epochs") != epochs:
             continue
         for c in run["chapters"]:
-            chapters[c["notebook"]] = {**c, "date": run["date"][:10], "epochs": run.get("epochs")}
+            chapters[c["notebook"]] = {**c, "date": run["date"][:10], "epochs": run.get("epochs"),
+                                       "cached_models": run.get("cached_models")}
     dates = sorted({c["date"] for c in chapters.values()})
     return {"mode": mode, "device": device, "chapters": list(chapters.values()),
             "dates": dates, "epochs": sorted({c["epochs"] for c in chapters.values()
@@ -329,11 +344,29 @@ def course_run_table(runs: list[dict]) -> str:
         cells = []
         for t in latest.values():
             row = next((c for c in t["chapters"] if c["notebook"] == name), None)
-            cells.append("" if row is None else f"{row['seconds']:.0f} s" + ("" if row["ok"] else " (failed)"))
+            cells.append("" if row is None else f"{row['seconds']:.0f} s" + _mark(row)
+                         + ("" if row["ok"] else " (failed)"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("| **total** | " + " | ".join(f"**{t['total_seconds'] / 60:.1f} min**"
                                                 for t in latest.values()) + " |")
+    marked = [c for t in latest.values() for c in t["chapters"] if _mark(c)]
+    if any(c.get("cached_models") for c in marked):
+        lines.append(f"\n{WARM} its run began with trained models already cached (by an earlier "
+                     "run, or an earlier part of a run split over calls), which chapters load "
+                     "instead of training: a run from an empty cache may take longer.")
+    if any(c.get("cached_models") is None for c in marked):
+        lines.append(f"\n{UNKNOWN} recorded before runs counted their cached models: it may "
+                     "have loaded some instead of training them.")
     return "\n".join(lines)
+
+
+WARM, UNKNOWN = "†", "?"
+
+
+def _mark(chapter: dict) -> str:
+    """A chapter's time is a first run's only when its run began with no cached model."""
+    cached = chapter.get("cached_models")
+    return f" {UNKNOWN}" if cached is None else f" {WARM}" if cached else ""
 
 
 def readme_with_course_runs(text: str, runs: list[dict]) -> str:

@@ -57,7 +57,7 @@ def run_record(mode, seconds, device="cpu (x86_64)", date="2026-11-23T08:00:00")
     chapters = [{"notebook": f"0{i}_x.ipynb", "seconds": s, "ok": True, "error": None}
                 for i, s in enumerate(seconds)]
     return {"mode": mode, "device": device, "date": date, "total_seconds": sum(seconds),
-            "chapters": chapters}
+            "cached_models": 0, "chapters": chapters}
 
 
 def test_course_table_shows_the_latest_run_of_each_mode():
@@ -292,6 +292,7 @@ def test_every_cell_has_its_own_id(path):
 
 # --------------------------------------------------------------------------- course runs
 def _course_run(mode, chapters, device="cpu (x86_64)", date="2026-11-23T08:00:00", **extra):
+    extra = {"cached_models": 0, **extra}  # a first run, unless a test says otherwise
     return {"mode": mode, "device": device, "date": date, "chapters": [
         {"notebook": name, "seconds": s, "ok": ok, "error": None if ok else "boom"}
         for name, s, ok in chapters], **extra}
@@ -412,3 +413,36 @@ def test_a_chapter_number_is_a_prefix_and_save_false_writes_nothing(no_chapters,
     run = course.run_chapters(["0"], timeout=60, save=False)
     assert [c["notebook"] for c in run["chapters"]] == ["00_setup.ipynb"]
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("cached", [0, 2])
+def test_a_course_run_counts_the_models_it_found_cached(no_chapters, tmp_path, monkeypatch,
+                                                        cached, capsys):
+    """Catches a run that loaded earlier runs' models recorded like a learner's first run:
+    its chapters load instead of training, and README's times would flatter the course."""
+    checkpoints = tmp_path / "home" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for i in range(cached):
+        (checkpoints / f"resnet18-regression-l1-smoke-{i}.pt").write_bytes(b"")
+    (checkpoints / "notes.txt").write_text("not a model")
+    monkeypatch.setenv("AGELIB_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(course, "_real_faces", lambda env: False)
+    assert course.run_chapters(save=False)["cached_models"] == cached
+    assert ("not a first run's" in capsys.readouterr().out) == bool(cached)
+
+
+def test_course_table_marks_times_of_runs_that_began_with_cached_models():
+    """Catches a warm run's times shown as a first run's, and an old record (which never
+    counted) shown as either; a chapter stitched from a cold run stays unmarked."""
+    warm = _course_run("smoke", [("00_x.ipynb", 10, True)], cached_models=3)
+    cold = _course_run("smoke", [("01_x.ipynb", 20, True)], date="2026-11-24T08:00:00",
+                       cached_models=0)
+    table = course.course_run_table([warm, cold])
+    assert "| 00_x.ipynb | 10 s † |" in table and "| 01_x.ipynb | 20 s |" in table
+    assert "† its run began with trained models already cached" in table and "?" not in table
+    assert "†" not in course.course_run_table([cold])
+    old = _course_run("smoke", [("00_x.ipynb", 10, False)], cached_models=None)
+    del old["cached_models"]  # recorded before runs counted
+    table = course.course_run_table([old])
+    assert "| 00_x.ipynb | 10 s ? (failed) |" in table and "\n? recorded before" in table
+    assert "†" not in table
