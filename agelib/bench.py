@@ -36,7 +36,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -48,10 +48,15 @@ PIPELINES = ("typical", "resident")
 #: The loss each head kind trains with in a benchmark (speed does not depend on the choice).
 LOSS_FOR_HEAD = {"regression": "l1", "classification": "cross_entropy", "coral": "coral",
                  "corn": "corn"}
+#: the packages whose versions a bench result records (:func:`environment`)
 VERSIONED = ("agelib", "torch", "torchvision", "timm", "fastai", "numpy", "pillow")
+#: what every saved bench result has (:func:`load_bench_runs` skips files without them)
+RESULT_FIELDS = ("device", "mode", "settings")
 
 
 def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work: GPU calls return before they finish, so a clock read
+    without this times the launch, not the work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
@@ -72,7 +77,20 @@ def amp_dtype(device: torch.device | str) -> torch.dtype:
     return torch.float16 if device.type == "mps" else torch.bfloat16  # CPU autocast: bf16
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True):
+def _resolved_amp(amp: bool | None, device: torch.device) -> torch.dtype | None:
+    """The autocast type that ``amp`` asks for (None: on for CUDA only), or None for float32."""
+    use_amp = amp if amp is not None else device.type == "cuda"
+    return amp_dtype(device) if use_amp else None
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str | None:
+    """How a result names a precision: ``"bfloat16"``, or None for float32."""
+    return str(dtype).removeprefix("torch.") if dtype else None
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True
+              ) -> torch.autocast:
+    """Autocast to ``dtype``, or explicitly off (None), so that one ``with`` serves both."""
     return (torch.autocast(device.type, dtype=dtype, cache_enabled=cache) if dtype is not None
             else torch.autocast(device.type, enabled=False))
 
@@ -174,7 +192,13 @@ def throughput(step: Callable[[], int], steps: int = 10, warmup: int = 3, window
     return {"img_per_s": statistics.median(rates), "windows": rates}
 
 
+def _compiled(model: nn.Module, compile: bool | str) -> Callable:
+    """``model`` through ``torch.compile`` when asked (``True``, or a mode name), else itself."""
+    return torch.compile(model, mode=None if compile is True else compile) if compile else model
+
+
 def _loss_for(model: nn.Module) -> Callable:
+    """A loss that fits the model's head (:data:`LOSS_FOR_HEAD`), so any model can be timed."""
     from . import losses
 
     head = getattr(model, "head", None)
@@ -196,11 +220,11 @@ def training_throughput(model: nn.Module, batches: Batches, steps: int = 10, war
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(device).train()
-    dtype = amp_dtype(device) if (amp if amp is not None else device.type == "cuda") else None
+    dtype = _resolved_amp(amp, device)
     fused = device.type == "cuda" if fused is None else fused
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    run = torch.compile(model, mode=None if compile is True else compile) if compile else model
+    run = _compiled(model, compile)
     loss_fn = loss or _loss_for(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, fused=fused)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -219,7 +243,7 @@ def training_throughput(model: nn.Module, batches: Batches, steps: int = 10, war
         return images.shape[0]
 
     result = throughput(step, steps, warmup, windows, device)
-    result["settings"] = {"amp": str(dtype).replace("torch.", "") if dtype else None,
+    result["settings"] = {"amp": _dtype_name(dtype),
                           "channels_last": channels_last, "fused": fused,
                           "compile": compile or False}
     return result
@@ -243,7 +267,7 @@ class JpegFaces(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.sha1s)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         from .data import cache
 
         with self.faces.open_image(self.sha1s[i]) as im:
@@ -286,6 +310,8 @@ def typical_loader(faces, size: int, batch_size: int, num_workers: int = 4,
 
 
 def _check_count(faces, sha1s: list[str] | None, batch_size: int) -> list[str]:
+    """``sha1s`` (None: every face), refused when too few for one batch: both pipelines drop
+    the last partial batch, so fewer images than a batch would never yield one."""
     sha1s = list(faces.samples["sha1"] if sha1s is None else sha1s)
     if len(sha1s) < batch_size:
         raise ValueError(f"only {len(sha1s)} images for a batch of {batch_size}: use a smaller "
@@ -315,8 +341,8 @@ def resident_batches(faces, size: int, batch_size: int, sha1s: list[str] | None 
     device = torch.device(device) if device is not None else torch.device("cpu")
     sha1s = _check_count(faces, sha1s, batch_size)
     pixels = torch.tensor(faces.images(size, sha1s))  # a copy of the read-only cache
-    pixels = pixels.permute(0, 3, 1, 2).contiguous().to(device)  # (N, 3, S, S) uint8: 4x
-    # smaller than float32, moved to the device once
+    # (N, 3, S, S) uint8, 4x smaller than float32, moved to the device once
+    pixels = pixels.permute(0, 3, 1, 2).contiguous().to(device)
     ages = faces.samples.set_index("sha1")["age"].loc[sha1s].to_numpy()
     ages = torch.tensor(ages, dtype=torch.float32, device=device)
     transform = BatchTransform(size, train=True).to(device)
@@ -380,7 +406,8 @@ def bench_model(name: str, size: int, sdpa: bool = True) -> nn.Module:
 
 
 def bench_images(faces, n_images: int | None = None, seed: int = 0) -> list[str]:
-    """The training split's images (the first ``n_images`` of them in a fixed order)."""
+    """The training split's images, so that timing never touches a test face: all of them, or a
+    random ``n_images`` of them drawn with ``seed`` (the same ones on every run)."""
     split = faces.split(0)
     train = [s for s in faces.samples["sha1"] if split.get(s) == "train"]
     if n_images is not None:
@@ -389,13 +416,13 @@ def bench_images(faces, n_images: int | None = None, seed: int = 0) -> list[str]
     return train
 
 
-def run_bench(models: list[str] = ("resnet18",), sizes: list[int] = (128,),
-              pipelines: list[str] = PIPELINES, batch_size: int = 256, steps: int = 20,
+def run_bench(models: Sequence[str] = ("resnet18",), sizes: Sequence[int] = (128,),
+              pipelines: Sequence[str] = PIPELINES, batch_size: int = 256, steps: int = 20,
               warmup: int = 5, windows: int = 5, num_workers: int | None = None,
               amp: bool | None = None,
               channels_last: bool = False, compile: bool | str = False,
               fused: bool | None = None, sdpa: bool = True, data_only: bool = True,
-              latency_batches: list[int] = (1, 64), latency_repeats: int = 20, faces=None,
+              latency_batches: Sequence[int] = (1, 64), latency_repeats: int = 20, faces=None,
               n_images: int | None = None, device=None, log: Callable[[str], None] | None = None
               ) -> dict:
     """Train and data throughput per (model, size, pipeline), latency per (model, size, batch).
@@ -441,10 +468,12 @@ def run_bench(models: list[str] = ("resnet18",), sizes: list[int] = (128,),
     return out
 
 
-def _bench_pipeline(model, batches: Batches, steps, warmup, windows, device, data_only,
-                    train_settings) -> tuple[dict, dict]:
+def _bench_pipeline(model: nn.Module, batches: Batches, steps: int, warmup: int, windows: int,
+                    device: torch.device, data_only: bool, train_settings: dict
+                    ) -> tuple[dict, dict]:
     """One (model, size, pipeline) row: set-up time, data alone, training; then the
-    batch source is closed (which ends a DataLoader's worker processes)."""
+    batch source is closed (which ends a DataLoader's worker processes). Also returns the
+    training settings as resolved (what ``None``, "auto", became for amp and fused)."""
     start = time.perf_counter()
     next(batches)  # the one-off set-up (resident: decode and upload) happens here
     row = {"setup_s": time.perf_counter() - start}
@@ -460,12 +489,14 @@ def _bench_pipeline(model, batches: Batches, steps, warmup, windows, device, dat
     return row, t["settings"]
 
 
-def _latencies(model, name, size, batches, warmup, repeats, device, dtype=None,
-               channels_last=False, compile=False, log=None, cuda_graph=False) -> list:
+def _latencies(model: nn.Module, name: str, size: int, batches: Sequence[int], warmup: int,
+               repeats: int, device: torch.device, dtype: torch.dtype | None = None,
+               channels_last: bool = False, compile: bool | str = False,
+               log: Callable[[str], None] | None = None, cuda_graph: bool = False
+               ) -> list[dict]:
     """Inference latency rows, one per batch size (compiled or captured as a CUDA graph
     first when asked: launch overhead matters most for small batches)."""
-    model = model.eval()
-    run = torch.compile(model, mode=None if compile is True else compile) if compile else model
+    run = _compiled(model.eval(), compile)
     rows = []
     for batch in batches:
         ms = 1000 * latency(run, batch, size, device, max(warmup, 1), repeats, dtype, channels_last,
@@ -476,8 +507,8 @@ def _latencies(model, name, size, batches, warmup, repeats, device, dtype=None,
     return rows
 
 
-def run_latency(models: list[str] = ("hybrid_paper",), size: int = 224,
-                batches: list[int] = (1, 64), device=None, warmup: int = 3, repeats: int = 20,
+def run_latency(models: Sequence[str] = ("hybrid_paper",), size: int = 224,
+                batches: Sequence[int] = (1, 64), device=None, warmup: int = 3, repeats: int = 20,
                 amp: bool | None = None, compile: bool | str = False, cuda_graph: bool = False,
                 log: Callable[[str], None] | None = None, channels_last: bool = False) -> dict:
     """Parameters and inference latency per model and batch: the paper's size-and-speed table.
@@ -494,12 +525,11 @@ def run_latency(models: list[str] = ("hybrid_paper",), size: int = 224,
     from . import models as models_
 
     device = torch.device(device) if device is not None else settings.get_device()
-    use_amp = amp if amp is not None else device.type == "cuda"
-    dtype = amp_dtype(device) if use_amp else None
+    dtype = _resolved_amp(amp, device)
     log = log or (lambda line: None)
     out = {**environment(device), "kind": "latency", "mode": settings.run_mode().name,
            "settings": {"size": size, "warmup": warmup, "latency_repeats": repeats,
-                        "amp": str(dtype).removeprefix("torch.") if dtype else None,
+                        "amp": _dtype_name(dtype),
                         "compile": compile, "cuda_graph": cuda_graph,
                         "channels_last": channels_last},
            "results": [], "latency": []}
@@ -539,7 +569,7 @@ def load_bench_runs(folder: Path | None = None) -> list[dict]:
     from . import records
 
     folder = Path(folder) if folder else records.results_dir() / "bench"
-    return records.read_json_folder(folder, "bench result", ("device", "mode", "settings"))
+    return records.read_json_folder(folder, "bench result", RESULT_FIELDS)
 
 
 def speed_table(result: dict) -> "pd.DataFrame":
@@ -552,7 +582,7 @@ def speed_table(result: dict) -> "pd.DataFrame":
     rows = rows.reindex(columns=cols)  # a bench run with --no-data-only has no data column
     typical = rows[rows["pipeline"] == "typical"].set_index(["model", "size"])["train_img_per_s"]
     rows["speedup"] = [r.train_img_per_s / typical.get((r.model, r.size), float("nan"))
-                              for r in rows.itertuples()]
+                       for r in rows.itertuples()]
     return rows
 
 
@@ -568,7 +598,7 @@ def readme_bench_table(runs: list[dict]) -> str:
         if run.get("results") and run.get("mode") == "full":
             switches = _precision(run["settings"])  # a compiled run is not an eager one
             for r in speed_table(run).itertuples():
-                key = (_device(run), run["mode"], switches, run["settings"].get("batch_size"),
+                key = (_device_label(run), run["mode"], switches, run["settings"].get("batch_size"),
                        r.model, r.size, r.pipeline)
                 latest[key] = (r, run)
     if not latest:
@@ -594,7 +624,8 @@ def readme_with_bench(text: str, runs: list[dict]) -> str:
     return records.replace_block(text, BENCH_START, BENCH_END, readme_bench_table(runs))
 
 
-def _device(run: dict) -> str:
+def _device_label(run: dict) -> str:
+    """A result's device as the tables name it: kind and model, e.g. ``cuda (NVIDIA H200)``."""
     return f"{run['device']['type']} ({run['device']['name']})"
 
 
@@ -612,7 +643,7 @@ def readme_latency_table(runs: list[dict]) -> str:
         for row in run["latency"]:
             by_model.setdefault((row["model"], row["size"], row["params"]), {})[row["batch"]] = row["ms"]
         for (model, size, params), ms in by_model.items():
-            key = (_device(run), _precision(run["settings"]), model, size)
+            key = (_device_label(run), _precision(run["settings"]), model, size)
             latest[key] = ({"params": params, "ms": ms}, run)
     if not latest:
         return "_no latency run recorded yet (`python -m agelib bench --latency-only --save`)_"
@@ -628,7 +659,8 @@ def readme_latency_table(runs: list[dict]) -> str:
 
 
 def _precision(settings_: dict) -> str:
-    """The number format and the switches of a latency run, as the table's column says them."""
+    """The number format and the switches of a bench or latency run, as the tables' precision
+    column says them: runs that differ in any of them are other rows, never one."""
     parts = [settings_.get("amp") or "float32"]
     if settings_.get("channels_last"):
         parts.append("channels-last")
@@ -640,7 +672,8 @@ def _precision(settings_: dict) -> str:
 
 
 def _replay(settings_: dict) -> str | None:
-    """How a latency run launched its kernels, when not one by one from Python."""
+    """How a run launched its kernels, when not one by one from Python (a CUDA graph, or
+    ``torch.compile``, whose "reduce-overhead" mode also replays graphs)."""
     if settings_.get("cuda_graph"):
         return "CUDA graph"
     compile = settings_.get("compile")

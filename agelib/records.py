@@ -12,12 +12,14 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import os
 import platform
 import re
 import subprocess
 import warnings
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,6 +27,11 @@ import torch
 
 from . import metrics, settings
 
+if TYPE_CHECKING:  # training imports this module, so these are for type checkers only
+    from .data.sources import Faces
+    from .training import TrainConfig
+
+#: the columns of :func:`load_records`' table when there is no record yet
 COLUMNS = ["tag", "backbone", "head", "loss", "pretrained", "data", "mode", "epochs",
            "image_size", "seed", "params", "valid_mae", "test_mae", "test_cs5", "device",
            "seconds", "date"]
@@ -32,8 +39,6 @@ COLUMNS = ["tag", "backbone", "head", "loss", "pretrained", "data", "mode", "epo
 
 def results_dir() -> Path:
     """``results/`` in the checkout (``AGELIB_RESULTS`` moves it)."""
-    import os
-
     if env := os.environ.get("AGELIB_RESULTS"):
         return Path(env).expanduser()
     root = settings.repo_root()
@@ -63,6 +68,7 @@ def code_version() -> str:
 
 
 def _installed() -> bool:
+    """Whether agelib is pip-installed (from a checkout on ``PYTHONPATH`` it has no metadata)."""
     try:
         metadata.version("agelib")
         return True
@@ -70,21 +76,26 @@ def _installed() -> bool:
         return False
 
 
-def device_name(device) -> str:
+def device_name(device: torch.device | str) -> str:
+    """A device as records name it, kind and model (``"cuda (NVIDIA H200)"``): a CPU's
+    timings and a GPU's are never read as one setting (:data:`RUN_KEYS` has it)."""
     device = torch.device(device)
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"{device.type} ({platform.processor() or platform.machine()})"
 
 
-def make_record(config, faces, mode, device, epochs: int, image_size: int, batch_size: int,
+def make_record(config: TrainConfig, faces: Faces, mode: settings.RunMode,
+                device: torch.device | str, epochs: int, image_size: int, batch_size: int,
                 best_epoch: int, seconds: float, params: int, n_train: int,
-                valid: tuple, test: tuple, test_flip=None, epochs_run: int | None = None) -> dict:
+                valid: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                test_flip: np.ndarray | None = None, epochs_run: int | None = None) -> dict:
     """Everything a reader needs to trust, compare or repeat a number.
 
     ``test_mae`` is always the plain, single-view score; ``test_flip`` (ages
     averaged with each face's mirror image) is recorded beside it as
     ``test_mae_flip``, so test-time augmentation never hides in the headline.
+    ``valid`` and ``test`` are (predicted ages, true ages) pairs.
     """
     (vp, vt), (tp, tt) = valid, test
     now = dt.datetime.now(dt.timezone.utc)
@@ -152,7 +163,9 @@ def load_predictions(record: dict | pd.Series, folder: str | Path | None = None)
     return pd.read_csv(folder / name, dtype={"sha1": str})
 
 
-def _plain(value):
+def _plain(value: object) -> object:
+    """``json.dumps``' fallback for the numpy numbers and tuples a record may hold; anything
+    else is refused, so a record never holds an object it cannot read back."""
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     if isinstance(value, tuple):
@@ -211,12 +224,32 @@ def read_json_folder(folder: Path, kind: str, needs: tuple[str, ...]) -> list[di
     return found
 
 
+# the settings that make two runs the same model and protocol (a run's seed aside); the
+# device too: a GPU's bf16 run and a CPU's float32 run are not seeds of one setting. `recipe`
+# is every other training setting (learning rate, batch, schedule, augmentation, ...), so
+# that two runs told apart by no variant (a learning-rate sweep) are never averaged as seeds
+RUN_KEYS = ["tag", "variant", "data", "mode", "backbone", "backbone_args", "head", "loss",
+            "pretrained", "image_size", "epochs", "device", "recipe"]
+
+# config fields that are columns of their own, name a run, or change only its speed
+_NOT_RECIPE = {"model", "loss", "epochs", "image_size", "tag", "variant", "seed",
+               "mixed_precision", "channels_last", "compile",
+               "model.backbone", "model.head", "model.pretrained", "model.backbone_args",
+               "model.img_size", "model.input_norm"}
+# checkpoints a run started from or learned from: their file names differ seed by seed (each
+# seed's stage 1 is its own file), so only which ones were used belongs to the recipe
+_FROM_FILES = {"init_from", "distill_from"}
+
+
 def report_table(table: pd.DataFrame, tag: str | None = None, latest_only: bool = True
                  ) -> pd.DataFrame:
     """One row per setting (:data:`RUN_KEYS`: tag, model, head, loss, pretrained, data, mode,
     size, epochs, device and the rest of the recipe): the mean over seeds and their sample
     standard deviation (``ddof=1``, what a t-test of seed noise needs). Rows that differ
-    only in their recipe name the settings that tell them apart (``recipe_note``)."""
+    only in their recipe name the settings that tell them apart (``recipe_note``).
+
+    ``latest_only`` keeps one run per setting and seed (a re-run replaces the older run);
+    False averages every run, re-runs of a seed included."""
     if tag is not None:
         table = table[table["tag"] == tag]
     if table.empty:
@@ -246,6 +279,14 @@ def per_seed(table: pd.DataFrame, tag: str | None = None) -> pd.DataFrame:
         return pd.DataFrame(columns=pd.Index([], name="seed"),
                             index=pd.MultiIndex.from_tuples([], names=["backbone", "variant"]))
     latest = _latest_runs(table)
+    _refuse_mixed_settings(latest)
+    return latest.pivot_table(index=["backbone", "variant"], columns="seed", values="test_mae",
+                              aggfunc="last")
+
+
+def _refuse_mixed_settings(latest: pd.DataFrame) -> None:
+    """Raise when one (backbone, variant) row of :func:`per_seed` would hold runs of one seed
+    with other settings: the table would silently show only one of them."""
     clash = latest[latest.duplicated(["backbone", "variant", "seed"], keep=False)]
     if not clash.empty:
         first = clash.iloc[0]
@@ -255,25 +296,6 @@ def per_seed(table: pd.DataFrame, tag: str | None = None) -> pd.DataFrame:
         raise ValueError(f"runs of {first['backbone']} ({first['variant'] or 'no variant'}) with "
                          f"one seed differ in {', '.join(differ)}: keep one setting (filter the "
                          "table by those columns) or give each run its own --variant")
-    return latest.pivot_table(index=["backbone", "variant"], columns="seed", values="test_mae",
-                              aggfunc="last")
-
-
-# the settings that make two runs the same model and protocol (a run's seed aside); the
-# device too: a GPU's bf16 run and a CPU's float32 run are not seeds of one setting. `recipe`
-# is every other training setting (learning rate, batch, schedule, augmentation, ...), so
-# that two runs told apart by no variant (a learning-rate sweep) are never averaged as seeds
-RUN_KEYS = ["tag", "variant", "data", "mode", "backbone", "backbone_args", "head", "loss",
-            "pretrained", "image_size", "epochs", "device", "recipe"]
-
-# config fields that are columns of their own, name a run, or change only its speed
-_NOT_RECIPE = {"model", "loss", "epochs", "image_size", "tag", "variant", "seed",
-               "mixed_precision", "channels_last", "compile",
-               "model.backbone", "model.head", "model.pretrained", "model.backbone_args",
-               "model.img_size", "model.input_norm"}
-# checkpoints a run started from or learned from: their file names differ seed by seed (each
-# seed's stage 1 is its own file), so only which ones were used belongs to the recipe
-_FROM_FILES = {"init_from", "distill_from"}
 
 
 def _with_settings(table: pd.DataFrame) -> pd.DataFrame:
@@ -292,8 +314,7 @@ def _recipe(config) -> dict:
     the field existed) counts as its default, which is what such a run used."""
     if not isinstance(config, dict):
         return {}
-    flat = {**_recipe_defaults(), **{k: v for k, v in config.items() if k != "model"},
-            **{f"model.{k}": v for k, v in (config.get("model") or {}).items()}}
+    flat = {**_recipe_defaults(), **_flat_config(config)}
     for name in _FROM_FILES:
         flat[name] = sorted(flat[name]) if isinstance(flat.get(name), dict) else bool(flat.get(name))
     return {k: v for k, v in flat.items() if k not in _NOT_RECIPE}
@@ -301,11 +322,20 @@ def _recipe(config) -> dict:
 
 @functools.lru_cache(maxsize=1)
 def _recipe_defaults() -> dict:
+    """A default ``TrainConfig``, flat: what a record that lacks a field ran with."""
     from . import models, training  # training imports this module
 
-    config = training.TrainConfig(model=models.ModelConfig()).to_dict()
+    return _flat_config(training.TrainConfig(model=models.ModelConfig()).to_dict())
+
+
+def _flat_config(config: dict) -> dict:
+    """A record's config with its model's fields lifted beside the rest as ``model.<field>``.
+
+    >>> _flat_config({"lr": 0.001, "model": {"head": "coral"}})
+    {'lr': 0.001, 'model.head': 'coral'}
+    """
     return {**{k: v for k, v in config.items() if k != "model"},
-            **{f"model.{k}": v for k, v in config["model"].items()}}
+            **{f"model.{k}": v for k, v in (config.get("model") or {}).items()}}
 
 
 def _recipe_notes(report: pd.DataFrame) -> list[str]:
@@ -393,7 +423,7 @@ def to_markdown(report: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _or_dash(value: float) -> str:
+def _or_dash(value: float | None) -> str:
     """A number for a table, or a dash where there is none (a model not trained here)."""
     return "–" if value is None or value != value else f"{value:.2f}"
 
