@@ -52,7 +52,9 @@ def code_version() -> str:
     commit. Notebooks, records and figures do not count: executing a chapter
     rewrites its outputs and adds records, so they always differ during a run.
     """
-    version = metadata.version("agelib") if _installed() else "unknown"
+    from . import __version__  # a checkout on PYTHONPATH (as on a lent GPU) is not installed
+
+    version = metadata.version("agelib") if _installed() else __version__
     root = settings.repo_root()
     if root is None:
         return version

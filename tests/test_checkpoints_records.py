@@ -310,6 +310,13 @@ def test_code_version_names_agelibs_version_and_the_commit():
     assert re.fullmatch(re.escape(agelib.__version__) + r"(\+[0-9a-f]{4,40}(\.dirty)?)?", version)
 
 
+def test_code_version_of_a_checkout_that_is_not_installed_still_names_the_version(monkeypatch):
+    """Catches "unknown+<commit>" in the records of a run from a checkout on PYTHONPATH (the
+    lent GPU's way), which then could not say which release of agelib made them."""
+    monkeypatch.setattr(records, "_installed", lambda: False)
+    assert records.code_version().split("+")[0] == agelib.__version__
+
+
 def test_two_records_with_the_same_id_are_both_kept(tmp_path):
     from agelib import records
 
