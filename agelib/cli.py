@@ -118,7 +118,13 @@ def cmd_data(args: argparse.Namespace) -> int:
     """Before training on a folder, see what parsing and deduplication will drop, and why."""
     from .data import sources, utkface
 
-    if str(args.folder).lower().endswith(".csv"):  # a table of your own labelled photos
+    if args.folder is None or args.folder == "synthetic":  # the data a run would use
+        faces = sources.load_faces(args.folder, verbose=False)
+        report = faces.report
+        files = faces.files if faces.files is not None else faces.samples
+        if not args.json:
+            print(faces.banner())
+    elif str(args.folder).lower().endswith(".csv"):  # a table of your own labelled photos
         faces = sources.load_table(args.folder)
         files, report = faces.files, faces.report
     elif Path(args.folder).is_file() and tarfile.is_tarfile(args.folder):  # a pack: its report
@@ -253,7 +259,7 @@ def _write_bench(result: dict, args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2), encoding="utf-8")  # checked before the bench
-        print(f"wrote {out.name}", file=sys.stderr if args.json else sys.stdout)
+        print(f"wrote {_shown(out)}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(result, indent=2))
     return 0
@@ -265,6 +271,10 @@ def cmd_links(args: argparse.Namespace) -> int:
         print("rewrote: " + (", ".join(changed) if changed else "nothing (already up to date)"))
     else:
         print(course.chapter_table())
+        if settings.REPOSITORY == "OWNER/NAME":  # the placeholder, as the install cells say
+            print("note: these Colab links lead nowhere until the course is published: set "
+                  "REPOSITORY in agelib/settings.py, then run `python -m agelib links --write`",
+                  file=sys.stderr)
     return 0
 
 
@@ -568,7 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="parse/deduplication report of a UTKFace-style folder, "
                        "a table of labelled photos or a pack")
-    p.add_argument("folder", help="folder of UTKFace-named images, a CSV of file,age rows, or a pack (.tar)")
+    p.add_argument("folder", nargs="?",
+                   help="folder of UTKFace-named images, a CSV of file,age rows, a pack (.tar), "
+                        "or 'synthetic' (default: the data a run would use, as `info` says)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_data)
 

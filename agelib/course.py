@@ -197,7 +197,7 @@ def run_chapters(files: list[str] | None = None, full: bool = False, timeout: in
            "device": records.device_name(settings.get_device()),
            "data": "real" if real == "1" else "synthetic",
            "date": now.isoformat(timespec="seconds"), "code": records.code_version(),
-           "cached_models": cached_models(env), "total_seconds": 0.0, "chapters": []}
+           "cached_models": cached_models(env, mode.name), "total_seconds": 0.0, "chapters": []}
     path = records.results_dir() / "course" / f"{now:%Y%m%d-%H%M%S}-{mode.name}.json"
     if run["cached_models"]:
         print(f"{run['cached_models']} trained model(s) already in the data home's checkpoints/: "
@@ -243,12 +243,14 @@ def kernel_env(full: bool, epochs: int | None = None) -> dict:
     return env
 
 
-def cached_models(env: dict) -> int:
-    """How many trained models the chapters' kernels will find in the data home's
+def cached_models(env: dict, mode_name: str) -> int:
+    """How many trained models of the mode the chapters' kernels will find in the data home's
     ``checkpoints/`` (where ``training.load_or_train`` keeps them, keyed by config, mode
     and data). A chapter that finds its model there loads it instead of training it."""
+    from .training import is_cached_checkpoint
+
     home = Path(env["AGELIB_HOME"]) if env.get("AGELIB_HOME") else settings.data_home()
-    return len(list((home / "checkpoints").glob("*.pt")))
+    return sum(is_cached_checkpoint(p, mode_name) for p in (home / "checkpoints").glob("*.pt"))
 
 
 def _real_faces(env: dict) -> bool:

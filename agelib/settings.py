@@ -89,8 +89,10 @@ class RunMode:
             return (f"SMOKE mode on {where}: up to {self.n_train}/{self.n_valid}/{self.n_test} "
                     f"train/valid/test images at {self.image_size} px, {self.epochs} epoch(s). "
                     "Numbers are only a check that the code runs, not results.")
+        slow = ("" if not where.startswith("cpu") else
+                " On a CPU that takes hours: AGELIB_SMOKE=1 runs a check of minutes instead.")
         return (f"FULL mode on {where}: whole splits at {self.image_size} px, "
-                f"{self.epochs} epoch(s) by default.")
+                f"{self.epochs} epoch(s) by default.{slow}")
 
     def caption(self, title: str) -> str:
         """``title`` with the mode stamped under it, for figures: a plot scrolled to (or

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -479,6 +480,12 @@ def cached_checkpoint(config: TrainConfig, faces, mode: settings.RunMode) -> Pat
     m = config.model
     name = f"{m.backbone}-{m.head}-{config.loss}-{mode.name}-{digest}.pt"
     return settings.data_home() / "checkpoints" / name
+
+
+def is_cached_checkpoint(path: Path, mode_name: str) -> bool:
+    """Whether ``path`` is named as :func:`cached_checkpoint` names a model of that mode (not,
+    say, a ``train --out model.pt`` of the user's, which no chapter loads)."""
+    return re.fullmatch(rf".+-{re.escape(mode_name)}-[0-9a-f]{{10}}\.pt", Path(path).name) is not None
 
 
 def recorded_run(config: TrainConfig, faces, mode: settings.RunMode | None = None,

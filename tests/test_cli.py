@@ -42,6 +42,8 @@ def runs(workdir, request):
     runs.start("links", "links")
     # the synthetic faces may be drawn while those run; `pack` reuses them instead of redrawing
     link_synthetic(workdir["home"], request.getfixturevalue("synthetic_home"))
+    runs.start("data-default", "data")  # no folder: the data a run would use (here synthetic)
+    runs.start("data-synthetic", "data", "synthetic", "--json")
     runs.start("pack", "pack", "--source", "synthetic", "--size", "32", "--out",
                str(workdir["pack"]))
     yield runs
@@ -89,6 +91,23 @@ def test_links_prints_the_chapter_table(runs):
     assert len(lines) == 2 + len(course.CHAPTERS)
     assert all(line.startswith(f"| {ch.file[:2]} | {ch.title} |")
                for line, ch in zip(lines[2:], course.CHAPTERS))
+
+
+def test_links_say_while_the_repository_is_the_placeholder(runs):
+    """Catches Colab links printed that lead nowhere, with nothing said about it."""
+    placeholder = settings.REPOSITORY == "OWNER/NAME"
+    assert ("lead nowhere until the course is published" in runs["links"].stderr) == placeholder
+
+
+def test_data_without_a_folder_reports_the_data_a_run_would_use(runs):
+    """Catches `data` demanding a folder from a learner with no real data (the course then
+    runs on the synthetic faces, which `data` could not name), or `data synthetic` refused."""
+    default, named = runs["data-default"], runs["data-synthetic"]
+    assert default.returncode == 0 and named.returncode == 0, default.stderr + named.stderr
+    assert default.stdout.startswith("DATA: SYNTHETIC faces")  # which data, first
+    assert f"images used          {sources.SYNTHETIC_N}" in default.stdout
+    report = json.loads(named.stdout)  # --json: the JSON alone
+    assert report["n_files"] == sources.SYNTHETIC_N and report["conflicting_groups"] == []
 
 
 def test_pack_writes_a_loadable_pack(runs, workdir):
@@ -475,6 +494,11 @@ def test_bench_uses_the_smoke_defaults_and_honours_its_switches(monkeypatch, tmp
     assert seen["data_only"] is True and saved == []
     assert cli.main(["bench", "--device", "cpu", "--no-data-only", "--save"]) == 0
     assert seen["data_only"] is False and saved == [{"kind": "bench"}]
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["bench", "--device", "cpu", "--out", "new/b.json"]) == 0
+    assert f"wrote {Path('new', 'b.json')}" in capsys.readouterr().out  # where, not only the name
+    assert json.loads((tmp_path / "new" / "b.json").read_text()) == {"kind": "bench"}
 
 
 # --------------------------------------------------------------------------- links, on a scratch checkout

@@ -423,8 +423,10 @@ def test_a_course_run_counts_the_models_it_found_cached(no_chapters, tmp_path, m
     checkpoints = tmp_path / "home" / "checkpoints"
     checkpoints.mkdir(parents=True)
     for i in range(cached):
-        (checkpoints / f"resnet18-regression-l1-smoke-{i}.pt").write_bytes(b"")
+        (checkpoints / f"resnet18-regression-l1-smoke-{i:010x}.pt").write_bytes(b"")
     (checkpoints / "notes.txt").write_text("not a model")
+    (checkpoints / "coral.pt").write_bytes(b"")  # a `train --out` of the user's: no chapter's
+    (checkpoints / "resnet18-regression-l1-full-0123456789.pt").write_bytes(b"")  # another mode
     monkeypatch.setenv("AGELIB_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(course, "_real_faces", lambda env: False)
     assert course.run_chapters(save=False)["cached_models"] == cached

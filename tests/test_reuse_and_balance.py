@@ -51,6 +51,12 @@ def test_load_or_train_trains_anew_when_any_setting_changes(synthetic_faces, res
     assert a == training.cached_checkpoint(config(tag="other", variant="v"), synthetic_faces, MODE)
     full = settings.RunMode("full", 32, None, None, None, 1, 16)
     assert a != training.cached_checkpoint(config(tag="t"), synthetic_faces, full)
+    # what a course run counts as cached: this mode's models, not a user's `train --out`
+    assert training.is_cached_checkpoint(a, MODE.name)
+    assert training.is_cached_checkpoint(
+        training.cached_checkpoint(config(tag="t"), synthetic_faces, full), "full")
+    assert not training.is_cached_checkpoint(a, "full")
+    assert not training.is_cached_checkpoint(a.with_name("model.pt"), MODE.name)
     # one file renamed to correct its age: the same images, other labels, another model
     import dataclasses
 

@@ -295,7 +295,15 @@ def test_the_full_mode_says_its_size_and_length():
     """Catches the full mode's figure caption or its one-line description losing the image
     size or the number of epochs (a figure then says nothing of what it was run at)."""
     assert settings.FULL.caption("test set") == "test set\n(full mode, 128 px)"
-    assert settings.FULL.describe("cpu").endswith("at 128 px, 20 epoch(s) by default.")
+    assert settings.FULL.describe("cuda (GPU)").endswith("at 128 px, 20 epoch(s) by default.")
+
+
+def test_the_full_mode_on_a_cpu_warns_it_takes_hours_and_says_what_to_do():
+    """Catches a learner's `train` without AGELIB_SMOKE starting hours of CPU work unwarned."""
+    line = settings.FULL.describe("cpu (x86_64)")
+    assert "at 128 px, 20 epoch(s) by default." in line
+    assert "hours" in line and "AGELIB_SMOKE=1" in line
+    assert "hours" not in settings.FULL.describe("cuda (NVIDIA H200)")
 
 
 def test_repo_root_is_none_outside_a_checkout(monkeypatch, tmp_path):

@@ -102,7 +102,8 @@ def _unpack(archive: Path, out: Path) -> Path:
         with tarfile.open(archive, "r:*") as tar:
             tar.extractall(out, filter="data")  # refuses absolute paths, '..' and links out
     except (tarfile.TarError, OSError, EOFError, zlib.error) as err:  # EOFError: cut short
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        # tarfile's own first line may end in a colon before its per-method details
+        first = str(err).splitlines()[0].rstrip(": ") if str(err) else type(err).__name__
         raise RuntimeError(f"'{archive.name}' is not a readable tar archive ({first}): an "
                            "interrupted download? Download it again.") from None
     folders = [p for p in [out, *out.rglob("*")] if p.is_dir()]
