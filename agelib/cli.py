@@ -111,6 +111,11 @@ def cmd_info(args: argparse.Namespace) -> int:
           + (f": {data['location']}" if data.get("location") else "")
           + (f"\n  {data['error']}" if "error" in data else "")
           + (f"\n  {data['hint']}" if "hint" in data else ""))
+    from . import records
+
+    print(f"  home         {_shown(settings.data_home())} (caches, splits, checkpoints; "
+          "AGELIB_HOME moves it)")
+    print(f"  results      {_shown(records.results_dir())} (run records; AGELIB_RESULTS moves it)")
     return 0
 
 

@@ -37,6 +37,7 @@ def runs(workdir, request):
     env["AGELIB_HOME"] = str(workdir["home"])
     runs = Runs(env)
     runs.start("info", "info", "--json")
+    runs.start("info-text", "info")
     runs.start("data", "data", str(workdir["quirky"]), "--json")
     runs.start("missing", "data", str(workdir["base"] / "nonexistent"))
     runs.start("links", "links")
@@ -61,6 +62,14 @@ def test_info_json_has_versions_device_mode_and_data(runs):
     assert info["data"]["dataset"].startswith("synthetic")
     assert "python -m agelib download" in info["data"]["hint"]  # what to do about it
     assert info["device"] in ("cpu", "cuda", "mps")
+
+
+def test_info_says_where_caches_checkpoints_and_records_go(runs, workdir):
+    """Catches `info` leaving a learner to guess where training writes (the data home) and
+    where their run records land."""
+    lines = {line.split()[0]: line for line in runs["info-text"].stdout.splitlines() if line.strip()}
+    assert str(workdir["home"]) in lines["home"] and "AGELIB_HOME" in lines["home"]
+    assert "AGELIB_RESULTS" in lines["results"]
 
 
 def test_data_json_matches_the_report(runs, workdir):
