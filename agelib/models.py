@@ -475,6 +475,7 @@ REGISTRY: dict[str, ModelConfig] = {
     "hybrid_project": _paper_hybrid(128, backbone="hybrid_project"),
     "hybrid_multiscale": _paper_hybrid(128, backbone="hybrid_multiscale"),
     "hybrid_xattn": _paper_hybrid(128, backbone="hybrid_xattn"),
+    "hybrid_project_multiscale_xattn": _paper_hybrid(128, backbone="hybrid_project_multiscale_xattn"),
     "hybrid_atto": _paper_hybrid(128, backbone="hybrid_atto"),
     "hybrid_atto_project": _paper_hybrid(128, backbone="hybrid_atto_project"),
 }

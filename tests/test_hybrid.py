@@ -166,6 +166,10 @@ def test_models_command_lists_every_configuration_with_its_size():
     assert out.returncode == 0, out.stderr
     rows = {r["name"]: r for r in json.loads(out.stdout)}
     assert set(rows) == set(models.REGISTRY)
+    # every hybrid `train --model` accepts is listed, with the paper's head (not a bare default)
+    assert set(hybrid.HYBRIDS) <= set(rows)
+    name = "hybrid_project_multiscale_xattn"
+    assert models.REGISTRY[name] == models.named_config("hybrid_paper", backbone=name)
     assert rows["hybrid_paper"]["params_as_paper_counts"] == 33_415_113
     assert rows["resnet18"]["params"] == 11_177_025
 
