@@ -61,9 +61,18 @@ def find_checkpoint(name: str | Path) -> Path:
         return stored
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at '{path}' (a bare file name is also looked "
-                                "for in <data home>/checkpoints/). Train one with "
-                                "`python -m agelib train --out NAME.pt`.")
+                                f"for in '{stored.parent}').{_close_names(path.name, stored.parent)} "
+                                "Train one with `python -m agelib train --out NAME.pt`.")
     return path
+
+
+def _close_names(name: str, folder: Path) -> str:
+    """A typo's likely meaning among the checkpoints in ``folder``, as a sentence (or "")."""
+    import difflib
+
+    stems = sorted(p.stem for p in folder.glob("*.pt")) if folder.is_dir() else []
+    close = difflib.get_close_matches(Path(name).stem, stems, n=3, cutoff=0.6)  # not ".pt" alike
+    return f" Did you mean {', '.join(c + '.pt' for c in close)}?" if close else ""
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"

@@ -132,6 +132,21 @@ def test_loading_a_missing_checkpoint_says_how_to_make_one(tmp_path):
         load_checkpoint(tmp_path)  # a folder is not a checkpoint either
 
 
+def test_a_misspelt_checkpoint_name_is_answered_with_the_folder_and_close_names(
+        tmp_path, monkeypatch):
+    """Catches a typo answered with a placeholder folder ("<data home>") and no hint."""
+    monkeypatch.setenv("AGELIB_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint(tiny_model(), tmp_path / "home" / "checkpoints" / "coral.pt")
+    with pytest.raises(FileNotFoundError) as err:
+        checkpoints.find_checkpoint("corall.pt")
+    assert str(tmp_path / "home" / "checkpoints") in str(err.value)
+    assert "Did you mean coral.pt?" in str(err.value)
+    with pytest.raises(FileNotFoundError) as err:
+        checkpoints.find_checkpoint("zebra.pt")
+    assert "Did you mean" not in str(err.value)
+
+
 def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
     path = save_checkpoint(tiny_model(head="classification", num_classes=20), tmp_path / "m.pt")
     payload = torch.load(path, weights_only=True)
