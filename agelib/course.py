@@ -169,16 +169,14 @@ def run_chapters(files: list[str] | None = None, full: bool = False, timeout: in
     given), so its outputs are those of a real run of the mode it states. The
     record (``results/course/<date>-<mode>.json``) holds the wall time of every
     chapter, the device and the date, and is rewritten after each chapter, so a
-    run cut short (a time limit, a crash) still keeps what it measured. It also
-    counts the trained models already cached when the run began: chapters load
-    those instead of training (``training.load_or_train``), so such a run is faster
-    than a learner's first. README's "course run" table is made from these records.
+    run cut short (a time limit, a crash) still keeps what it measured. Each
+    chapter's entry also counts the models it loaded (``training.load_or_train``) or
+    found recorded (``training.recorded_run``) instead of training them, that were
+    trained before the run began: such a chapter is faster than a learner's first
+    run of it. README's "course run" table is made from these records.
     """
     import datetime as dt
     import os
-    import subprocess
-    import sys
-    import time
 
     from . import records
 
@@ -197,21 +195,15 @@ def run_chapters(files: list[str] | None = None, full: bool = False, timeout: in
            "device": records.device_name(settings.get_device()),
            "data": "real" if real == "1" else "synthetic",
            "date": now.isoformat(timespec="seconds"), "code": records.code_version(),
-           "cached_models": cached_models(env, mode.name), "total_seconds": 0.0, "chapters": []}
+           "total_seconds": 0.0, "chapters": []}
     path = records.results_dir() / "course" / f"{now:%Y%m%d-%H%M%S}-{mode.name}.json"
-    if run["cached_models"]:
-        print(f"{run['cached_models']} trained model(s) already in the data home's checkpoints/: "
-              "chapters load them instead of training, so these times are not a first run's",
-              flush=True)
     for name in wanted:
-        start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", _EXECUTE, name, str(timeout), real],
-                              cwd=folder, env=env, capture_output=True, text=True)
-        seconds = round(time.perf_counter() - start, 1)
-        run["chapters"].append({"notebook": name, "seconds": seconds, "ok": done.returncode == 0,
-                                "error": None if done.returncode == 0 else _plain(done.stderr)[-600:]})
+        chapter = _run_chapter(name, folder, env, timeout, real, since=now)
+        run["chapters"].append(chapter)
         run["total_seconds"] = round(sum(c["seconds"] for c in run["chapters"]), 1)
-        print(f"{name:<34} {seconds:7.1f} s  {'ok' if done.returncode == 0 else 'FAILED'}",
+        reused = chapter["models_reused"]
+        print(f"{name:<34} {chapter['seconds']:7.1f} s  {'ok' if chapter['ok'] else 'FAILED'}"
+              + (f"  (reused {reused} model(s) trained before this run)" if reused else ""),
               flush=True)
         if save:  # whole or not at all: a run killed mid-write keeps its last record
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -219,6 +211,25 @@ def run_chapters(files: list[str] | None = None, full: bool = False, timeout: in
             partial.write_text(json.dumps(run, indent=2))
             os.replace(partial, path)
     return run
+
+
+def _run_chapter(name: str, folder: Path, env: dict, timeout: int, real: str, since) -> dict:
+    """One chapter executed in a fresh kernel: its entry in the course record."""
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    with tempfile.TemporaryDirectory(prefix="agelib-course-") as tmp:
+        log = Path(tmp) / "reused"  # the kernel notes each model it reuses here
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", _EXECUTE, name, str(timeout), real],
+                              cwd=folder, env={**env, settings.REUSE_LOG: str(log)},
+                              capture_output=True, text=True)
+        seconds = round(time.perf_counter() - start, 1)
+        return {"notebook": name, "seconds": seconds, "ok": done.returncode == 0,
+                "error": None if done.returncode == 0 else _plain(done.stderr)[-600:],
+                "models_reused": trained_before(log, since)}
 
 
 def _plain(text: str) -> str:
@@ -243,14 +254,23 @@ def kernel_env(full: bool, epochs: int | None = None) -> dict:
     return env
 
 
-def cached_models(env: dict, mode_name: str) -> int:
-    """How many trained models of the mode the chapters' kernels will find in the data home's
-    ``checkpoints/`` (where ``training.load_or_train`` keeps them, keyed by config, mode
-    and data). A chapter that finds its model there loads it instead of training it."""
-    from .training import is_cached_checkpoint
+def trained_before(log: Path, start) -> int:
+    """How many of the reuses a chapter noted in ``log`` (one training date per line, see
+    ``training.note_reuse``) were of models trained before ``start`` (an aware datetime):
+    a model an earlier chapter of the same run trained is the course working as designed;
+    one from an earlier run saved this run its training time. A missing date counts as
+    earlier."""
+    import datetime as dt
 
-    home = Path(env["AGELIB_HOME"]) if env.get("AGELIB_HOME") else settings.data_home()
-    return sum(is_cached_checkpoint(p, mode_name) for p in (home / "checkpoints").glob("*.pt"))
+    if not log.is_file():
+        return 0
+    earlier = 0
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            earlier += dt.datetime.fromisoformat(line.strip()) < start
+        except ValueError:  # no date (a record from before records were dated)
+            earlier += 1
+    return earlier
 
 
 def _real_faces(env: dict) -> bool:
@@ -295,8 +315,7 @@ def latest_times(runs: list[dict], mode: str) -> dict | None:
         if run["device"] != device or run.get("epochs") != epochs:
             continue
         for c in run["chapters"]:
-            chapters[c["notebook"]] = {**c, "date": run["date"][:10], "epochs": run.get("epochs"),
-                                       "cached_models": run.get("cached_models")}
+            chapters[c["notebook"]] = {**c, "date": run["date"][:10], "epochs": run.get("epochs")}
     dates = sorted({c["date"] for c in chapters.values()})
     return {"mode": mode, "device": device, "chapters": list(chapters.values()),
             "dates": dates, "epochs": sorted({c["epochs"] for c in chapters.values()
@@ -352,13 +371,13 @@ def course_run_table(runs: list[dict]) -> str:
     lines.append("| **total** | " + " | ".join(f"**{t['total_seconds'] / 60:.1f} min**"
                                                 for t in latest.values()) + " |")
     marked = [c for t in latest.values() for c in t["chapters"] if _mark(c)]
-    if any(c.get("cached_models") for c in marked):
-        lines.append(f"\n{WARM} its run began with trained models already cached (by an earlier "
-                     "run, or an earlier part of a run split over calls), which chapters load "
-                     "instead of training: a run from an empty cache may take longer.")
-    if any(c.get("cached_models") is None for c in marked):
-        lines.append(f"\n{UNKNOWN} recorded before runs counted their cached models: it may "
-                     "have loaded some instead of training them.")
+    if any(c.get("models_reused") for c in marked):
+        lines.append(f"\n{WARM} the chapter reused models trained before its run (by an earlier "
+                     "run, or an earlier part of a run split over calls) instead of training "
+                     "them: run from scratch, it takes longer.")
+    if any(c.get("models_reused") is None for c in marked):
+        lines.append(f"\n{UNKNOWN} recorded before runs counted the models a chapter reused: "
+                     "it may have loaded some instead of training them.")
     return "\n".join(lines)
 
 
@@ -366,9 +385,9 @@ WARM, UNKNOWN = "†", "?"
 
 
 def _mark(chapter: dict) -> str:
-    """A chapter's time is a first run's only when its run began with no cached model."""
-    cached = chapter.get("cached_models")
-    return f" {UNKNOWN}" if cached is None else f" {WARM}" if cached else ""
+    """A chapter's time is a first run's only when it reused no model trained before its run."""
+    reused = chapter.get("models_reused")
+    return f" {UNKNOWN}" if reused is None else f" {WARM}" if reused else ""
 
 
 def readme_with_course_runs(text: str, runs: list[dict]) -> str:

@@ -37,6 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
+#: Not a setting but a channel: a course run (``agelib.course.run_chapters``) names here the file
+#: where each chapter's kernel notes the models it reused instead of training
+#: (``training.note_reuse``), so its record can tell a first run's time from a rerun's.
+REUSE_LOG = "AGELIB_REUSE_LOG"
+
 #: The course's public home as GitHub "owner/name". The one place to change on
 #: publishing: ``python -m agelib links --write`` rewrites README.md and every
 #: notebook's install cell from it, and a test checks that they agree.

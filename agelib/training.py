@@ -14,7 +14,7 @@ import contextlib
 import copy
 import hashlib
 import json
-import re
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -482,10 +482,12 @@ def cached_checkpoint(config: TrainConfig, faces, mode: settings.RunMode) -> Pat
     return settings.data_home() / "checkpoints" / name
 
 
-def is_cached_checkpoint(path: Path, mode_name: str) -> bool:
-    """Whether ``path`` is named as :func:`cached_checkpoint` names a model of that mode (not,
-    say, a ``train --out model.pt`` of the user's, which no chapter loads)."""
-    return re.fullmatch(rf".+-{re.escape(mode_name)}-[0-9a-f]{{10}}\.pt", Path(path).name) is not None
+def note_reuse(record: dict) -> None:
+    """Tell a course run (if this is one) that the run of ``record`` was reused, not trained
+    again: the chapter's time is then not what a learner's first run of it takes."""
+    if log := os.environ.get(settings.REUSE_LOG):
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"{record.get('date') or ''}\n")
 
 
 def recorded_run(config: TrainConfig, faces, mode: settings.RunMode | None = None,
@@ -512,6 +514,7 @@ def recorded_run(config: TrainConfig, faces, mode: settings.RunMode | None = Non
         asked = row.get("requested_config")  # set when building changed the model config
         asked = asked if isinstance(asked, dict) else row.get("config")
         if isinstance(asked, dict) and _config_key(asked) == wanted:
+            note_reuse(row.to_dict())  # a caller that finds the run need not train it
             return row.to_dict()
     return None
 
@@ -541,6 +544,7 @@ def load_or_train(config: TrainConfig, faces=None, mode: settings.RunMode | None
             warnings.warn(f"retraining: {err}")
         else:
             test = payload.get("extra", {}).get("test", {})
+            note_reuse(payload["record"])
             device = torch.device(device) if device is not None else settings.get_device()
             return TrainResult(None, payload["record"], path,
                                np.asarray(test.get("pred", []), dtype=np.float32),

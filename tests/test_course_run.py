@@ -6,7 +6,7 @@ import re
 import nbformat
 import pytest
 
-from agelib import course
+from agelib import course, settings
 
 
 @pytest.fixture
@@ -54,10 +54,10 @@ def test_run_chapters_picks_chapters_by_number_and_refuses_unknown_ones(chapters
 
 
 def run_record(mode, seconds, device="cpu (x86_64)", date="2026-11-23T08:00:00"):
-    chapters = [{"notebook": f"0{i}_x.ipynb", "seconds": s, "ok": True, "error": None}
-                for i, s in enumerate(seconds)]
+    chapters = [{"notebook": f"0{i}_x.ipynb", "seconds": s, "ok": True, "error": None,
+                 "models_reused": 0} for i, s in enumerate(seconds)]
     return {"mode": mode, "device": device, "date": date, "total_seconds": sum(seconds),
-            "cached_models": 0, "chapters": chapters}
+            "chapters": chapters}
 
 
 def test_course_table_shows_the_latest_run_of_each_mode():
@@ -86,8 +86,10 @@ def test_course_table_stitches_a_run_split_over_calls_on_one_device():
     gpu = "cuda (NVIDIA H100)"
     first = run_record("full", [30, 40], device=gpu, date="2026-11-24T10:00:00")
     second = {**run_record("full", [], device=gpu, date="2026-11-24T10:12:00"),
-              "chapters": [{"notebook": "01_x.ipynb", "seconds": 50, "ok": True, "error": None},
-                           {"notebook": "02_x.ipynb", "seconds": 70, "ok": True, "error": None}]}
+              "chapters": [{"notebook": "01_x.ipynb", "seconds": 50, "ok": True, "error": None,
+                            "models_reused": 0},
+                           {"notebook": "02_x.ipynb", "seconds": 70, "ok": True, "error": None,
+                            "models_reused": 0}]}
     cpu = run_record("full", [999, 999, 999], date="2026-11-23T10:00:00")  # another device: never mixed in
     table = course.course_run_table([cpu, first, second])
     assert "| 00_x.ipynb | 30 s |" in table and "| 01_x.ipynb | 50 s |" in table  # the later 01 wins
@@ -291,10 +293,13 @@ def test_every_cell_has_its_own_id(path):
 
 
 # --------------------------------------------------------------------------- course runs
-def _course_run(mode, chapters, device="cpu (x86_64)", date="2026-11-23T08:00:00", **extra):
-    extra = {"cached_models": 0, **extra}  # a first run, unless a test says otherwise
+def _course_run(mode, chapters, device="cpu (x86_64)", date="2026-11-23T08:00:00", reused=0,
+                **extra):
+    """A course-run record; its chapters reused no earlier model unless ``reused`` says so
+    (None: recorded before runs counted)."""
+    counted = {} if reused is None else {"models_reused": reused}
     return {"mode": mode, "device": device, "date": date, "chapters": [
-        {"notebook": name, "seconds": s, "ok": ok, "error": None if ok else "boom"}
+        {"notebook": name, "seconds": s, "ok": ok, "error": None if ok else "boom", **counted}
         for name, s, ok in chapters], **extra}
 
 
@@ -415,36 +420,52 @@ def test_a_chapter_number_is_a_prefix_and_save_false_writes_nothing(no_chapters,
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.parametrize("cached", [0, 2])
-def test_a_course_run_counts_the_models_it_found_cached(no_chapters, tmp_path, monkeypatch,
-                                                        cached, capsys):
-    """Catches a run that loaded earlier runs' models recorded like a learner's first run:
-    its chapters load instead of training, and README's times would flatter the course."""
-    checkpoints = tmp_path / "home" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    for i in range(cached):
-        (checkpoints / f"resnet18-regression-l1-smoke-{i:010x}.pt").write_bytes(b"")
-    (checkpoints / "notes.txt").write_text("not a model")
-    (checkpoints / "coral.pt").write_bytes(b"")  # a `train --out` of the user's: no chapter's
-    (checkpoints / "resnet18-regression-l1-full-0123456789.pt").write_bytes(b"")  # another mode
-    monkeypatch.setenv("AGELIB_HOME", str(tmp_path / "home"))
+def test_a_course_run_counts_the_models_each_chapter_reused_from_before_it(
+        no_chapters, monkeypatch):
+    """Catches a chapter that loaded earlier runs' models (or found their records) timed like
+    a learner's first run of it; a model an earlier chapter of the same run trained is the
+    course working as designed, and is not counted."""
+    cell = ("import os\n"
+            "with open(os.environ['AGELIB_REUSE_LOG'], 'a') as f:\n"
+            "    f.write('2020-01-01T00:00:00+00:00\\n2999-01-01T00:00:00+00:00\\n\\n')")
+    for name, source in [("00_setup.ipynb", cell), ("01_dataset_exploration.ipynb", "1 + 1")]:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, no_chapters / name)
     monkeypatch.setattr(course, "_real_faces", lambda env: False)
-    assert course.run_chapters(save=False)["cached_models"] == cached
-    assert ("not a first run's" in capsys.readouterr().out) == bool(cached)
+    run = course.run_chapters(timeout=60, save=False)
+    assert [c["models_reused"] for c in run["chapters"]] == [2, 0]  # undated counts as earlier
 
 
-def test_course_table_marks_times_of_runs_that_began_with_cached_models():
-    """Catches a warm run's times shown as a first run's, and an old record (which never
-    counted) shown as either; a chapter stitched from a cold run stays unmarked."""
-    warm = _course_run("smoke", [("00_x.ipynb", 10, True)], cached_models=3)
-    cold = _course_run("smoke", [("01_x.ipynb", 20, True)], date="2026-11-24T08:00:00",
-                       cached_models=0)
+def test_note_reuse_writes_the_reused_runs_date_only_inside_a_course_run(tmp_path, monkeypatch):
+    from agelib import training
+
+    log = tmp_path / "reused"
+    monkeypatch.delenv(settings.REUSE_LOG, raising=False)
+    training.note_reuse({"date": "2026-12-01T10:00:00+00:00"})  # not in a course run: nothing
+    assert not log.exists()
+    monkeypatch.setenv(settings.REUSE_LOG, str(log))
+    training.note_reuse({"date": "2026-12-01T10:00:00+00:00"})
+    training.note_reuse({})
+    assert log.read_text().splitlines() == ["2026-12-01T10:00:00+00:00", ""]
+    import datetime as dt
+
+    start = dt.datetime(2026, 12, 1, 11, tzinfo=dt.timezone.utc)
+    assert course.trained_before(log, start) == 2
+    assert course.trained_before(log, start - dt.timedelta(hours=2)) == 1  # only the undated
+    assert course.trained_before(tmp_path / "none", start) == 0
+
+
+def test_course_table_marks_times_of_chapters_that_reused_earlier_models():
+    """Catches a rerun's times shown as a first run's, and an old record (which never
+    counted) shown as either; a chapter stitched from a fresh run stays unmarked."""
+    warm = _course_run("smoke", [("00_x.ipynb", 10, True)], reused=3)
+    cold = _course_run("smoke", [("01_x.ipynb", 20, True)], date="2026-11-24T08:00:00")
     table = course.course_run_table([warm, cold])
     assert "| 00_x.ipynb | 10 s † |" in table and "| 01_x.ipynb | 20 s |" in table
-    assert "† its run began with trained models already cached" in table and "?" not in table
+    assert "† the chapter reused models trained before its run" in table and "?" not in table
     assert "†" not in course.course_run_table([cold])
-    old = _course_run("smoke", [("00_x.ipynb", 10, False)], cached_models=None)
-    del old["cached_models"]  # recorded before runs counted
+    old = _course_run("smoke", [("00_x.ipynb", 10, False)], reused=None)
     table = course.course_run_table([old])
     assert "| 00_x.ipynb | 10 s ? (failed) |" in table and "\n? recorded before" in table
     assert "†" not in table

@@ -257,12 +257,16 @@ def test_constant_schedule_keeps_the_learning_rate(synthetic_faces):
 
 
 # --------------------------------------------------------------------------- recorded_run
-def test_a_recorded_run_is_found_by_its_settings_and_nothing_else_is(synthetic_faces, results):
+def test_a_recorded_run_is_found_by_its_settings_and_nothing_else_is(synthetic_faces, results,
+                                                                     monkeypatch, tmp_path):
     cfg = lambda **kw: config(**{"epochs": 1, "tag": "grid", "variant": "baseline", **kw})  # noqa: E731
+    monkeypatch.setenv(settings.REUSE_LOG, str(tmp_path / "reused"))  # as in a course run
     assert training.recorded_run(cfg(), synthetic_faces, MODE, device="cpu") is None
     run = train(synthetic_faces, cfg(), save_record=True)
     found = training.recorded_run(cfg(), synthetic_faces, MODE, device="cpu")
     assert found is not None and found["id"] == run.record["id"]
+    # a found run is one a chapter need not train: a course run hears of it, a miss is silent
+    assert (tmp_path / "reused").read_text().splitlines() == [run.record["date"]]
     assert found["test_mae"] == run.record["test_mae"]
     for other in [cfg(seed=1), cfg(grayscale=0.2), cfg(epochs=2),
                   config(epochs=1, tag="grid", variant="another label")]:
