@@ -7,6 +7,7 @@ followed by ``python -m agelib links --write``; a test fails while they disagree
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 from dataclasses import dataclass
@@ -175,7 +176,6 @@ def run_chapters(files: list[str] | None = None, full: bool = False, timeout: in
     trained before the run began: such a chapter is faster than a learner's first
     run of it. README's "course run" table is made from these records.
     """
-    import datetime as dt
     import os
 
     from . import records
@@ -189,7 +189,7 @@ def run_chapters(files: list[str] | None = None, full: bool = False, timeout: in
         wanted = [w for w in wanted if any(w.startswith(f) for f in files)]
     env = kernel_env(full, epochs)
     mode = settings.SMOKE if not full else settings.FULL
-    now = dt.datetime.now(dt.timezone.utc)
+    now = datetime.datetime.now(datetime.timezone.utc)
     real = "1" if _real_faces(env) else "0"
     run = {"mode": mode.name, "epochs": int(env.get("AGELIB_EPOCHS") or mode.epochs),
            "device": records.device_name(settings.get_device()),
@@ -213,7 +213,8 @@ def run_chapters(files: list[str] | None = None, full: bool = False, timeout: in
     return run
 
 
-def _run_chapter(name: str, folder: Path, env: dict, timeout: int, real: str, since) -> dict:
+def _run_chapter(name: str, folder: Path, env: dict, timeout: int, real: str,
+                 since: datetime.datetime) -> dict:
     """One chapter executed in a fresh kernel: its entry in the course record."""
     import subprocess
     import sys
@@ -254,22 +255,22 @@ def kernel_env(full: bool, epochs: int | None = None) -> dict:
     return env
 
 
-def trained_before(log: Path, start) -> int:
+def trained_before(log: Path, start: datetime.datetime) -> int:
     """How many of the reuses a chapter noted in ``log`` (one training date per line, see
     ``training.note_reuse``) were of models trained before ``start`` (an aware datetime):
     a model an earlier chapter of the same run trained is the course working as designed;
     one from an earlier run saved this run its training time. A missing date counts as
-    earlier."""
-    import datetime as dt
-
+    earlier, and a date without a time zone is UTC's (as records write them)."""
     if not log.is_file():
         return 0
     earlier = 0
     for line in log.read_text(encoding="utf-8").splitlines():
         try:
-            earlier += dt.datetime.fromisoformat(line.strip()) < start
+            when = datetime.datetime.fromisoformat(line.strip())
         except ValueError:  # no date (a record from before records were dated)
             earlier += 1
+            continue
+        earlier += (when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)) < start
     return earlier
 
 

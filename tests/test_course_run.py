@@ -454,6 +454,8 @@ def test_note_reuse_writes_the_reused_runs_date_only_inside_a_course_run(tmp_pat
     assert course.trained_before(log, start) == 2
     assert course.trained_before(log, start - dt.timedelta(hours=2)) == 1  # only the undated
     assert course.trained_before(tmp_path / "none", start) == 0
+    log.write_text("2026-12-01T10:00:00\n")  # no time zone: UTC's, never a TypeError
+    assert course.trained_before(log, start) == 1
 
 
 def test_course_table_marks_times_of_chapters_that_reused_earlier_models():
