@@ -125,21 +125,19 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     if args.folder is None or args.folder == "synthetic":  # the data a run would use
         faces = sources.load_faces(args.folder, verbose=False)
-        report = faces.report
-        files = faces.files if faces.files is not None else faces.samples
         if not args.json:
             print(faces.banner())
     elif str(args.folder).lower().endswith(".csv"):  # a table of your own labelled photos
         faces = sources.load_table(args.folder)
-        files, report = faces.files, faces.report
     elif Path(args.folder).is_file() and tarfile.is_tarfile(args.folder):  # a pack: its report
         faces = sources.load_pack(args.folder)
-        report = faces.report
-        files = faces.files if faces.files is not None else faces.samples  # an old pack has no
-        # file table: its samples stand in
-    else:
+    else:  # a folder: scanned as it is, nothing cached
+        faces = None
         files, report = utkface.scan_folder(args.folder)
         utkface.deduplicate(files, report)
+    if faces is not None:  # an old pack has no file table: its samples stand in
+        report = faces.report
+        files = faces.files if faces.files is not None else faces.samples
     if args.json:
         out = report.to_dict()
         groups = utkface.duplicate_groups(files)

@@ -316,7 +316,7 @@ def _recipe(config) -> dict:
     the field existed) counts as its default, which is what such a run used."""
     if not isinstance(config, dict):
         return {}
-    flat = {**_recipe_defaults(), **_flat_config(config)}
+    flat = {**_recipe_defaults(), **flat_config(config)}
     for name in _FROM_FILES:
         flat[name] = sorted(flat[name]) if isinstance(flat.get(name), dict) else bool(flat.get(name))
     return {k: v for k, v in flat.items() if k not in _NOT_RECIPE}
@@ -327,13 +327,15 @@ def _recipe_defaults() -> dict:
     """A default ``TrainConfig``, flat: what a record that lacks a field ran with."""
     from . import models, training  # training imports this module
 
-    return _flat_config(training.TrainConfig(model=models.ModelConfig()).to_dict())
+    return flat_config(training.TrainConfig(model=models.ModelConfig()).to_dict())
 
 
-def _flat_config(config: dict) -> dict:
-    """A record's config with its model's fields lifted beside the rest as ``model.<field>``.
+def flat_config(config: dict) -> dict:
+    """A record's config with its model's fields lifted beside the rest as ``model.<field>``:
+    one flat dict, so two runs' settings compare field by field (a run's recipe here,
+    chapter 08's check that each variant changes only what it names).
 
-    >>> _flat_config({"lr": 0.001, "model": {"head": "coral"}})
+    >>> flat_config({"lr": 0.001, "model": {"head": "coral"}})
     {'lr': 0.001, 'model.head': 'coral'}
     """
     return {**{k: v for k, v in config.items() if k != "model"},
