@@ -286,11 +286,12 @@ def default_workers() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
-def typical_loader(faces, size: int, batch_size: int, num_workers: int = 4,
+def typical_loader(faces, size: int, batch_size: int, num_workers: int | None = None,
                    sha1s: list[str] | None = None, device=None,
                    seed: int = 0) -> torch.utils.data.DataLoader:
     """A ``DataLoader`` as most scripts write it: per-image PIL decode and torchvision
-    augmentation in ``num_workers`` processes, shuffled, pinned memory on CUDA.
+    augmentation in ``num_workers`` processes (None: :func:`default_workers`), shuffled,
+    pinned memory on CUDA.
 
     The workers are forked (Linux); elsewhere they are spawned and must pickle
     ``faces``, so use ``num_workers=0`` there if that fails.
@@ -300,6 +301,7 @@ def typical_loader(faces, size: int, batch_size: int, num_workers: int = 4,
     from .data.loaders import IMAGENET_MEAN, IMAGENET_STD
 
     sha1s = _check_count(faces, sha1s, batch_size)
+    num_workers = default_workers() if num_workers is None else num_workers
     augment = T.Compose([T.RandomResizedCrop(size, scale=(0.8, 1.0)), T.RandomHorizontalFlip(),
                          T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -319,7 +321,7 @@ def _check_count(faces, sha1s: list[str] | None, batch_size: int) -> list[str]:
     return sha1s
 
 
-def typical_batches(faces, size: int, batch_size: int, num_workers: int = 4,
+def typical_batches(faces, size: int, batch_size: int, num_workers: int | None = None,
                     sha1s: list[str] | None = None, device=None, seed: int = 0) -> Batches:
     """Endless batches from :func:`typical_loader`, copied to ``device`` (non-blocking)."""
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -356,7 +358,8 @@ def resident_batches(faces, size: int, batch_size: int, sha1s: list[str] | None 
 
 
 def make_batches(pipeline: str, faces, size: int, batch_size: int, device=None,
-                 num_workers: int = 4, sha1s: list[str] | None = None, seed: int = 0) -> Batches:
+                 num_workers: int | None = None, sha1s: list[str] | None = None,
+                 seed: int = 0) -> Batches:
     """The batch source a pipeline name stands for (one of :data:`PIPELINES`)."""
     if pipeline == "typical":
         return typical_batches(faces, size, batch_size, num_workers, sha1s, device, seed)

@@ -82,13 +82,26 @@ def evaluate_folder(checkpoint: str | Path, folder: str | Path, batch_size: int 
     true = true.to_numpy(dtype=np.float32)
     scores = {"n": int(len(true)), "mae": round(metrics.mae(pred, true), 4),
               "cs5": round(metrics.cs_at(pred, true, 5), 4), "skipped": skipped}
-    record = payload.get("record") or {}
-    if record.get("data_fingerprint") == sources.image_fingerprint(used["sha1"]):
-        scores["note"] = (f"these are the photos '{Path(checkpoint).name}' was trained on: the "
-                          "score mixes its training faces with its test faces, so it flatters "
-                          "the model. Its test-split score is in its record: test MAE "
-                          f"{record.get('test_mae')}.")
+    notes = _score_notes(Path(checkpoint).name, payload.get("record") or {}, used["sha1"])
+    if notes:
+        scores["note"] = " ".join(notes)
     return scores
+
+
+def _score_notes(name: str, record: dict, sha1s) -> list[str]:
+    """What a reader of a score must know first: that the model was trained only to check
+    the code (a smoke run, or the synthetic faces), or on these very photos."""
+    notes = []
+    if record.get("mode") == "smoke" or record.get("data_real") is False:
+        faces = "real" if record.get("data_real") else "SYNTHETIC"
+        notes.append(f"'{name}' was trained in {str(record.get('mode')).upper()} mode on {faces} "
+                     "faces: this score checks only that the code works, not how well the "
+                     "method does. Train in full mode on real faces for a score worth reading.")
+    if record.get("data_fingerprint") == sources.image_fingerprint(sha1s):
+        notes.append(f"These are the photos '{name}' was trained on: the score mixes its "
+                     "training faces with its test faces, so it flatters the model. Its "
+                     f"test-split score is in its record: test MAE {record.get('test_mae')}.")
+    return notes
 
 
 def _fitted(image, size: int) -> np.ndarray:

@@ -386,25 +386,40 @@ def model_text(backbone: str, backbone_args: str = "", variant: str = "") -> str
             + (f" ({variant})" if variant else ""))
 
 
+# Which runs stand for each chapter's model family in a same-budget comparison: the
+# chapter's usual recipe. Chapter 02 also trains other losses and heads on ResNet-18 and
+# chapter 05 regularised ViT variants; chapters 06 and 07 train only their families.
+FAMILY_RUNS: dict[str, dict[str, str]] = {
+    "ch02": {"backbone": "resnet18", "loss": "l1"},
+    "ch05": {"variant": ""},
+    "ch06": {},
+    "ch07": {},
+}
+
+
 def same_budget(report: pd.DataFrame, data: str, mode: str, image_size: int, epochs: int,
-                tags=("ch02", "ch05", "ch06", "ch07")) -> pd.DataFrame:
+                tags=tuple(FAMILY_RUNS)) -> pd.DataFrame:
     """The rows of :func:`report_table` that a fair comparison of families may set side by side.
 
-    Same data, mode, image size and epochs, all trained from scratch: chapter 02's
-    ResNet-18 (L1), chapter 05's plain ViT, and every run of the other ``tags``
-    (ConvNeXt, the hybrids). Each family keeps its own usual recipe. Sorted by
-    test MAE, the column these tables report.
+    Same data, mode, image size and epochs, all trained from scratch, and from each of
+    the chapters ``tags`` its family's runs (:data:`FAMILY_RUNS`): chapter 02's ResNet-18
+    (L1), chapter 05's plain ViT, ConvNeXt and the hybrids. Each family keeps its own usual
+    recipe. Sorted by test MAE, the column these tables report.
     """
+    if unknown := [t for t in tags if t not in FAMILY_RUNS]:
+        raise ValueError(f"no family run is named for {unknown}: add it to "
+                         f"records.FAMILY_RUNS (known: {list(FAMILY_RUNS)})")
     if report.empty:
         return report
-    family = (((report["tag"] == "ch02") & (report["backbone"] == "resnet18")
-               & (report["loss"] == "l1"))
-              | ((report["tag"] == "ch05") & (report["variant"] == ""))
-              | report["tag"].isin([t for t in tags if t not in ("ch02", "ch05")]))
+    family = pd.Series(False, index=report.index)
+    for tag in tags:
+        runs = report["tag"] == tag
+        for column, value in FAMILY_RUNS[tag].items():
+            runs &= report[column] == value
+        family |= runs
     keep = ((report["data"] == data) & (report["mode"] == mode)
             & (report["image_size"] == image_size) & (report["epochs"] == epochs)
-            & ~report["pretrained"].fillna(False).astype(bool)
-            & report["tag"].isin(list(tags)) & family)
+            & ~report["pretrained"].fillna(False).astype(bool) & family)
     return report[keep].sort_values("test_mae")
 
 

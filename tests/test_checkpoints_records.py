@@ -377,6 +377,8 @@ def test_same_budget_keeps_each_familys_plain_run_at_one_size_and_length():
     six = records.same_budget(report, "synthetic", "smoke", 64, 1, tags=("ch02", "ch05", "ch06"))
     assert "hybrid_paper" not in set(six["backbone"])
     assert records.same_budget(report.iloc[:0], "synthetic", "smoke", 64, 1).empty
+    with pytest.raises(ValueError, match="add it to records.FAMILY_RUNS"):
+        records.same_budget(report, "synthetic", "smoke", 64, 1, tags=("ch02", "ch04"))
 
 
 def test_a_bad_record_is_skipped_by_name_and_a_missing_folder_is_an_error(tmp_path, capsys):

@@ -118,7 +118,8 @@ def test_evaluate_json_gives_n_mae_and_cs5_like_evaluate_folder(trained, runs, w
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout)
     assert list(scores) == ["n", "mae", "cs5", "skipped", "note"] and scores["skipped"] == []
-    assert "trained on" in scores["note"] and "note: these are the photos" in result.stderr
+    assert "trained on" in scores["note"] and "These are the photos" in result.stderr
+    assert "note: " in result.stderr and "mode on SYNTHETIC faces: this score" in scores["note"]
     assert scores["n"] == N_FACES
     expected = inference.evaluate_folder(work["ck"], work["faces"], device="cpu")
     assert expected["n"] == N_FACES and expected["skipped"] == []

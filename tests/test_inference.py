@@ -89,6 +89,14 @@ def test_evaluating_on_the_training_folder_says_the_score_flatters(tmp_path, cap
     err = capsys.readouterr().err
     assert "the photos 'ours.pt' was trained on" in err and "test MAE 7.5" in err
     assert "note" not in inference.evaluate_folder(other, folder, device="cpu")
+    for record, words in (({"mode": "smoke", "data_real": True}, "SMOKE mode on real"),
+                          ({"mode": "full", "data_real": False}, "FULL mode on SYNTHETIC")):
+        weak = checkpoints.save_checkpoint(tiny_model(32), tmp_path / "weak.pt", record=record)
+        note = inference.evaluate_folder(weak, folder, device="cpu")["note"]
+        assert f"'weak.pt' was trained in {words} faces: this score checks only" in note
+    full = checkpoints.save_checkpoint(tiny_model(32), tmp_path / "full.pt",
+                                       record={"mode": "full", "data_real": True})
+    assert "note" not in inference.evaluate_folder(full, folder, device="cpu")
     # the same photos as a table of your own: scored the same way
     (folder / "labels.csv").write_text("file,age\n" + "".join(
         f"{name},{name.split('_')[0]}\n" for name in sorted(files["file"])))
