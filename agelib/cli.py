@@ -439,37 +439,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
     estimators = predict.load_estimators(args.checkpoint)
     if warning := predict.caveat(estimators):
         print(f"note: {warning}", file=sys.stderr)
-    results, unreadable, kinds = [], 0, set()
-    for label, path in photos:
-        entry = {"image": label}
-        try:
-            photo = faces.open_photo(path)
-            found = predict.predict_faces(estimators, photo, level=args.level,
-                                          min_prob=args.min_prob)
-        except faces.UnreadablePhoto as err:
-            print(f"error: {err}", file=sys.stderr)
-            unreadable += 1
-            results.append({**entry, "error": str(err)})
-            continue
-        entry.update(width=photo.width, height=photo.height,
-                     faces=[p.to_dict() for p in found])
-        if max(photo.size) > faces.MAX_SIDE:
-            print(f"note: {path.name} is {photo.width}x{photo.height}; faces were searched for "
-                  f"on a copy at most {faces.MAX_SIDE} px a side, boxes are in the original's "
-                  "pixels", file=sys.stderr)
-        if not found:
-            print(f"note: {faces.no_face_message(path.name, args.min_prob)}", file=sys.stderr)
-        results.append(entry)
-        kinds |= {p.interval_kind for p in found}
-        if not args.json:
-            _print_faces(path.name, found)
+    results = [_predict_photo(args, estimators, label, path) for label, path in photos]
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps([entry for entry, _ in results], indent=2))
     else:  # what the intervals are, once
+        kinds = {p.interval_kind for _, found in results for p in found or []}
         for kind in sorted(kinds):
             print(f"no interval: {predict.INTERVAL_KINDS[kind]}" if kind == "none" else
                   f"({args.level:.0%} intervals: {predict.INTERVAL_KINDS[kind]})")
-    return 1 if unreadable else 0
+    return 1 if any(found is None for _, found in results) else 0
+
+
+def _predict_photo(args: argparse.Namespace, estimators: list, label: str, path: Path
+                   ) -> tuple[dict, list | None]:
+    """One photo's JSON entry and its faces (None: the photo could not be read). Notes and
+    errors go to stderr as they come, so that one bad photo in a batch loses nothing else."""
+    from . import faces, predict
+
+    entry = {"image": label}
+    try:
+        photo = faces.open_photo(path)
+        found = predict.predict_faces(estimators, photo, level=args.level,
+                                      min_prob=args.min_prob)
+    except faces.UnreadablePhoto as err:
+        print(f"error: {err}", file=sys.stderr)
+        return {**entry, "error": str(err)}, None
+    entry.update(width=photo.width, height=photo.height, faces=[p.to_dict() for p in found])
+    if max(photo.size) > faces.MAX_SIDE:
+        print(f"note: {path.name} is {photo.width}x{photo.height}; faces were searched for "
+              f"on a copy at most {faces.MAX_SIDE} px a side, boxes are in the original's "
+              "pixels", file=sys.stderr)
+    if not found:
+        print(f"note: {faces.no_face_message(path.name, args.min_prob)}", file=sys.stderr)
+    if not args.json:
+        _print_faces(path.name, found)
+    return entry, found
 
 
 def _print_faces(name: str, found: list[predict.FacePrediction]) -> None:
