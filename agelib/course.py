@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ CHAPTERS = (
 
 
 def notebooks_dir() -> Path:
+    """The chapters' folder of the course checkout (an installed agelib has none)."""
     root = settings.repo_root()
     if root is None:
         raise FileNotFoundError("links need the course checkout (README.md and notebooks/)")
@@ -65,7 +67,8 @@ def chapter_table(repo: str | None = None) -> str:
     for ch in CHAPTERS:
         number = ch.file[:2]
         if (folder / ch.file).exists():
-            link = f"[notebook](notebooks/{ch.file}) · [Open in Colab]({COLAB.format(repo=repo, file=ch.file)})"
+            colab = COLAB.format(repo=repo, file=ch.file)
+            link = f"[notebook](notebooks/{ch.file}) · [Open in Colab]({colab})"
         else:
             link = "coming soon"
         rows.append(f"| {number} | {ch.title} | {ch.summary} | {link} |")
@@ -110,10 +113,6 @@ def write_links(repo: str | None = None) -> list[str]:
     return changed
 
 
-# --------------------------------------------------------------------------- running the course
-COURSE_START, COURSE_END = "<!-- course-run:start -->", "<!-- course-run:end -->"
-
-
 # --------------------------------------------------------------------------- dataset photos
 #: The tag of a cell that shows single UTKFace photos. UTKFace's licence allows research use
 #: but not redistribution, so a chapter run on the real faces is saved without those
@@ -143,6 +142,11 @@ def leave_out_dataset_faces(nb: dict) -> int:
             cell["outputs"] = [note, *kept]  # of node (dict or nbformat's) as the cell's own
     return dropped
 
+
+# --------------------------------------------------------------------------- running the course
+COURSE_START, COURSE_END = "<!-- course-run:start -->", "<!-- course-run:end -->"
+#: how README's course-run table marks a time that is not a first run's (see :func:`_mark`)
+WARM, UNKNOWN = "†", "?"
 
 # one chapter in a fresh kernel, outputs written back in place (nbclient: what nbval uses too);
 # on real faces, without the cells' pictures of single UTKFace photos
@@ -176,17 +180,10 @@ def run_chapters(files: list[str] | None = None, full: bool = False, timeout: in
     trained before the run began: such a chapter is faster than a learner's first
     run of it. README's "course run" table is made from these records.
     """
-    import os
-
     from . import records
 
     folder = notebooks_dir()
-    wanted = [ch.file for ch in CHAPTERS if (folder / ch.file).exists()]
-    if files:
-        unknown = [f for f in files if not any(w.startswith(f) for w in wanted)]
-        if unknown:
-            raise ValueError(f"no chapter matches {unknown}; chapters: {wanted}")
-        wanted = [w for w in wanted if any(w.startswith(f) for f in files)]
+    wanted = _chosen_chapters(folder, files)
     env = kernel_env(full, epochs)
     mode = settings.SMOKE if not full else settings.FULL
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -205,12 +202,30 @@ def run_chapters(files: list[str] | None = None, full: bool = False, timeout: in
         print(f"{name:<34} {chapter['seconds']:7.1f} s  {'ok' if chapter['ok'] else 'FAILED'}"
               + (f"  (reused {reused} model(s) trained before this run)" if reused else ""),
               flush=True)
-        if save:  # whole or not at all: a run killed mid-write keeps its last record
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".json.tmp")
-            partial.write_text(json.dumps(run, indent=2))
-            os.replace(partial, path)
+        if save:
+            _write_record(run, path)
     return run
+
+
+def _chosen_chapters(folder: Path, files: list[str] | None) -> list[str]:
+    """The chapters' notebooks to run, in course order: all of them, or those whose names
+    start with one of ``files`` ("03", "03_classification"); a name that matches none is an
+    error, not a run that silently skips it."""
+    present = [ch.file for ch in CHAPTERS if (folder / ch.file).exists()]
+    if not files:
+        return present
+    unknown = [f for f in files if not any(p.startswith(f) for p in present)]
+    if unknown:
+        raise ValueError(f"no chapter matches {unknown}; chapters: {present}")
+    return [p for p in present if any(p.startswith(f) for f in files)]
+
+
+def _write_record(run: dict, path: Path) -> None:
+    """Save a course-run record whole or not at all: a run killed mid-write keeps its last one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.tmp")
+    partial.write_text(json.dumps(run, indent=2))
+    os.replace(partial, path)
 
 
 def _run_chapter(name: str, folder: Path, env: dict, timeout: int, real: str,
@@ -243,8 +258,6 @@ def kernel_env(full: bool, epochs: int | None = None) -> dict:
     """The environment the chapters' kernels run in: the run mode, the training length, and
     the user's paths made absolute (the kernels run in ``notebooks/``, where a relative
     ``AGELIB_DATA=my-data`` would name another folder)."""
-    import os
-
     env = {**os.environ, "AGELIB_SMOKE": "0" if full else "1"}
     for name in ("AGELIB_DATA", "AGELIB_HOME", "AGELIB_RESULTS"):
         if env.get(name) and env[name] != "synthetic":
@@ -380,9 +393,6 @@ def course_run_table(runs: list[dict]) -> str:
         lines.append(f"\n{UNKNOWN} recorded before runs counted the models a chapter reused: "
                      "it may have loaded some instead of training them.")
     return "\n".join(lines)
-
-
-WARM, UNKNOWN = "†", "?"
 
 
 def _mark(chapter: dict) -> str:

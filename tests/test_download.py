@@ -145,3 +145,17 @@ def test_a_file_that_is_no_archive_at_all_says_so_in_one_clean_line(tmp_path):
         download.download_utkface(tmp_path / "dest", archive=tmp_path / "page.tar.gz",
                                   min_images=1)
     assert ":)" not in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_download_into_an_empty_utkface_folder_fills_that_folder(tmp_path, flat):
+    """Catches images moved *inside* an existing empty ``dest/UTKFace`` (as
+    ``dest/UTKFace/UTKFace`` or ``dest/UTKFace/unpacked``) instead of into it."""
+    members = {("" if flat else "UTKFace/") + name: jpeg_bytes(face_image(i, 24))
+               for i, name in enumerate(NAMES)}
+    make_archive(tmp_path / "UTKFace.tar.gz", members)
+    dest = tmp_path / "dest"
+    (dest / "UTKFace").mkdir(parents=True)  # made by hand, or left by an earlier attempt
+    folder = download.download_utkface(dest, archive=tmp_path / "UTKFace.tar.gz", min_images=6)
+    assert folder == dest / "UTKFace"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(NAMES)

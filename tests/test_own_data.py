@@ -90,6 +90,9 @@ def test_a_table_without_its_columns_says_which(tmp_path, home):
     pd.DataFrame({"file": ["a.jpg"], "age": [3]}).to_csv(tmp_path / "none.csv", index=False)
     with pytest.raises(ValueError, match="No usable image in the table.*a.jpg: no such file"):
         sources.load_table(tmp_path / "none.csv")
+    (tmp_path / "header.csv").write_text("file,age\n")  # catches "e.g. -: no rows"
+    with pytest.raises(ValueError, match="lists no photo: add one line per photo"):
+        sources.load_table(tmp_path / "header.csv")
 
 
 def test_a_folder_is_named_after_itself_unless_it_is_utkface(quirky_folder, home, tmp_path):

@@ -279,3 +279,18 @@ def test_faces_split_is_saved_in_the_data_home_and_reloaded_not_redrawn(samples,
     assert faces.split(seed=0).equals(edited)  # read back from the file, not drawn again
     assert not faces.split(seed=1).equals(edited)  # another seed, another file
     assert len(list((home / "splits").glob("*.csv"))) == 2
+
+
+@pytest.mark.parametrize("damage", ["", "<html>"])
+def test_a_damaged_saved_split_is_drawn_again_not_fatal(samples, home, damage):
+    """Catches a split file emptied by a crash mid-write (or overwritten) failing every later
+    run: the split is drawn again, identical for the same seed, and saved over it."""
+    from agelib.data import sources, utkface
+
+    faces = sources.Faces("mine", True, samples, utkface.DataReport("mine"))
+    split = faces.split(seed=0)
+    (saved,) = (home / "splits").glob("*.csv")
+    saved.write_text(damage)
+    with pytest.warns(UserWarning, match="could not be read"):
+        assert faces.split(seed=0).equals(split)
+    assert splits.load_split(saved).equals(split)

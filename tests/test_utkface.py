@@ -335,3 +335,46 @@ def test_a_file_replaced_under_the_same_name_is_scanned_again(quirky_folder, hom
     files = sources.load_folder(quirky_folder).files.set_index("file")
     assert files.loc[name, "sha1"] != before
     assert files.loc[name, "bytes"] == (quirky_folder / name).stat().st_size
+
+
+def test_a_corrupt_image_that_pillow_fails_on_oddly_is_skipped_not_fatal(tmp_path):
+    """Catches a decoder error that is not an OSError or ValueError (a truncated QOI image
+    raises IndexError in Pillow) ending the scan of the whole folder."""
+    from conftest import face_image, jpeg_bytes
+
+    for i, age in enumerate((30, 31, 32)):
+        (tmp_path / f"{age}_0_0_2017010100000000{i}.jpg.chip.jpg").write_bytes(
+            jpeg_bytes(face_image(i)))
+    truncated_qoi = b"qoif\x00\x00\x00\x08\x00\x00\x00\x08\x03"
+    (tmp_path / "40_0_0_20170101000000009.jpg.chip.jpg").write_bytes(truncated_qoi)
+    files, report = utkface.scan_folder(tmp_path)
+    assert len(files) == 3
+    assert [s["file"] for s in report.skipped] == ["40_0_0_20170101000000009.jpg.chip.jpg"]
+
+
+@pytest.mark.parametrize("make, error, words", [
+    (lambda p: None, FileNotFoundError, "No data folder"),
+    (lambda p: p.write_text("x"), ValueError, "is a file"),
+])
+def test_load_folder_of_a_missing_folder_or_a_file_says_what_to_give(tmp_path, home, make,
+                                                                     error, words):
+    """Catches the cached scan listing the folder before the scan's own checks, which
+    surfaced a bare OS error ('[Errno 2] No such file or directory') with no advice."""
+    from agelib.data import sources
+
+    make(tmp_path / "faces")
+    with pytest.raises(error, match=words):
+        sources.load_folder(tmp_path / "faces")
+
+
+def test_a_damaged_saved_scan_is_redone_not_fatal(quirky_folder, home):
+    """Catches a scan cache cut short (its report half written) failing every later load
+    until the user finds and deletes it: the scan is derived data, so it is made again."""
+    from agelib.data import sources
+
+    first = sources.load_folder(quirky_folder)
+    (meta,) = (home / "cache").glob("scan-*.json")
+    meta.write_text('{"folder": "qui')
+    again = sources.load_folder(quirky_folder)
+    pd.testing.assert_frame_equal(again.files, first.files)
+    assert again.report == first.report

@@ -141,11 +141,7 @@ def write_pack(samples: pd.DataFrame, images: np.ndarray, path: str | Path,
     tmp = path.with_suffix(".tmp")
     extra = extra or {}
     ids = list(samples["sha1"]) + list(extra)
-    blobs = []
-    for pixels in [*images, *extra.values()]:
-        buf = io.BytesIO()
-        Image.fromarray(np.asarray(pixels)).save(buf, "WEBP", quality=quality, method=4)
-        blobs.append(buf.getvalue())
+    blobs = [_webp(pixels, quality) for pixels in [*images, *extra.values()]]
     offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
     index = io.BytesIO()
     np.save(index, offsets)
@@ -163,7 +159,15 @@ def write_pack(samples: pd.DataFrame, images: np.ndarray, path: str | Path,
     return path
 
 
+def _webp(pixels: np.ndarray, quality: int) -> bytes:
+    """One image as WebP (``method=4``: mid-way in its speed/size trade, 0 fast .. 6 small)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(pixels)).save(buf, "WEBP", quality=quality, method=4)
+    return buf.getvalue()
+
+
 def _gzip_csv(table: pd.DataFrame) -> bytes:
+    """A table as gzip'd CSV; ``mtime=0`` so the same table always packs to the same bytes."""
     return gzip.compress(table.to_csv(index=False).encode(), mtime=0)
 
 
@@ -178,20 +182,7 @@ class Pack:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"No pack at '{self.path}'. Make one with `python -m agelib pack`.")
-        try:
-            self._tar = tarfile.open(self.path, "r")
-            names = set(self._tar.getnames())
-        except tarfile.TarError as err:
-            raise ValueError(f"'{self.path.name}' is not an agelib pack ({err}); "
-                             "make one with `python -m agelib pack`.") from None
-        if PACK_INFO not in names:
-            raise ValueError(f"'{self.path.name}' is not an agelib pack (no {PACK_INFO}); "
-                             "make one with `python -m agelib pack`.")
-        if not {PACK_TABLE, PACK_IDS, PACK_OFFSETS, PACK_IMAGES} <= names:
-            raise ValueError(f"'{self.path.name}' was written by an older agelib; make it again "
-                             "with `python -m agelib pack`.")
+        self._tar, names = self._open_tar()
         self.info = json.load(self._tar.extractfile(PACK_INFO))
         self.samples = pd.read_csv(self._tar.extractfile(PACK_TABLE), compression="gzip",
                                    dtype={"sha1": str, "file": str})
@@ -211,6 +202,26 @@ class Pack:
                 self.samples[column] = self.samples[column].astype("Int64")
         self._lock = threading.Lock()  # the seek-and-read fallback must not interleave
 
+    def _open_tar(self) -> tuple[tarfile.TarFile, set[str]]:
+        """The pack's tar and its member names; an error that says how to make a pack again
+        when the file is missing, is no pack, or lacks members this agelib reads."""
+        if not self.path.is_file():
+            raise FileNotFoundError(f"No pack at '{self.path}'. Make one with "
+                                    "`python -m agelib pack`.")
+        try:
+            tar = tarfile.open(self.path, "r")
+            names = set(tar.getnames())
+        except tarfile.TarError as err:
+            raise ValueError(f"'{self.path.name}' is not an agelib pack ({err}); "
+                             "make one with `python -m agelib pack`.") from None
+        if PACK_INFO not in names:
+            raise ValueError(f"'{self.path.name}' is not an agelib pack (no {PACK_INFO}); "
+                             "make one with `python -m agelib pack`.")
+        if not {PACK_TABLE, PACK_IDS, PACK_OFFSETS, PACK_IMAGES} <= names:
+            raise ValueError(f"'{self.path.name}' was written by an older agelib; make it again "
+                             "with `python -m agelib pack`.")
+        return tar, names
+
     def _read(self, start: int, size: int) -> bytes:
         """``size`` bytes of the images at ``start``, safe from threads and from forked
         DataLoader workers: forked processes share one file offset, so a seek in one
@@ -224,6 +235,8 @@ class Pack:
             return self._file.read(size)
 
     def open(self, sha1: str) -> Image.Image:
+        """The stored image of this content hash (a sample or a left-out copy), still encoded:
+        Pillow decodes it when the pixels are asked for."""
         i = self._row[sha1]
         start, end = int(self._offsets[i]), int(self._offsets[i + 1])
         return Image.open(io.BytesIO(self._read(start, end - start)))

@@ -56,18 +56,21 @@ def download_utkface(dest: str | Path, url: str = URL, archive: str | Path | Non
         raise FileNotFoundError(f"No archive at '{archive}': give the path of the "
                                 "UTKFace.tar.gz you downloaded.")
     print(LICENCE)
-    with tempfile.TemporaryDirectory(dir=_existing(dest)) as tmp:
+    with tempfile.TemporaryDirectory(dir=_made(dest)) as tmp:
         tmp = Path(tmp)
         path = Path(archive) if archive else _fetch(url, tmp / "UTKFace.tar.gz")
         unpacked = _unpack(path, tmp / "unpacked")
         _check(unpacked, min_images)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir():  # empty (checked above): moved onto, it would hold the images a
+            target.rmdir()  # level down, where nothing looks for them
         shutil.move(str(unpacked), target)
     print(f"UTKFace ready: {sum(1 for _ in target.iterdir())} files in {target.name}/")
     return target
 
 
-def _existing(dest: Path) -> Path:
+def _made(dest: Path) -> Path:
+    """``dest``, created if need be: the download is unpacked beside its final place, so the
+    move into it is a rename (no second copy of 100 MB, nothing half-moved)."""
     dest.mkdir(parents=True, exist_ok=True)
     return dest
 
@@ -114,14 +117,17 @@ def _check(folder: Path, min_images: int, what: str = "The archive") -> None:
     """The archive (or a folder already there) must hold enough labelled images; say what
     is wrong otherwise."""
     names = [f.name for f in folder.iterdir() if f.is_file()]
-    labelled = 0
-    for name in names:
-        try:
-            utkface.parse_name(name)
-            labelled += 1
-        except ValueError:
-            pass
+    labelled = sum(_is_labelled(name) for name in names)
     if labelled < min_images:
         raise RuntimeError(f"{what} holds {labelled} labelled images (of {len(names)} "
                            f"files); UTKFace has over {min_images}. The download is incomplete "
                            "or is another dataset.")
+
+
+def _is_labelled(name: str) -> bool:
+    """Whether a file name carries UTKFace labels (as every image of the archive's does)."""
+    try:
+        utkface.parse_name(name)
+    except ValueError:
+        return False
+    return True

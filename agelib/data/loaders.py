@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,11 @@ from torch import nn
 
 from .. import settings
 from . import splits as splits_
+
+if TYPE_CHECKING:  # fastai is imported when loaders are made: its import is slow and noisy
+    from fastai.data.core import DataLoaders
+
+    from .sources import Faces
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -105,15 +111,16 @@ class BatchTransform(nn.Module):
             if self.jitter:
                 x = self._brightness_contrast(x, generator)
             if self.grayscale:
-                grey = _to(torch.rand(x.shape[0], generator=generator), x.device) < self.grayscale
-                luma = (x * self.luma.to(x.device)).sum(1, keepdim=True)  # (B, 1, S, S)
-                x = torch.where(grey.view(-1, 1, 1, 1), luma.expand_as(x), x)
+                x = self._some_grey(x, generator)
         elif x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear",
                               antialias=True, align_corners=False)
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
-    def _random_crop_flip(self, x: torch.Tensor, generator) -> torch.Tensor:
+    def _random_crop_flip(self, x: torch.Tensor, generator: torch.Generator | None
+                          ) -> torch.Tensor:
+        """Each face cropped, shifted, flipped (and turned) at random: one affine matrix per
+        face, so the whole batch costs a single resampling of its pixels."""
         b = x.shape[0]
         rand = _to(torch.rand(b, 4, generator=generator), x.device)  # drawn on CPU: reproducible
         lo, hi = self.scale
@@ -132,13 +139,20 @@ class BatchTransform(nn.Module):
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
                              align_corners=False)  # (B, 3, size, size)
 
-    def _brightness_contrast(self, x: torch.Tensor, generator) -> torch.Tensor:
+    def _brightness_contrast(self, x: torch.Tensor, generator: torch.Generator | None
+                             ) -> torch.Tensor:
         """Each face's contrast (around its own mean grey) and brightness scaled by a
         factor in ``1 ± jitter``: lighting varies between photos, age does not."""
         factors = 1 + self.jitter * (2 * torch.rand(x.shape[0], 2, generator=generator) - 1)
         contrast, brightness = _to(factors, x.device).view(-1, 2, 1, 1, 1).unbind(1)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         return ((x - mean) * contrast + mean).mul(brightness).clamp(0, 1)
+
+    def _some_grey(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """A share ``grayscale`` of the faces turned grey (the rest as they are)."""
+        grey = _to(torch.rand(x.shape[0], generator=generator), x.device) < self.grayscale
+        luma = (x * self.luma.to(x.device)).sum(1, keepdim=True)  # (B, 1, S, S)
+        return torch.where(grey.view(-1, 1, 1, 1), luma.expand_as(x), x)
 
 
 class FaceLoader:
@@ -164,7 +178,7 @@ class FaceLoader:
         n = len(self.dataset)
         return n // self.bs if self.drop_last else -(-n // self.bs)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         self.epoch += 1
         n = len(self.dataset)
@@ -173,11 +187,11 @@ class FaceLoader:
         else:
             order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         transform = self.transform.to(self.device)
-        images_ = self.dataset.images
+        stored = self.dataset.images
         for start in range(0, len(self) * self.bs, self.bs):
             idx = order[start:start + self.bs]
             # resident images (already on the device) are indexed there: no host round trip
-            images = images_[_to(idx, images_.device)].to(self.device, non_blocking=True)
+            images = stored[_to(idx, stored.device)].to(self.device, non_blocking=True)
             ages = _to(self.dataset.ages[idx], self.device)
             yield transform(images, gen), ages
 
@@ -199,7 +213,8 @@ class FaceLoader:
             self.dataset.images = images.contiguous().pin_memory()
         return self
 
-    def to(self, device) -> "FaceLoader":
+    def to(self, device: torch.device | str) -> "FaceLoader":
+        """Send batches to ``device`` from now on (fastai's ``Learner`` asks, in place)."""
         self.device = torch.device(device)
         return self
 
@@ -213,7 +228,8 @@ class FaceLoader:
             setattr(other, key, value)
         return other
 
-    def one_batch(self):
+    def one_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first batch, as fastai's ``DataLoader`` gives it (to show or check a batch)."""
         return next(iter(self))
 
 
@@ -256,10 +272,12 @@ def balance_weights(ages: torch.Tensor, power: float, edges=(0, 10, 20, 30, 40, 
     return counts[band].pow(-float(power))
 
 
-def face_dataloaders(faces, split: pd.Series | None = None, mode: settings.RunMode | None = None,
-                     size: int | None = None, batch_size: int | None = None, seed: int = 0,
-                     device=None, with_test: bool = True, subset_seed: int = 0,
-                     resident: bool = True, balance: float = 0.0, **augment):
+def face_dataloaders(faces: Faces, split: pd.Series | None = None,
+                     mode: settings.RunMode | None = None, size: int | None = None,
+                     batch_size: int | None = None, seed: int = 0,
+                     device: torch.device | str | None = None, with_test: bool = True,
+                     subset_seed: int = 0, resident: bool = True, balance: float = 0.0,
+                     **augment) -> DataLoaders:
     """fastai ``DataLoaders`` (train, valid[, test]) for a dataset from ``load_faces``.
 
     ``split`` defaults to the standard protocol split (seed 0), whatever the

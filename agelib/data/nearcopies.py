@@ -14,9 +14,14 @@ test MAE.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 import torch
+
+if TYPE_CHECKING:
+    from .sources import Faces
 
 THUMB = 16  # side of the grey thumbnails compared
 MIN_CORR = 0.97  # every pair above it that chapter 01 shows is one photo
@@ -35,7 +40,7 @@ def thumbnails(images: np.ndarray) -> np.ndarray:
     return thumbs / np.maximum(np.linalg.norm(thumbs, axis=1, keepdims=True), 1e-6)
 
 
-def near_copies(faces, min_corr: float = MIN_CORR, neighbours: int = 5,
+def near_copies(faces: Faces, min_corr: float = MIN_CORR, neighbours: int = 5,
                 size: int = 32) -> pd.DataFrame:
     """Pairs of distinct images of ``faces`` that show the same photo.
 

@@ -17,7 +17,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,7 @@ from . import cache, splits, synthetic, utkface
 SYNTHETIC_N = 2000  # faces in the built-in synthetic set
 
 
-def image_fingerprint(sha1s) -> str:
+def image_fingerprint(sha1s: Iterable[str]) -> str:
     """Short hash of a set of images (their content hashes): what a run record's
     ``data_fingerprint`` holds, so a folder can be recognised as a model's training data."""
     return hashlib.sha1("\n".join(sorted(sha1s)).encode()).hexdigest()[:12]
@@ -97,10 +97,9 @@ class Faces:
     def split(self, seed: int = 0) -> pd.Series:
         """The standard train/valid/test split (by ``sha1``), reloaded when saved before."""
         path = settings.data_home() / "splits" / f"{self.name}-{self.fingerprint}-seed{seed}.csv"
-        if path.exists():
-            split = splits.load_split(path)
-            if set(split.index) == set(self.samples["sha1"]):
-                return split
+        saved = _saved_split(path)
+        if saved is not None and set(saved.index) == set(self.samples["sha1"]):
+            return saved
         split = splits.make_split(self.samples, seed=seed)
         splits.save_split(split, path)
         return split
@@ -117,13 +116,34 @@ class Faces:
                 f"{r.n_age_conflicts} age-conflicting images left out, {len(r.skipped)} skipped)")
 
 
+def _saved_split(path: Path) -> pd.Series | None:
+    """The split saved at ``path``, or None when there is none or it cannot be read.
+
+    A run cut short while saving leaves an empty file; stopping every later run on it would
+    help no one, as the split is drawn again from the same seed (and saved over it).
+    """
+    if not path.exists():
+        return None
+    try:
+        return splits.load_split(path)
+    except ValueError as err:  # pandas' EmptyDataError and ParserError are ValueErrors too
+        warnings.warn(f"The saved split '{path.name}' could not be read ({err}): it is drawn "
+                      "again from its seed and saved over it.", stacklevel=3)
+        return None
+
+
+def _asked_for(source: str | os.PathLike | None) -> str | os.PathLike | None:
+    """The data a caller asked for: ``source``, else the ``AGELIB_DATA`` setting."""
+    return source if source is not None else os.environ.get("AGELIB_DATA")
+
+
 def find_data(source: str | os.PathLike | None = None) -> Path | None:
     """Where the real data is: ``source``, else ``AGELIB_DATA``, else ``<data home>/UTKFace``.
 
     Returns None when nothing was asked for and nothing is at the default place.
     An explicit location that does not exist is an error, not a silent fallback.
     """
-    asked = source if source is not None else os.environ.get("AGELIB_DATA")
+    asked = _asked_for(source)
     if asked:
         path = Path(asked).expanduser()
         if (path / "UTKFace").is_dir():
@@ -146,8 +166,7 @@ def load_faces(source: str | os.PathLike | None = None, verbose: bool = True) ->
     labelled photos (``.csv``, see :func:`load_table`) or ``"synthetic"``; by
     default the ``AGELIB_DATA`` setting decides (see :func:`find_data`).
     """
-    asked = source if source is not None else os.environ.get("AGELIB_DATA")
-    if str(asked) == "synthetic":  # by name, as an argument or as AGELIB_DATA
+    if str(_asked_for(source)) == "synthetic":  # by name, as an argument or as AGELIB_DATA
         faces = load_synthetic()
     else:
         path = find_data(source)
@@ -174,7 +193,8 @@ def load_folder(folder: str | os.PathLike, name: str | None = None, real: bool =
     """
     folder = utkface.image_folder(folder)
     if name is None:
-        name = "UTKFace" if folder.resolve().name.lower() == "utkface" else folder.resolve().name
+        own_name = folder.resolve().name
+        name = "UTKFace" if own_name.lower() == "utkface" else own_name
     if (folder / synthetic.MARKER_NAME).exists():
         name, real = "synthetic", False
     files, report = _cached_scan(folder)
@@ -182,8 +202,7 @@ def load_folder(folder: str | os.PathLike, name: str | None = None, real: bool =
     if samples.empty:
         raise ValueError(f"No usable sample in '{folder.name}': every image was left out "
                          f"({report.n_age_conflicts} age conflicts). Check the folder.")
-    by_sha1 = dict(zip(files["sha1"], files["file"]))  # copies left out can be shown too
-    return Faces(name, real, samples, report, files, lambda sha1: Image.open(folder / by_sha1[sha1]))
+    return Faces(name, real, samples, report, files, _opener(folder, files))
 
 
 def load_table(table: str | os.PathLike | pd.DataFrame, root: str | os.PathLike | None = None,
@@ -210,27 +229,53 @@ def load_table(table: str | os.PathLike | pd.DataFrame, root: str | os.PathLike 
     >>> faces.report.skipped
     [{'file': 'img_2.png', 'reason': "age 'old' is not a whole number of years"}]
     """
-    if isinstance(table, pd.DataFrame):
-        rows, root = table, Path(root or ".")
-        name = name or root.resolve().name
-    else:
-        path = Path(table).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"No table of labels at '{path}': give a CSV with the "
-                                    "columns file and age (gender, race optional)")
-        try:
-            rows = pd.read_csv(path, dtype=str, keep_default_na=False)
-        except pd.errors.EmptyDataError:
-            raise ValueError(f"'{path}' is empty: give a CSV whose first line names its columns "
-                             "(file,age and optionally gender,race), then one line per photo"
-                             ) from None
-        root = Path(root) if root is not None else path.parent
-        name = name or path.parent.resolve().name
+    rows, root, name = _read_table(table, root, name)
     missing = {"file", "age"} - set(rows.columns)
     if missing:
         raise ValueError(f"The table of labels lacks the column(s) {sorted(missing)}: it needs "
                          f"file and age (gender, race optional); it has {list(rows.columns)}")
+    if rows.empty:
+        raise ValueError("The table of labels lists no photo: add one line per photo under its "
+                         "first line (file,age and optionally gender,race)")
     report = utkface.DataReport(folder=root.resolve().name, n_files=len(rows))
+    files = _inspect_table(rows, root, report)
+    if files.empty:
+        first = report.skipped[0]
+        raise ValueError(f"No usable image in the table: {len(report.skipped)} row(s) skipped, "
+                         f"e.g. {first['file']}: {first['reason']}")
+    report.n_readable = len(files)
+    report.modes = {str(k): int(v) for k, v in files["mode"].value_counts().items()}
+    samples = utkface.deduplicate(files, report)
+    if samples.empty:
+        raise ValueError(f"No usable sample in the table: every image was left out "
+                         f"({report.n_age_conflicts} copies that disagree on the age)")
+    return Faces(name, real, samples, report, files, _opener(root, files))
+
+
+def _read_table(table: str | os.PathLike | pd.DataFrame, root: str | os.PathLike | None,
+                name: str | None) -> tuple[pd.DataFrame, Path, str]:
+    """The rows of a table of labels, the folder its paths start from and the dataset's name
+    (both default to the CSV's folder, where the photos usually are)."""
+    if isinstance(table, pd.DataFrame):
+        root = Path(root or ".")
+        return table, root, name or root.resolve().name
+    path = Path(table).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"No table of labels at '{path}': give a CSV with the "
+                                "columns file and age (gender, race optional)")
+    try:
+        rows = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"'{path}' is empty: give a CSV whose first line names its columns "
+                         "(file,age and optionally gender,race), then one line per photo"
+                         ) from None
+    root = Path(root) if root is not None else path.parent
+    return rows, root, name or path.parent.resolve().name
+
+
+def _inspect_table(rows: pd.DataFrame, root: Path, report: utkface.DataReport) -> pd.DataFrame:
+    """The file table of the rows whose labels are valid and whose image decodes, checked as
+    a folder scan checks its files; every other row goes to ``report.skipped``."""
     labelled = []
     for row in rows.to_dict("records"):
         try:
@@ -245,20 +290,15 @@ def load_table(table: str | os.PathLike | pd.DataFrame, root: str | os.PathLike 
         except (ValueError, OSError) as err:
             reason = "no such file" if isinstance(err, FileNotFoundError) else str(err)
             report.skipped.append({"file": file, "reason": reason})
-    files = pd.DataFrame(files, columns=utkface.FILE_COLUMNS).astype({"gender": "Int64",
-                                                                      "race": "Int64"})
-    if files.empty:
-        first = report.skipped[0] if report.skipped else {"file": "-", "reason": "no rows"}
-        raise ValueError(f"No usable image in the table: {len(report.skipped)} row(s) skipped, "
-                         f"e.g. {first['file']}: {first['reason']}")
-    report.n_readable = len(files)
-    report.modes = {str(k): int(v) for k, v in files["mode"].value_counts().items()}
-    samples = utkface.deduplicate(files, report)
-    if samples.empty:
-        raise ValueError(f"No usable sample in the table: every image was left out "
-                         f"({report.n_age_conflicts} copies that disagree on the age)")
+    return pd.DataFrame(files, columns=utkface.FILE_COLUMNS).astype({"gender": "Int64",
+                                                                     "race": "Int64"})
+
+
+def _opener(root: Path, files: pd.DataFrame) -> Callable[[str], Image.Image]:
+    """Opens the original of a content hash, the copies left out of the samples too (the
+    chapters about the data show them)."""
     by_sha1 = dict(zip(files["sha1"], files["file"]))
-    return Faces(name, real, samples, report, files, lambda sha1: Image.open(root / by_sha1[sha1]))
+    return lambda sha1: Image.open(root / by_sha1[sha1])
 
 
 def _table_labels(row: dict) -> dict:
@@ -296,23 +336,27 @@ def load_pack(path: str | os.PathLike) -> Faces:
     The original folder's report and file table travel inside, when packed.
     """
     pack = cache.Pack(path)
-    samples = pack.samples
     real = bool(pack.info.get("real", False))
-    if pack.info.get("report"):
-        report = utkface.DataReport(**pack.info["report"])
-    else:
-        report = utkface.DataReport(folder=pack.path.name, n_files=len(samples),
-                                    n_readable=len(samples), n_images=len(samples),
-                                    n_used=len(samples), age_min=int(samples.age.min()),
-                                    age_max=int(samples.age.max()),
-                                    age_median=float(samples.age.median()))
     name = pack.info.get("name", "UTKFace" if real else "synthetic")
     name = f"{name} ({pack.info.get('size', '?')} px {pack.info.get('format', 'WebP')} pack)"
     # two packs of one dataset may differ in size or quality: their caches must not mix
     size = pack.info.get("size")
-    return Faces(name, real, samples, report, pack.files, pack.open,
+    return Faces(name, real, pack.samples, _pack_report(pack), pack.files, pack.open,
                  cache_source=f"{name} {pack.signature}",
                  stored_size=int(size) if str(size).isdigit() else None)
+
+
+def _pack_report(pack: cache.Pack) -> utkface.DataReport:
+    """The original folder's report when it was packed; else what the samples alone tell
+    (a pack made without one holds no skipped files or copies to count)."""
+    if pack.info.get("report"):
+        return utkface.DataReport(**pack.info["report"])
+    samples = pack.samples
+    return utkface.DataReport(folder=pack.path.name, n_files=len(samples),
+                              n_readable=len(samples), n_images=len(samples),
+                              n_used=len(samples), age_min=int(samples.age.min()),
+                              age_max=int(samples.age.max()),
+                              age_median=float(samples.age.median()))
 
 
 def write_faces_pack(faces: Faces, size: int, path: str | os.PathLike, quality: int = 80) -> Path:
@@ -339,15 +383,29 @@ def _size_and_time(entry: os.DirEntry) -> tuple[int, int]:
 
 def _cached_scan(folder: Path) -> tuple[pd.DataFrame, utkface.DataReport]:
     """``utkface.scan_folder``, reusing the saved result while the folder is unchanged."""
+    if not folder.is_dir():  # missing, or a file: the scan says so, and what to give instead
+        return utkface.scan_folder(folder)
     listing = sorted((e.name, *_size_and_time(e))
                      for e in os.scandir(folder) if not e.name.startswith("."))
     key = hashlib.sha1(repr((str(folder.resolve()), listing)).encode()).hexdigest()[:16]
     base = settings.data_home() / "cache" / f"scan-{key}"
     table, meta = base.with_suffix(".csv"), base.with_suffix(".json")
-    if table.exists() and meta.exists():
-        return utkface.read_files_table(table), utkface.DataReport(**json.loads(meta.read_text()))
+    saved = _saved_scan(table, meta)
+    if saved is not None:
+        return saved
     files, report = utkface.scan_folder(folder)
     base.parent.mkdir(parents=True, exist_ok=True)
     files.to_csv(table, index=False)
     meta.write_text(report.to_json())
     return files, report
+
+
+def _saved_scan(table: Path, meta: Path) -> tuple[pd.DataFrame, utkface.DataReport] | None:
+    """A scan saved by :func:`_cached_scan`, or None when there is none or it cannot be read
+    (cut short by a crash, or written by another agelib): scanning again loses nothing."""
+    if not (table.exists() and meta.exists()):
+        return None
+    try:
+        return utkface.read_files_table(table), utkface.DataReport(**json.loads(meta.read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None

@@ -11,11 +11,11 @@ identical split instead of re-drawing it.
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 SPLITS = ("train", "valid", "test")
@@ -23,7 +23,7 @@ SPLITS = ("train", "valid", "test")
 STRATA_EDGES = (0, 3, 7, 13, 18, 23, 27, 31, 36, 41, 46, 51, 56, 61, 66, 71, 81, 200)
 
 
-def age_strata(ages) -> np.ndarray:
+def age_strata(ages: ArrayLike) -> np.ndarray:
     """Index of each age's band in :data:`STRATA_EDGES`.
 
     >>> age_strata([0, 2, 3, 29, 80, 116]).tolist()

@@ -22,6 +22,7 @@ import statistics
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO
 
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
@@ -33,6 +34,7 @@ FILE_COLUMNS = ["file", "age", "gender", "race", "timestamp", "irregular",
 MAX_AGE = 116  # the oldest label UTKFace uses
 GENDERS = {0: "male", 1: "female"}
 RACES = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}
+_RACE_CODES = {str(r) for r in RACES}  # as a file name writes them
 
 
 @dataclass(frozen=True)
@@ -88,10 +90,10 @@ def parse_name(name: str) -> FaceLabels:
         raise fail(f"gender {parts[1]!r} is not 0 (male) or 1 (female)")
     race, timestamp = None, None
     if len(parts) == 4:
-        if parts[2] not in {str(r) for r in RACES}:
+        if parts[2] not in _RACE_CODES:
             raise fail(f"race {parts[2]!r} is not one of 0-4")
         race, timestamp = int(parts[2]), parts[3]
-    elif len(parts) == 3 and parts[2] in {str(r) for r in RACES}:  # "45_1_3.jpg": yours
+    elif len(parts) == 3 and parts[2] in _RACE_CODES:  # "45_1_3.jpg": yours
         race = int(parts[2])
         notes.append("timestamp missing")
     elif len(parts) == 3:  # UTKFace's own: a date and time where the race belongs
@@ -129,7 +131,8 @@ def inspect_image(path: Path) -> dict:
         raise ValueError("not an image Pillow can read") from None
     except Image.DecompressionBombError as err:  # a huge photo: say so, scan the rest
         raise ValueError(f"too large to decode safely: {err}") from None
-    except (OSError, SyntaxError, ValueError) as err:
+    except Exception as err:  # damaged bytes make Pillow's decoders raise all kinds (OSError,
+        # SyntaxError, a cut-short QOI file IndexError): each is this one file's problem
         raise ValueError(f"cannot decode: {err}") from None
     return {"sha1": hashlib.sha1(raw).hexdigest(), "width": width, "height": height,
             "mode": mode, "bytes": len(raw)}
@@ -199,6 +202,22 @@ def scan_folder(folder: str | Path, workers: int | None = None) -> tuple[pd.Data
     ValueError, with what to do, when the folder is missing or holds no images.
     """
     folder = image_folder(folder)
+    _check_is_folder(folder)
+    entries = sorted(e for e in os.listdir(folder) if not e.startswith("."))
+    report = DataReport(folder=folder.name, n_files=len(entries))
+    labelled = _labelled_entries(folder, entries, report)
+    if not labelled and not report.skipped:
+        raise ValueError(f"The data folder '{folder}' is empty. Put the UTKFace images there "
+                         "(`python -m agelib download`), or give the folder that holds them.")
+    files = _inspect_entries(folder, labelled, report, workers)
+    if files.empty:
+        raise ValueError(f"No usable image in '{folder}': {len(report.skipped)} file(s) skipped, "
+                         f"e.g. {report.skipped[0]['file']}: {report.skipped[0]['reason']}")
+    return files, report
+
+
+def _check_is_folder(folder: Path) -> None:
+    """Refuse a file or a missing folder, saying which folder a scan wants and where to get it."""
     if folder.is_file():
         raise ValueError(f"'{folder}' is a file: give the folder that holds the labelled "
                          "images (UTKFace-named, e.g. 26_1_0_20170116171048641.jpg.chip.jpg)")
@@ -207,31 +226,43 @@ def scan_folder(folder: str | Path, workers: int | None = None) -> tuple[pd.Data
             f"No data folder at '{folder}'. Get UTKFace with `python -m agelib download` "
             "(or see data/README.md), then give the folder of images: AGELIB_DATA for the "
             "chapters and `train`, the folder argument of `data`, --images for `evaluate`.")
-    entries = sorted(e for e in os.listdir(folder) if not e.startswith("."))
-    report = DataReport(folder=folder.name, n_files=len(entries))
-    candidates = []
-    for name in entries:
-        path = folder / name
+
+
+def _labelled_entries(folder: Path, names: list[str], report: DataReport
+                      ) -> list[tuple[str, FaceLabels]]:
+    """The entries worth opening, with the labels their names carry. Judged from the names
+    and the entries alone (cheap, no file read); every other entry goes to ``report.skipped``."""
+    labelled = []
+    for name in names:
         if not _is_utf8(name):  # bytes the file system could not decode: tables cannot hold it
             report.skipped.append({"file": name.encode("utf-8", "backslashreplace").decode(),
                                    "reason": "file name is not valid UTF-8: rename the file"})
-        elif path.is_symlink() and not path.exists():
-            report.skipped.append({"file": name, "reason": "a broken link: its target is "
-                                   "missing (or the link loops)"})
-        elif path.is_dir():
-            report.skipped.append({"file": name, "reason": "a folder, not an image (not scanned)"})
-        elif not name.lower().endswith(IMAGE_SUFFIXES):
-            report.skipped.append({"file": name, "reason": "not an image file name "
-                                   f"(expected one of {', '.join(IMAGE_SUFFIXES)})"})
-        else:
-            try:
-                candidates.append((name, parse_name(name)))
-            except ValueError as err:
-                report.skipped.append({"file": name, "reason": str(err)})
-    if not candidates and not report.skipped:
-        raise ValueError(f"The data folder '{folder}' is empty. Put the UTKFace images there "
-                         "(`python -m agelib download`), or give the folder that holds them.")
+            continue
+        try:
+            labelled.append((name, _entry_labels(folder / name)))
+        except ValueError as err:
+            report.skipped.append({"file": name, "reason": str(err)})
+    return labelled
 
+
+def _entry_labels(path: Path) -> FaceLabels:
+    """The labels of a folder entry that may be a labelled image (ValueError: why it is not)."""
+    if path.is_symlink() and not path.exists():
+        raise ValueError("a broken link: its target is missing (or the link loops)")
+    if path.is_dir():
+        raise ValueError("a folder, not an image (not scanned)")
+    if not path.name.lower().endswith(IMAGE_SUFFIXES):
+        raise ValueError(f"not an image file name (expected one of {', '.join(IMAGE_SUFFIXES)})")
+    return parse_name(path.name)
+
+
+def _inspect_entries(folder: Path, labelled: list[tuple[str, FaceLabels]], report: DataReport,
+                     workers: int | None) -> pd.DataFrame:
+    """The file table of the labelled entries that decode; the others go to ``report.skipped``.
+
+    Reading and decoding 20k files is the slow part of a scan, and mostly waiting on the
+    disk and on Pillow's C code, so threads share it.
+    """
     def check(item):
         name, labels = item
         try:
@@ -241,7 +272,7 @@ def scan_folder(folder: str | Path, workers: int | None = None) -> tuple[pd.Data
 
     rows = []
     with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
-        for name, labels, info, error in pool.map(check, candidates):
+        for name, labels, info, error in pool.map(check, labelled):
             if error:
                 report.skipped.append({"file": name, "reason": error})
                 continue
@@ -251,13 +282,11 @@ def scan_folder(folder: str | Path, workers: int | None = None) -> tuple[pd.Data
     files = pd.DataFrame(rows, columns=FILE_COLUMNS).astype({"race": "Int64"})
     report.n_readable = len(files)
     report.modes = {str(k): int(v) for k, v in files["mode"].value_counts().items()}
-    if files.empty:
-        raise ValueError(f"No usable image in '{folder}': {len(report.skipped)} file(s) skipped, "
-                         f"e.g. {report.skipped[0]['file']}: {report.skipped[0]['reason']}")
-    return files, report
+    return files
 
 
 def _is_utf8(name: str) -> bool:
+    """Whether a name from ``os.listdir`` can be written to a table (CSV, JSON) as it is."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:  # os.listdir keeps undecodable bytes as lone surrogates
@@ -265,7 +294,7 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
-def _most_common(values: pd.Series):
+def _most_common(values: pd.Series) -> int | None:
     """The most frequent non-missing value; None when values are missing or tied."""
     counts = values.dropna().value_counts()
     if counts.empty or (len(counts) > 1 and counts.iloc[0] == counts.iloc[1]):
@@ -312,19 +341,26 @@ def deduplicate(files: pd.DataFrame, report: DataReport | None = None) -> pd.Dat
         {"age": int, "gender": "Int64", "race": "Int64", "n_files": int})
     samples = samples.sort_values("file", ignore_index=True)
     if report is not None:
-        sizes = files.groupby("sha1").size()
-        report.n_images = int(len(sizes))
-        report.n_duplicate_groups = int((sizes > 1).sum())
-        report.n_duplicate_files = int((sizes - 1).sum())
-        report.n_age_conflicts, report.n_attribute_conflicts = n_age, n_attr
-        report.n_used = len(samples)
-        if len(samples):
-            report.age_min, report.age_max = int(samples.age.min()), int(samples.age.max())
-            report.age_median = float(statistics.median(samples.age))
+        _count_into(report, files, samples, n_age, n_attr)
     return samples
 
 
-def read_files_table(source) -> pd.DataFrame:
+def _count_into(report: DataReport, files: pd.DataFrame, samples: pd.DataFrame,
+                n_age_conflicts: int, n_attribute_conflicts: int) -> None:
+    """Fill in what deduplication found, so the report accounts for every file it merged
+    or left out."""
+    sizes = files.groupby("sha1").size()
+    report.n_images = int(len(sizes))
+    report.n_duplicate_groups = int((sizes > 1).sum())
+    report.n_duplicate_files = int((sizes - 1).sum())
+    report.n_age_conflicts, report.n_attribute_conflicts = n_age_conflicts, n_attribute_conflicts
+    report.n_used = len(samples)
+    if len(samples):
+        report.age_min, report.age_max = int(samples.age.min()), int(samples.age.max())
+        report.age_median = float(statistics.median(samples.age))
+
+
+def read_files_table(source: str | os.PathLike | IO[bytes]) -> pd.DataFrame:
     """A file table saved as CSV (by a folder scan's cache or inside a pack), read back
     with the dtypes :func:`scan_folder` gives it (empty notes stay empty strings)."""
     files = pd.read_csv(source, dtype={"file": str, "sha1": str, "timestamp": str,
