@@ -96,6 +96,7 @@ def test_save_and_load_round_trip(samples, tmp_path):
     assert loaded.index.name == "sha1"
     assert loaded.equals(split)
     assert loaded.name == "split"
+    assert [p.name for p in path.parent.iterdir()] == ["split.csv"]  # no partial file left
 
 
 @pytest.mark.parametrize("text", ["file,split\na,train\n", "sha1\na\n", "sha1,split,x\na,b,c\n"])

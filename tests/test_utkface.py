@@ -57,6 +57,7 @@ def test_parse_name_reads_a_short_third_field_as_the_race():
     ("1_0_0_2017_extra.jpg", "found 5 field(s)"),
     ("x_0_0_20170116174525125.jpg.chip.jpg", "age 'x' is not a whole number"),
     ("-3_0_0_20170116174525125.jpg.chip.jpg", "age '-3' is not a whole number"),
+    ("2\u00b2_0_0_20170116174525125.jpg.chip.jpg", "age '2\u00b2' is not a whole number"),
     ("130_0_0_20170101000000000.jpg.chip.jpg", "age 130 is above 116"),
     ("30_2_0_20170116174525125.jpg.chip.jpg", "gender '2' is not 0 (male) or 1 (female)"),
     ("30_0_7_20170116174525125.jpg.chip.jpg", "race '7' is not one of 0-4"),

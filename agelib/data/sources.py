@@ -312,7 +312,7 @@ def _table_labels(row: dict) -> dict:
             text = text.split(".")[0]
         if not text and field != "age":
             return None
-        if not text.isdigit() or not low <= int(text) <= high:
+        if not text.isdecimal() or not low <= int(text) <= high:
             raise ValueError(f"{field} {text!r} is not {what}")
         return int(text)
 
@@ -395,8 +395,11 @@ def _cached_scan(folder: Path) -> tuple[pd.DataFrame, utkface.DataReport]:
         return saved
     files, report = utkface.scan_folder(folder)
     base.parent.mkdir(parents=True, exist_ok=True)
-    files.to_csv(table, index=False)
-    meta.write_text(report.to_json())
+    for path, write in ((table, lambda f: files.to_csv(f, index=False)),
+                        (meta, lambda f: f.write_text(report.to_json()))):
+        partial = path.with_name(path.name + ".partial")  # whole or not at all
+        write(partial)
+        os.replace(partial, path)
     return files, report
 
 

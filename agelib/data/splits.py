@@ -11,6 +11,7 @@ identical split instead of re-drawing it.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -128,10 +129,16 @@ def fold_split(folds: pd.Series, fold: int, valid_fold: int | None = None) -> pd
 
 
 def save_split(split: pd.Series, path: str | Path) -> Path:
-    """Write a split as CSV (``sha1,split``), the form it is compared and reloaded in."""
+    """Write a split as CSV (``sha1,split``), the form it is compared and reloaded in.
+
+    Written whole or not at all (a temporary file renamed), so that a crash mid-write
+    never leaves half a split for the next run to read.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    split.rename_axis("sha1").reset_index().to_csv(path, index=False)
+    partial = path.with_name(path.name + ".partial")
+    split.rename_axis("sha1").reset_index().to_csv(partial, index=False)
+    os.replace(partial, path)
     return path
 
 

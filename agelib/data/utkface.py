@@ -81,7 +81,7 @@ def parse_name(name: str) -> FaceLabels:
 
     if len(parts) < 2 or len(parts) > 4:
         raise fail(f"found {len(parts)} field(s) separated by '_'")
-    if not parts[0].isdigit():
+    if not parts[0].isdecimal():
         raise fail(f"age {parts[0]!r} is not a whole number")
     age = int(parts[0])
     if age > MAX_AGE:
@@ -101,7 +101,7 @@ def parse_name(name: str) -> FaceLabels:
         timestamp = parts[2]
     else:
         notes.append("race and timestamp missing")
-    if timestamp is not None and not (timestamp.isdigit() and len(timestamp) == 17):
+    if timestamp is not None and not (timestamp.isdecimal() and len(timestamp) == 17):
         notes.append(f"timestamp of {len(timestamp)} characters")
     return FaceLabels(age, int(parts[1]), race, timestamp, "; ".join(notes))
 
