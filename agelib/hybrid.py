@@ -27,13 +27,19 @@ transformer tokens.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 import timm
 import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from torch import nn
+
+if TYPE_CHECKING:  # agelib.models builds hybrids; import it lazily at run time
+    from . import models
 
 BRIDGES = ("reshape", "project")
 CROSS_ATTENTION = ("none", "cells_to_tokens", "tokens_to_cells")
@@ -46,7 +52,7 @@ class HybridConfig:
     cnn: str = "convnext_tiny"  # timm ConvNeXt that makes the feature grid
     vit: str = "vit_tiny_patch16_224"  # timm ViT whose encoder blocks, class token and
     # position embeddings are reused (its patch embedding is not: the CNN replaces it)
-    bridge: str = "reshape"  # "reshape" (the paper's code) or "project" (1x1 conv, one token per cell)
+    bridge: str = "reshape"  # "reshape" (the paper's code) or "project" (1x1 conv, token per cell)
     multiscale: bool = False  # fuse ConvNeXt stages 2-4 (linear fusion) before the bridge
     cross_attention: str = "none"  # "cells_to_tokens": CNN cells query the encoded tokens;
     # "tokens_to_cells": tokens query the CNN cells before the encoder
@@ -65,6 +71,12 @@ class HybridConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _vit_args(c: HybridConfig) -> dict:
+    """The ViT settings ``c`` changes, as timm's keyword arguments (unset ones: the ViT's own)."""
+    return {k: v for k, v in {"embed_dim": c.vit_width, "num_heads": c.vit_heads,
+                              "depth": c.vit_depth}.items() if v is not None}
 
 
 #: Named configurations: ``models.ModelConfig(backbone="hybrid_paper")`` builds one.
@@ -121,7 +133,8 @@ class CrossAttention(nn.Module):
         def split(t: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, heads, N, D / heads)
             return t.unflatten(-1, (heads, -1)).transpose(1, 2)
 
-        q, k, v = split(F.linear(q, w_q, b_q)), split(F.linear(kv, w_k, b_k)), split(F.linear(kv, w_v, b_v))
+        q, k, v = (split(F.linear(q, w_q, b_q)), split(F.linear(kv, w_k, b_k)),
+                   split(F.linear(kv, w_v, b_v)))
         weights = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
         return a.out_proj((weights @ v).transpose(1, 2).flatten(2))
 
@@ -135,10 +148,8 @@ class ConvNeXtViT(nn.Module):
         stages = (1, 2, 3) if c.multiscale else (3,)
         self.cnn = timm.create_model(c.cnn, pretrained=pretrained, features_only=True,
                                      out_indices=stages, drop_path_rate=c.drop_path_rate)
-        vit_kwargs = {k: v for k, v in {"depth": c.vit_depth, "embed_dim": c.vit_width,
-                                        "num_heads": c.vit_heads}.items() if v is not None}
         vit = timm.create_model(c.vit, pretrained=pretrained, num_classes=0,
-                                drop_path_rate=c.drop_path_rate, **vit_kwargs)
+                                drop_path_rate=c.drop_path_rate, **_vit_args(c))
         channels = self.cnn.feature_info.channels()  # e.g. [192, 384, 768]
         reductions = self.cnn.feature_info.reduction()  # e.g. [8, 16, 32]
         self.width = width = vit.embed_dim
@@ -152,15 +163,7 @@ class ConvNeXtViT(nn.Module):
         self.cnn_grid = (side, side)
         if c.multiscale:  # linear fusion: each earlier stage, pooled and projected, is added
             self.fuse = nn.ModuleList(nn.Conv2d(ch, channels[-1], 1) for ch in channels[:-1])
-        if c.bridge == "reshape":
-            if channels[-1] % width:
-                raise ValueError(f"the reshape bridge needs CNN channels ({channels[-1]}) to be "
-                                 f"a multiple of the token width ({width})")
-            ratio = channels[-1] // width
-            grid = _factor_grid(ratio * side * side)  # 4 * 49 = 196 -> (14, 14)
-        else:
-            self.project = nn.Conv2d(channels[-1], width, 1)
-            grid = self.cnn_grid
+        grid = self._make_bridge(channels[-1], width, side)
         self.token_grid = grid  # (14, 14) for the paper's reshape, (7, 7) for the projection
         self.cls_token = vit.cls_token  # (1, 1, D)
         self.pos_embed = nn.Parameter(resample_abs_pos_embed(
@@ -170,6 +173,22 @@ class ConvNeXtViT(nn.Module):
         if c.cross_attention != "none":
             self.cell_proj = nn.Conv2d(channels[-1], width, 1)
             self.cross = CrossAttention(width, vit.blocks[0].attn.num_heads)
+
+    def _make_bridge(self, cnn_channels: int, width: int, side: int) -> tuple[int, int]:
+        """Build the bridge's layer, if it has one, and return the token grid it gives.
+
+        ``reshape`` has none: each cell's channels are cut into ``cnn_channels / width``
+        tokens, laid out on the squarest grid. ``project`` has a 1x1 convolution: one token
+        per cell, on the CNN's own grid.
+        """
+        if self.config.bridge == "reshape":
+            if cnn_channels % width:
+                raise ValueError(f"the reshape bridge needs CNN channels ({cnn_channels}) to be "
+                                 f"a multiple of the token width ({width})")
+            ratio = cnn_channels // width
+            return _factor_grid(ratio * side * side)  # 4 * 49 = 196 -> (14, 14)
+        self.project = nn.Conv2d(cnn_channels, width, 1)
+        return self.cnn_grid
 
     def cnn_map(self, x: torch.Tensor) -> torch.Tensor:
         """The (fused) last ConvNeXt map ``(B, C, h, w)``: Grad-CAM's spatial target."""
@@ -206,6 +225,7 @@ class ConvNeXtViT(nn.Module):
         return tokens
 
     def _cells(self, fmap: torch.Tensor) -> torch.Tensor:
+        """One token per CNN cell, projected to the token width: cross-attention's other side."""
         return self.cell_proj(fmap).flatten(2).transpose(1, 2)  # (B, h*w, D)
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = True) -> torch.Tensor:
@@ -239,11 +259,6 @@ PAPER_UNUSED_PARAMETERS = 192 * 1000 + 1000 + 2 * 768
 # (the ConvNeXt's stem and stages, the ViT's encoder). The hybrid's own parts (bridge
 # projection, fusion, cross-attention) and the age head start fresh.
 
-import typing  # noqa: E402  (this section's names for annotations only)
-
-if typing.TYPE_CHECKING:  # agelib.models builds hybrids; import it lazily at run time
-    from . import models
-
 
 def part_configs(config: models.ModelConfig) -> tuple[models.ModelConfig, models.ModelConfig]:
     """The ``(cnn, vit)`` model configs to train in stages 1 and 2 for a hybrid ``config``.
@@ -259,8 +274,7 @@ def part_configs(config: models.ModelConfig) -> tuple[models.ModelConfig, models
     from . import models
 
     c = _hybrid_config_of(config)
-    vit_args = {k: v for k, v in {"embed_dim": c.vit_width, "num_heads": c.vit_heads,
-                                  "depth": c.vit_depth}.items() if v is not None}
+    vit_args = _vit_args(c)
     base = config.to_dict()
     cnn = models.ModelConfig(**{**base, "backbone": c.cnn, "backbone_args": None})
     vit = models.ModelConfig(**{**base, "backbone": c.vit, "backbone_args": vit_args or None})
@@ -332,7 +346,7 @@ def _fit_pos_embed(pairs: dict, target: dict, grid: tuple[int, int]) -> list[str
     return resized
 
 
-def _as_age_model(source):
+def _as_age_model(source: models.AgeModel | str | os.PathLike) -> models.AgeModel:
     """An ``AgeModel`` from itself or from a checkpoint path."""
     from . import checkpoints
 
@@ -344,7 +358,7 @@ def _as_age_model(source):
     return source
 
 
-def _flat_children(module: nn.Module):
+def _flat_children(module: nn.Module) -> Iterator[tuple[str, str, nn.Module]]:
     """A model's parts named the way timm's ``features_only`` wrapper names them:
     the children of a top-level ``nn.Sequential`` are flattened (``stages.0`` -> ``stages_0``)."""
     for name, child in module.named_children():
@@ -395,8 +409,9 @@ def _vit_pairs(hybrid: ConvNeXtViT, source: nn.Module) -> tuple[dict, list[str]]
 
 
 def _what_fits(c: HybridConfig) -> str:
-    vit_args = {k: v for k, v in {"embed_dim": c.vit_width, "num_heads": c.vit_heads,
-                                  "depth": c.vit_depth}.items() if v is not None}
+    """The end of :func:`init_from_parts`' error: which part models would fit, and how to
+    train them, in Python and on the command line."""
+    vit_args = _vit_args(c)
     cli_args = "".join(f" --backbone-arg {k}={v}" for k, v in vit_args.items())
     return (f"Models that fit: cnn = ModelConfig({c.cnn!r}), vit = ModelConfig({c.vit!r}"
             + (f", backbone_args={vit_args}" if vit_args else "") + ") (the ViT may be deeper; "

@@ -133,6 +133,7 @@ def age_to_class(ages: Tensor, num_classes: int, min_age: int = 0) -> Tensor:
 
 
 def _class_targets(ages: Tensor, num_classes: int, min_age: int) -> Tensor:
+    """The class indices a loss trains towards: unlike :func:`age_to_class`, never clipped."""
     _check_range(ages, num_classes, min_age)
     return age_to_class(ages, num_classes, min_age)
 
@@ -202,10 +203,9 @@ def adaptive_loss(pred: Tensor, ages: Tensor, s: float = 2.0) -> Tensor:
     MSE); for ``|e| >> s`` it grows like ``(1 + s)|e|``: its gradient is bounded by
     ``1 + s`` (3 at s = 2), so a mislabelled face pulls with a bounded force, as under L1
     and unlike MSE, though up to ``1 + s`` times L1's. ``s`` (years) sets where one
-    turns into the other. The
-    robust regression loss of Maroun, Bekhouche and Dornaika, *Integrating ConvNeXt
-    and Vision Transformers for Enhancing Facial Age Estimation* (CVIU 2025, arXiv
-    2511.00123), written as the course defines it.
+    turns into the other. The robust regression loss of Maroun, Bekhouche and
+    Dornaika, *Integrating ConvNeXt and Vision Transformers for Enhancing Facial Age
+    Estimation* (CVIU 2025, arXiv 2511.00123), written as the course defines it.
 
     >>> adaptive_loss(torch.tensor([20.0, 32.0]), torch.tensor([20.0, 30.0]))  # (0 + 3·4/4) / 2
     tensor(1.5000)
@@ -250,7 +250,11 @@ def ldl_loss(logits: Tensor, ages: Tensor, sigma: float = 2.0, min_age: int = 0,
     return F.kl_div(F.log_softmax(logits, dim=1), target, reduction="batchmean")
 
 
-def _mean_and_probs(logits: Tensor, min_age: int) -> tuple[Tensor, Tensor, Tensor]:
+def _softmax_over_ages(logits: Tensor, min_age: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The softmax ``p``, the class ages ``j`` and the mean age ``Σ p_j j``, in that order.
+
+    DEX's decoder and the mean-variance and mean-residue losses share them.
+    """
     probs = logits.softmax(dim=1)  # (B, K)
     class_ages = min_age + torch.arange(logits.shape[1], device=logits.device,
                                         dtype=probs.dtype)  # (K,)
@@ -279,7 +283,7 @@ def mean_variance_loss(logits: Tensor, ages: Tensor, lambda_mean: float = 0.2,
     logits, ages = _check_logits(logits, ages, "classification")
     k = _check_columns(logits, num_classes, "classification")
     ce = F.cross_entropy(logits, _class_targets(ages, k, min_age))
-    probs, class_ages, mean = _mean_and_probs(logits, min_age)
+    probs, class_ages, mean = _softmax_over_ages(logits, min_age)
     mean_loss = ((mean - ages) ** 2 / 2).mean()
     variance = (probs * (class_ages[None, :] - mean[:, None]) ** 2).sum(1)  # (B,)
     return ce + lambda_mean * mean_loss + lambda_var * variance.mean()
@@ -317,7 +321,7 @@ def mean_residue_loss(logits: Tensor, ages: Tensor, lambda_mean: float = 0.2,
     k = _check_columns(logits, num_classes, "classification")
     classes = _class_targets(ages, k, min_age)  # (B,)
     ce = F.cross_entropy(logits, classes)
-    probs, _, mean = _mean_and_probs(logits, min_age)
+    probs, _, mean = _softmax_over_ages(logits, min_age)
     mean_loss = ((mean - ages) ** 2 / 2).mean()
     with torch.no_grad():  # which classes count as "the tail" is a choice, not a gradient path
         if top_k is None:
@@ -333,6 +337,16 @@ def mean_residue_loss(logits: Tensor, ages: Tensor, lambda_mean: float = 0.2,
 
 
 # --------------------------------------------------------------------------- ordinal
+def _binary_log_likelihood(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-task log-likelihood of 0/1 ``labels`` under ``σ(logits)``, shape of ``logits``.
+
+    ``log σ(x)`` for a 1, ``log(1 - σ(x)) = log σ(x) - x`` for a 0: stable for large ``|x|``,
+    where ``log(1 - sigmoid(x))`` would be ``log 0``.
+    """
+    log_p = F.logsigmoid(logits)
+    return log_p * labels + (log_p - logits) * (1 - labels)
+
+
 def coral_loss_from_levels(logits: Tensor, levels: Tensor,
                            importance_weights: Tensor | None = None) -> Tensor:
     """CORAL's loss on extended binary labels, as ``coral_pytorch.losses.coral_loss``.
@@ -352,8 +366,7 @@ def coral_loss_from_levels(logits: Tensor, levels: Tensor,
                          "have the same shape (B, K-1)")
     logits = _float32_or_wider(logits)
     levels = levels.to(logits.dtype)
-    # log σ(x) for a 1, log(1 - σ(x)) = log σ(x) - x for a 0: stable for large |x|
-    term = F.logsigmoid(logits) * levels + (F.logsigmoid(logits) - logits) * (1 - levels)
+    term = _binary_log_likelihood(logits, levels)  # (B, K-1)
     if importance_weights is not None:
         term = term * importance_weights  # (B, K-1) * (K-1,)
     return -term.sum(dim=1).mean()
@@ -396,7 +409,7 @@ def corn_loss(logits: Tensor, ages: Tensor, min_age: int = 0,
     ranks = torch.arange(k - 1, device=logits.device)  # (K-1,)
     used = classes[:, None] >= ranks[None, :]  # (B, K-1): sample i takes part in task k
     labels = (classes[:, None] > ranks[None, :]).float()  # (B, K-1)
-    term = F.logsigmoid(logits) * labels + (F.logsigmoid(logits) - logits) * (1 - labels)
+    term = _binary_log_likelihood(logits, labels)  # (B, K-1)
     return -(term * used).sum() / used.sum()  # task 0 uses every sample: never 0/0
 
 
@@ -416,7 +429,7 @@ def expected_age(logits: Tensor, min_age: int = 0) -> Tensor:
     >>> expected_age(torch.log(torch.tensor([[0.25, 0.5, 0.25], [0.0, 0.5, 0.5]])), min_age=10)
     tensor([11.0000, 11.5000])
     """
-    return _mean_and_probs(_float32_or_wider(logits), min_age)[2]  # (B,)
+    return _softmax_over_ages(_float32_or_wider(logits), min_age)[2]  # (B,)
 
 
 def argmax_age(logits: Tensor, min_age: int = 0) -> Tensor:
@@ -540,7 +553,8 @@ def loss_output_kind(name: str) -> str:
     return LOSS_OUTPUT_KINDS[name]
 
 
-def get_loss(name: str, head=None, **kwargs) -> Callable[[Tensor, Tensor], Tensor]:
+def get_loss(name: str, head: torch.nn.Module | None = None,
+             **kwargs) -> Callable[[Tensor, Tensor], Tensor]:
     """The loss called ``name`` with its settings fixed: ``loss(output, ages) -> scalar``.
 
     Unknown names and unknown settings raise ``ValueError`` now, listing the valid

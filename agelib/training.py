@@ -20,6 +20,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ with warnings.catch_warnings():  # fastai's import warns about torch.jit; not ou
     from fastai.learner import AvgLoss, AvgSmoothLoss, Learner, Recorder
     from fastai.torch_core import find_bs
     from fastai.optimizer import OptimWrapper
+
+if TYPE_CHECKING:
+    from fastai.data.core import DataLoader, DataLoaders
 
 SCHEDULES = ("one_cycle", "warmup_cosine", "constant")
 
@@ -78,12 +82,8 @@ class TrainConfig:
             self.model = models.ModelConfig.from_dict(self.model)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
-        if self.init_from is not None and (not self.init_from or set(self.init_from) - {"cnn", "vit"}):
-            raise ValueError(f"init_from takes 'cnn' and/or 'vit' checkpoints, not {self.init_from}")
-        if self.init_from and self.model.backbone not in hybrid.HYBRIDS:
-            raise ValueError(f"starting from trained parts (init_from; --init-cnn, --init-vit) "
-                             f"needs a hybrid model, not {self.model.backbone}; the hybrids: "
-                             f"{', '.join(sorted(hybrid.HYBRIDS))}")
+        if self.init_from is not None:
+            self._check_init_from()
         if self.distill_alpha < 0:
             raise ValueError(f"distill_alpha must be >= 0, not {self.distill_alpha}")
         losses.get_loss(self.loss)  # unknown loss names fail here, listing the valid ones
@@ -94,7 +94,18 @@ class TrainConfig:
                              f"{self.model.head} head; pick a matching pair (losses for a "
                              f"{self.model.head} head: {', '.join(suits)})")
 
+    def _check_init_from(self) -> None:
+        """Trained parts are a ConvNeXt and a ViT, and only a hybrid has room for them."""
+        if not self.init_from or set(self.init_from) - {"cnn", "vit"}:
+            raise ValueError(f"init_from takes 'cnn' and/or 'vit' checkpoints, "
+                             f"not {self.init_from}")
+        if self.model.backbone not in hybrid.HYBRIDS:
+            raise ValueError(f"starting from trained parts (init_from; --init-cnn, --init-vit) "
+                             f"needs a hybrid model, not {self.model.backbone}; the hybrids: "
+                             f"{', '.join(sorted(hybrid.HYBRIDS))}")
+
     def to_dict(self) -> dict:
+        """Plain values (the model config too), as records and checkpoints store them."""
         d = asdict(self)
         d["model"] = self.model.to_dict()
         return d
@@ -119,7 +130,8 @@ class KeepBestEpoch(TrackerCallback):
         self.epochs_run = self.epoch + 1
         if self.new_best:
             self.best_epoch = self.epoch
-            self.best_state = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
+            weights = self.learn.model.state_dict()
+            self.best_state = {k: v.detach().clone() for k, v in weights.items()}
         elif self.patience is not None and self.epoch - self.best_epoch >= self.patience:
             raise CancelFitException()
 
@@ -188,12 +200,12 @@ class LossesOnDevice(Callback):
         self._losses_to_floats()
 
     def _losses_to_floats(self):
-        losses = getattr(getattr(self.learn, "recorder", None), "losses", None)
-        new = [i for i, v in enumerate(losses or []) if torch.is_tensor(v)]
+        history = getattr(getattr(self.learn, "recorder", None), "losses", None)
+        new = [i for i, v in enumerate(history or []) if torch.is_tensor(v)]
         if new:  # the tensors are the latest values, after the floats: one copy for all
-            floats = torch.stack([losses[i] for i in new]).float().cpu().tolist()
+            floats = torch.stack([history[i] for i in new]).float().cpu().tolist()
             for i, v in zip(new, floats):
-                losses[i] = v
+                history[i] = v
 
 
 class _LossText:
@@ -253,8 +265,9 @@ def _interactive() -> bool:
     return "ipykernel" in sys.modules or sys.stdout.isatty()
 
 
-def make_learner(dls, model: models.AgeModel, loss: str, lr: float = 1e-3,
-                 weight_decay: float = 0.05, mixed_precision: bool = True, **loss_kwargs) -> Learner:
+def make_learner(dls: DataLoaders, model: models.AgeModel, loss: str, lr: float = 1e-3,
+                 weight_decay: float = 0.05, mixed_precision: bool = True,
+                 **loss_kwargs) -> Learner:
     """A fastai ``Learner`` for an age model: AdamW, per-sample MAE and CS@5 metrics."""
     if losses.loss_output_kind(loss) != "regression" and not hasattr(model.head, "min_age"):
         loss_kwargs.setdefault("min_age", (model.config or models.ModelConfig()).min_age)
@@ -263,9 +276,9 @@ def make_learner(dls, model: models.AgeModel, loss: str, lr: float = 1e-3,
     opt = partial(OptimWrapper, opt=torch.optim.AdamW, weight_decay=weight_decay,
                   **({"fused": True} if on_cuda else {}))
     learn = AgeLearner(dls, model, loss_func=loss_func, opt_func=opt, lr=lr,
-                    metrics=metrics.fastai_metrics(model.head.to_age), wd=None,
-                    cbs=[LossesOnDevice()],
-                    path=settings.data_home() / "fastai")  # lr_find's scratch files go there
+                       metrics=metrics.fastai_metrics(model.head.to_age), wd=None,
+                       cbs=[LossesOnDevice()],
+                       path=settings.data_home() / "fastai")  # lr_find's scratch files go there
     if any(isinstance(cb, ProgressCallback) for cb in learn.cbs):  # same bar, no sync
         learn.remove_cb(ProgressCallback).add_cb(ProgressWithoutSync())
     if mixed_precision and on_cuda:
@@ -308,7 +321,8 @@ class FlipInputs(Callback):
         self.learn.xb = tuple(x.flip(-1) for x in self.learn.xb)
 
 
-def raw_outputs(learn: Learner, dl, cbs: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def raw_outputs(learn: Learner, dl: DataLoader,
+                cbs: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's raw outputs (logits for class/ordinal heads) and the true ages, in order."""
     # get_preds runs before_fit, which empties the Recorder: keep the training history
     recorder = getattr(learn, "recorder", None)
@@ -322,7 +336,8 @@ def raw_outputs(learn: Learner, dl, cbs: list | None = None) -> tuple[torch.Tens
             setattr(recorder, k, v)
 
 
-def predict_ages(learn: Learner, dl, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def predict_ages(learn: Learner, dl: DataLoader,
+                 flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Predicted and true ages for every sample of ``dl``, in order (for a bare model on
     an array of images, see :func:`agelib.inference.predict_ages`).
 
@@ -351,6 +366,8 @@ def start_at_mean(model: models.AgeModel, train_ages: torch.Tensor) -> None:
 
 @dataclass
 class TrainResult:
+    """What a run leaves behind: its record, its test predictions and the trained model."""
+
     learn: Learner | None  # None when the model came from a cached checkpoint
     record: dict
     checkpoint: Path | None
@@ -360,10 +377,12 @@ class TrainResult:
     test_sha1: list[str] | None = None  # which face each test prediction is for
 
 
-def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | None = None,
+def train_age_model(config: TrainConfig, faces: data_.Faces | None = None,
+                    mode: settings.RunMode | None = None,
                     checkpoint: str | Path | None = None, save_record: bool = True,
-                    device=None, verbose: bool = True, init=None, cbs: list | None = None,
-                    cache: bool = False) -> TrainResult:
+                    device: torch.device | str | None = None, verbose: bool = True,
+                    init: Callable[[models.AgeModel], None] | None = None,
+                    cbs: list | None = None, cache: bool = False) -> TrainResult:
     """Train, select on validation, test once, save a checkpoint and a run record.
 
     ``init(model)`` runs on the fresh model before training (e.g. initialising a
@@ -379,9 +398,7 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
                          "settings would get this model. Drop cache=True (and give the run its "
                          "own variant= so its record says what changed).")
     mode = mode or settings.run_mode()
-    epochs = config.epochs = config.epochs or mode.epochs  # resolved, so records say what ran
-    size = config.image_size = config.image_size or mode.image_size
-    batch_size = config.batch_size = config.batch_size or mode.batch_size
+    _resolved(config, mode)  # in place, so records say what ran
     device = torch.device(device) if device is not None else settings.get_device()  # "cpu" too
     settings.seed_everything(config.seed)
     faces = faces if faces is not None else data_.load_faces(verbose=verbose)
@@ -390,12 +407,12 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
     split = faces.split(config.split_seed)
     # the smoke subsets follow the split seed, so every training seed sees the same faces;
     # shuffling and augmentation follow the training seed
-    dls = data_.face_dataloaders(faces, split, mode=mode, size=size, batch_size=batch_size,
-                                 seed=config.seed, subset_seed=config.split_seed, device=device,
+    dls = data_.face_dataloaders(faces, split, mode=mode, size=config.image_size,
+                                 batch_size=config.batch_size, seed=config.seed,
+                                 subset_seed=config.split_seed, device=device,
                                  balance=config.balance, scale=config.augment_scale,
                                  flip=config.flip, grayscale=config.grayscale,
                                  rotate=config.rotate, jitter=config.jitter)
-    config.model.img_size = size  # ViTs and hybrids are built for the run's image size
     requested = config.to_dict()  # what was asked for: how a later run finds this one
     model = models.create_model(config.model)
     # what ran, for the record: building may switch pretrained off (offline, smoke mode) or
@@ -405,49 +422,31 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
     ran.model = model.config
     if model.head.kind == "regression" and ran.model.age_range is None:
         start_at_mean(model, dls.train.dataset.ages)
-    init_report = None
-    if config.init_from:  # the three-stage recipe: start from trained parts
-        done = hybrid.init_from_parts(model, **{k: find_checkpoint(v)
-                                               for k, v in config.init_from.items()})
-        backbone_fresh = sorted(k for k in done["left_at_init"] if k.startswith("backbone."))
-        init_report = {"copied": len(done["copied"]), "resized": sorted(done["resized"]),
-                       "backbone_left_at_init": backbone_fresh}  # the head always starts fresh
-        if verbose:
-            print(f"init from parts: {init_report['copied']} tensors copied; resized: "
-                  f"{init_report['resized'] or 'none'}; backbone left at init: "
-                  f"{backbone_fresh or 'none'}")
+    init_report = _start_from_parts(model, config.init_from, verbose) if config.init_from else None
     if init is not None:
         init(model)
     model = speed_up(model, device, config.channels_last, config.compile)
     learn = make_learner(dls, model, config.loss, config.lr, config.weight_decay,
                          config.mixed_precision)
     keep = KeepBestEpoch(patience=config.patience)
-    cbs = [keep] + list(cbs or [])
-    if config.distill_from:
-        cbs.append(distill.DistillFromTeacher(find_checkpoint(config.distill_from),
-                                              config.distill_alpha, flip=config.distill_flip))
     live = verbose and _interactive()  # headless (logs, CI): one text line per epoch instead
-    if verbose and not live:
-        cbs.append(EpochLine())
-    start = time.perf_counter()
-    with (contextlib.nullcontext() if live else learn.no_bar()), \
-         (contextlib.nullcontext() if live else learn.no_logging()):
-        fit(learn, epochs, config.lr, config.schedule, config.warmup, cbs=cbs)
-    seconds = time.perf_counter() - start
+    run_cbs = _run_callbacks(config, keep, cbs, epoch_lines=verbose and not live)
+    seconds = _timed_fit(learn, config, run_cbs, live)
     valid_pred, valid_true = predict_ages(learn, dls.valid)
-    test_pred, test_true = predict_ages(learn, dls[2])
-    flip_pred, _ = predict_ages(learn, dls[2], flip=True)
+    test_dl = dls[2]
+    test_pred, test_true = predict_ages(learn, test_dl)
+    flip_pred, _ = predict_ages(learn, test_dl, flip=True)
     record = records.make_record(
-        config=ran, faces=faces, mode=mode, device=device, epochs=epochs, image_size=size,
-        batch_size=batch_size, best_epoch=keep.best_epoch, epochs_run=keep.epochs_run,
-        seconds=seconds,
+        config=ran, faces=faces, mode=mode, device=device, epochs=config.epochs,
+        image_size=config.image_size, batch_size=config.batch_size, best_epoch=keep.best_epoch,
+        epochs_run=keep.epochs_run, seconds=seconds,
         params=models.count_parameters(model), n_train=len(dls.train.dataset),
         valid=(valid_pred, valid_true), test=(test_pred, test_true), test_flip=flip_pred)
     if requested != record["config"]:
         record["requested_config"] = requested  # recorded_run matches on this
     if init_report is not None:
         record["init_report"] = init_report  # what the three-stage start did and did not set
-    test_sha1 = dls[2].dataset.table["sha1"].tolist()
+    test_sha1 = test_dl.dataset.table["sha1"].tolist()
     predictions = records.predictions_table(test_sha1, test_true, test_pred)
     path = None
     if checkpoint is not None:  # the test predictions travel with the weights, full keys
@@ -459,16 +458,65 @@ def train_age_model(config: TrainConfig, faces=None, mode: settings.RunMode | No
     return TrainResult(learn, record, path, test_pred, test_true, learn.model.eval(), test_sha1)
 
 
+def _start_from_parts(model: models.AgeModel, init_from: dict, verbose: bool) -> dict:
+    """Stage 3 of the hybrid recipe: copy the trained parts in, and report what they set.
+
+    The run record keeps the report, so a reader sees which tensors came from the parts,
+    which were resized to another grid, and which backbone parts (bridge, fusion,
+    cross-attention) started from random weights all the same.
+    """
+    done = hybrid.init_from_parts(model, **{k: find_checkpoint(v) for k, v in init_from.items()})
+    backbone_fresh = sorted(k for k in done["left_at_init"] if k.startswith("backbone."))
+    report = {"copied": len(done["copied"]), "resized": sorted(done["resized"]),
+              "backbone_left_at_init": backbone_fresh}  # the head always starts fresh
+    if verbose:
+        print(f"init from parts: {report['copied']} tensors copied; resized: "
+              f"{report['resized'] or 'none'}; backbone left at init: "
+              f"{backbone_fresh or 'none'}")
+    return report
+
+
+def _run_callbacks(config: TrainConfig, keep: KeepBestEpoch, extra: list | None,
+                   epoch_lines: bool) -> list:
+    """The run's fastai callbacks: the best-epoch keeper first, then the caller's, then the
+    teacher that ``config.distill_from`` names and the per-epoch text line."""
+    cbs = [keep] + list(extra or [])
+    if config.distill_from:
+        cbs.append(distill.DistillFromTeacher(find_checkpoint(config.distill_from),
+                                              config.distill_alpha, flip=config.distill_flip))
+    if epoch_lines:
+        cbs.append(EpochLine())
+    return cbs
+
+
+def _timed_fit(learn: Learner, config: TrainConfig, cbs: list, live: bool) -> float:
+    """Fit as ``config`` says and return the seconds it took.
+
+    Unless ``live``, fastai's progress bar and results table are switched off: in a log
+    they are noise (:class:`EpochLine` prints one line per epoch there instead).
+    """
+    start = time.perf_counter()
+    with contextlib.ExitStack() as quiet:
+        if not live:
+            quiet.enter_context(learn.no_bar())
+            quiet.enter_context(learn.no_logging())
+        fit(learn, config.epochs, config.lr, config.schedule, config.warmup, cbs=cbs)
+    return time.perf_counter() - start
+
+
 def _resolved(config: TrainConfig, mode: settings.RunMode) -> TrainConfig:
-    """The config with the run mode's defaults filled in, as the run will record it."""
+    """``config`` itself, its unset sizes filled in from the run mode, as the run records them.
+
+    In place: the caller's config then says what ran (how many epochs, at which size).
+    """
     config.epochs = config.epochs or mode.epochs
     config.image_size = config.image_size or mode.image_size
     config.batch_size = config.batch_size or mode.batch_size
-    config.model.img_size = config.image_size
+    config.model.img_size = config.image_size  # ViTs and hybrids are built for the run's size
     return config
 
 
-def cached_checkpoint(config: TrainConfig, faces, mode: settings.RunMode) -> Path:
+def cached_checkpoint(config: TrainConfig, faces: data_.Faces, mode: settings.RunMode) -> Path:
     """Where :func:`load_or_train` keeps the model of this config, mode and data."""
     settings_ = {k: v for k, v in _resolved(config, mode).to_dict().items()
                  if k not in ("tag", "variant")}  # labels, not settings: chapters share models
@@ -490,8 +538,8 @@ def note_reuse(record: dict) -> None:
             f.write(f"{record.get('date') or ''}\n")
 
 
-def recorded_run(config: TrainConfig, faces, mode: settings.RunMode | None = None,
-                 device=None) -> dict | None:
+def recorded_run(config: TrainConfig, faces: data_.Faces, mode: settings.RunMode | None = None,
+                 device: torch.device | str | None = None) -> dict | None:
     """The latest run record of exactly this run, or None if it was never recorded.
 
     "Exactly" means the same settings (labels included), mode, data and device.
@@ -500,8 +548,6 @@ def recorded_run(config: TrainConfig, faces, mode: settings.RunMode | None = Non
     that was recorded need not train again. Unlike :func:`load_or_train` it needs
     no checkpoint, only the record, which is what survives a GPU session.
     """
-    import copy
-
     mode = mode or settings.run_mode()
     wanted = _config_key(_resolved(copy.deepcopy(config), mode).to_dict())
     here = records.device_name(torch.device(device) if device else settings.get_device())
@@ -524,8 +570,9 @@ def _config_key(config: dict) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
-def load_or_train(config: TrainConfig, faces=None, mode: settings.RunMode | None = None,
-                  verbose: bool = False, device=None) -> TrainResult:
+def load_or_train(config: TrainConfig, faces: data_.Faces | None = None,
+                  mode: settings.RunMode | None = None, verbose: bool = False,
+                  device: torch.device | str | None = None) -> TrainResult:
     """The trained model of ``config``: loaded if this exact run was done before, else trained.
 
     Later chapters (Grad-CAM, errors, the demo) reuse the models of earlier ones

@@ -180,6 +180,20 @@ def test_predict_age_uses_eval_mode_and_restores_the_previous_mode():
     assert not any(m.training for m in model.modules())
 
 
+def test_predict_age_puts_each_layer_back_in_its_own_mode_even_when_the_forward_fails():
+    """A layer held in evaluation mode on purpose (a frozen batch norm) stays there, and a
+    forward pass that fails does not leave a model in training in evaluation mode."""
+    model = tiny_model().train()
+    frozen = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).eval()
+    modes = {name: m.training for name, m in model.named_modules()}
+    model.predict_age(images())
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    with pytest.raises(RuntimeError):
+        model.predict_age(torch.randn(B, 5, SIDE, SIDE))  # five channels: the stem refuses them
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert model.training and not frozen.training
+
+
 def test_batch_norm_statistics_do_not_move_during_predict_age():
     model = tiny_model().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
