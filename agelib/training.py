@@ -84,8 +84,7 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
         if self.init_from is not None:
             self._check_init_from()
-        if self.distill_alpha < 0:
-            raise ValueError(f"distill_alpha must be >= 0, not {self.distill_alpha}")
+        self._check_numbers()
         losses.get_loss(self.loss)  # unknown loss names fail here, listing the valid ones
         kind = losses.loss_output_kind(self.loss)
         if kind != self.model.head:
@@ -93,6 +92,25 @@ class TrainConfig:
             raise ValueError(f"loss {self.loss!r} needs a {kind} head, but the model has a "
                              f"{self.model.head} head; pick a matching pair (losses for a "
                              f"{self.model.head} head: {', '.join(suits)})")
+
+    def _check_numbers(self) -> None:
+        """Refuse a setting outside its range now, not as a silently odd run hours later
+        (a warmup of 1.5 or a jitter of 2 trains without complaint, on nonsense)."""
+        lo, hi = self.augment_scale
+        rules = [("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                 ("warmup", 0 <= self.warmup < 1, "a share of the steps, from 0 to below 1"),
+                 ("augment_scale", 0 < lo <= hi <= 1, "(LO, HI) with 0 < LO <= HI <= 1"),
+                 ("grayscale", 0 <= self.grayscale <= 1, "a share, from 0 to 1"),
+                 ("jitter", 0 <= self.jitter < 1, "from 0 to below 1 (factors 1 +- jitter)"),
+                 ("rotate", self.rotate >= 0, "degrees either way, >= 0"),
+                 ("balance", self.balance >= 0, ">= 0 (0: as they come, 1: bands equally)"),
+                 ("distill_alpha", self.distill_alpha >= 0, ">= 0")]
+        rules += [(name, value is None or value >= 1, ">= 1 (or None)") for name, value in
+                  (("epochs", self.epochs), ("batch_size", self.batch_size),
+                   ("patience", self.patience))]
+        for name, ok, rule in rules:
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, not {getattr(self, name)}")
 
     def _check_init_from(self) -> None:
         """Trained parts are a ConvNeXt and a ViT, and only a hybrid has room for them."""

@@ -70,6 +70,30 @@ def test_train_config_rejects_a_loss_that_does_not_suit_the_head(head, loss):
         config(head, loss)
 
 
+@pytest.mark.parametrize("field, value", [
+    ("lr", 0.0), ("weight_decay", -0.1), ("warmup", 1.5), ("warmup", 1.0),
+    ("augment_scale", (0.9, 0.5)), ("augment_scale", (0.0, 1.0)), ("augment_scale", (0.8, 1.2)),
+    ("grayscale", 1.1), ("jitter", 1.0), ("rotate", -5.0), ("balance", -1.0),
+    ("distill_alpha", -0.5), ("epochs", 0), ("batch_size", 0), ("patience", 0)])
+def test_train_config_refuses_a_setting_outside_its_range_by_name(field, value):
+    with pytest.raises(ValueError, match=f"^{field} must be .*, not "):
+        TrainConfig(**{field: value})
+
+
+def test_train_refuses_a_bad_warmup_in_one_line_before_any_data_loads(capsys):
+    from agelib import cli
+
+    assert cli.main(["train", "--schedule", "warmup_cosine", "--warmup", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: warmup must be a share of the steps, from 0 to below 1, not 1.5"
+
+
+def test_train_config_takes_the_edges_of_each_range():
+    TrainConfig(warmup=0.0, augment_scale=(1.0, 1.0), grayscale=1.0, jitter=0.0, rotate=0.0,
+                balance=0.0, distill_alpha=0.0, weight_decay=0.0, epochs=1, batch_size=1,
+                patience=1)
+
+
 def test_train_config_takes_a_model_dict_and_gives_plain_values_back():
     cfg = TrainConfig(model={"backbone": TINY, "head": "coral"}, loss="coral")
     assert isinstance(cfg.model, models.ModelConfig) and cfg.model.head == "coral"
