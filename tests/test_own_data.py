@@ -167,3 +167,5 @@ def test_agelib_data_may_name_the_synthetic_faces(synthetic_home, home, monkeypa
     monkeypatch.setenv("AGELIB_DATA", "synthetic")  # as the split's error message suggests
     faces = sources.load_faces(verbose=False)
     assert faces.name == "synthetic" and not faces.real
+    monkeypatch.setenv("AGELIB_DATA", " synthetic ")  # as `info` reads it: the same faces
+    assert sources.load_faces(verbose=False).fingerprint == faces.fingerprint

@@ -166,7 +166,8 @@ def load_faces(source: str | os.PathLike | None = None, verbose: bool = True) ->
     labelled photos (``.csv``, see :func:`load_table`) or ``"synthetic"``; by
     default the ``AGELIB_DATA`` setting decides (see :func:`find_data`).
     """
-    if str(_asked_for(source)) == "synthetic":  # by name, as an argument or as AGELIB_DATA
+    # by name, as an argument or as AGELIB_DATA (" synthetic" from a sloppy export too)
+    if str(_asked_for(source)).strip() == "synthetic":
         faces = load_synthetic()
     else:
         path = find_data(source)
