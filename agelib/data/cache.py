@@ -182,25 +182,34 @@ class Pack:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._tar, names = self._open_tar()
-        self.info = json.load(self._tar.extractfile(PACK_INFO))
-        self.samples = pd.read_csv(self._tar.extractfile(PACK_TABLE), compression="gzip",
-                                   dtype={"sha1": str, "file": str})
-        offsets = self._tar.extractfile(PACK_OFFSETS).read()
+        tar, names = self._open_tar()
+        with tar:  # the tar's index is read once; images are then read by offset (_read)
+            self.info = json.load(tar.extractfile(PACK_INFO))
+            self.samples = pd.read_csv(tar.extractfile(PACK_TABLE), compression="gzip",
+                                       dtype={"sha1": str, "file": str})
+            offsets = tar.extractfile(PACK_OFFSETS).read()
+            self._base = tar.getmember(PACK_IMAGES).offset_data  # images' bytes start here
+            ids = tar.extractfile(PACK_IDS).read().decode().split("\n")
+            self.files = None  # every labelled file of the original folder, when it was packed
+            if PACK_FILES in names:
+                self.files = read_files_table(gzip.open(tar.extractfile(PACK_FILES)))
         self._offsets = np.load(io.BytesIO(offsets))
         #: tells packs apart whose images differ (another size, quality or set of faces)
         self.signature = hashlib.sha1(offsets + json.dumps(self.info).encode()).hexdigest()[:12]
-        self._base = self._tar.getmember(PACK_IMAGES).offset_data  # images' bytes start here
-        self._file, self._pid = open(self.path, "rb"), os.getpid()
-        ids = self._tar.extractfile(PACK_IDS).read().decode().split("\n")
         self._row = {sha1: i for i, sha1 in enumerate(ids)}
-        self.files = None  # every labelled file of the original folder, when it was packed
-        if PACK_FILES in names:
-            self.files = read_files_table(gzip.open(self._tar.extractfile(PACK_FILES)))
+        self._file, self._pid = open(self.path, "rb"), os.getpid()
         for column in ("gender", "race"):
             if column in self.samples:
                 self.samples[column] = self.samples[column].astype("Int64")
         self._lock = threading.Lock()  # the seek-and-read fallback must not interleave
+
+    def close(self) -> None:
+        """Close the file the images are read from (a closed pack reads no more images)."""
+        if (file := getattr(self, "_file", None)) is not None:
+            file.close()
+
+    def __del__(self) -> None:  # a pack lives as long as its Faces: close with it, quietly
+        self.close()
 
     def _open_tar(self) -> tuple[tarfile.TarFile, set[str]]:
         """The pack's tar and its member names; an error that says how to make a pack again
@@ -215,9 +224,11 @@ class Pack:
             raise ValueError(f"'{self.path.name}' is not an agelib pack ({err}); "
                              "make one with `python -m agelib pack`.") from None
         if PACK_INFO not in names:
+            tar.close()
             raise ValueError(f"'{self.path.name}' is not an agelib pack (no {PACK_INFO}); "
                              "make one with `python -m agelib pack`.")
         if not {PACK_TABLE, PACK_IDS, PACK_OFFSETS, PACK_IMAGES} <= names:
+            tar.close()
             raise ValueError(f"'{self.path.name}' was written by an older agelib; make it again "
                              "with `python -m agelib pack`.")
         return tar, names
