@@ -76,7 +76,7 @@ def _data_info() -> dict:
     """Which data a run would use: its kind and file name, or what is missing and a hint."""
     from .data import sources, utkface
 
-    asked_synthetic = os.environ.get("AGELIB_DATA", "").strip() == "synthetic"
+    asked_synthetic = sources.names_synthetic(os.environ.get("AGELIB_DATA"))
     try:
         found = None if asked_synthetic else sources.find_data()
         kind = ("table of labelled photos" if found is not None and found.suffix.lower() == ".csv"
@@ -163,7 +163,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from .data import sources
 
     asked = args.source or os.environ.get("AGELIB_DATA")  # "synthetic" by either name
-    where = None if str(asked) == "synthetic" else sources.find_data(args.source)
+    where = None if sources.names_synthetic(asked) else sources.find_data(args.source)
     if where is not None and where.is_file() and where.suffix.lower() != ".csv":
         raise ValueError(f"'{where.name}' is a pack already: pack the original folder instead "
                          "(--source /path/to/UTKFace); re-encoding a pack loses quality twice")

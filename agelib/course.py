@@ -258,9 +258,11 @@ def kernel_env(full: bool, epochs: int | None = None) -> dict:
     """The environment the chapters' kernels run in: the run mode, the training length, and
     the user's paths made absolute (the kernels run in ``notebooks/``, where a relative
     ``AGELIB_DATA=my-data`` would name another folder)."""
+    from .data import sources
+
     env = {**os.environ, "AGELIB_SMOKE": "0" if full else "1"}
     for name in ("AGELIB_DATA", "AGELIB_HOME", "AGELIB_RESULTS"):
-        if env.get(name) and env[name] != "synthetic":
+        if env.get(name) and not sources.names_synthetic(env[name]):  # a name, not a path
             env[name] = str(Path(env[name]).expanduser().resolve())
     if epochs is not None:
         env["AGELIB_EPOCHS"] = str(epochs)
@@ -294,7 +296,7 @@ def _real_faces(env: dict) -> bool:
 
     asked = env.get("AGELIB_DATA") or None
     try:
-        found = None if asked == "synthetic" else sources.find_data(asked)
+        found = None if sources.names_synthetic(asked) else sources.find_data(asked)
         return found is not None and sources.load_faces(found, verbose=False).real
     except (OSError, ValueError):  # missing or unreadable: the chapters will say so themselves,
         return True  # and leaving photos out loses nothing

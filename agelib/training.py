@@ -41,6 +41,8 @@ with warnings.catch_warnings():  # fastai's import warns about torch.jit; not ou
 if TYPE_CHECKING:
     from fastai.data.core import DataLoader, DataLoaders
 
+    from .data.loaders import FaceLoader  # what the course's DataLoaders hold
+
 SCHEDULES = ("one_cycle", "warmup_cosine", "constant")
 
 
@@ -339,7 +341,7 @@ class FlipInputs(Callback):
         self.learn.xb = tuple(x.flip(-1) for x in self.learn.xb)
 
 
-def raw_outputs(learn: Learner, dl: DataLoader,
+def raw_outputs(learn: Learner, dl: FaceLoader | DataLoader,
                 cbs: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's raw outputs (logits for class/ordinal heads) and the true ages, in order."""
     # get_preds runs before_fit, which empties the Recorder: keep the training history
@@ -354,7 +356,7 @@ def raw_outputs(learn: Learner, dl: DataLoader,
             setattr(recorder, k, v)
 
 
-def predict_ages(learn: Learner, dl: DataLoader,
+def predict_ages(learn: Learner, dl: FaceLoader | DataLoader,
                  flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Predicted and true ages for every sample of ``dl``, in order (for a bare model on
     an array of images, see :func:`agelib.inference.predict_ages`).

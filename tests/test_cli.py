@@ -136,9 +136,12 @@ def test_pack_writes_a_loadable_pack(runs, workdir):
     assert not again.exists()
 
 
-def test_pack_takes_the_synthetic_faces_from_agelib_data_too(tmp_path, monkeypatch, capsys):
-    """AGELIB_DATA=synthetic names the synthetic faces for pack as for every other command."""
-    monkeypatch.setenv("AGELIB_DATA", "synthetic")
+@pytest.mark.parametrize("value", ["synthetic", " synthetic "])
+def test_pack_takes_the_synthetic_faces_from_agelib_data_too(tmp_path, monkeypatch, capsys,
+                                                             value):
+    """AGELIB_DATA=synthetic names the synthetic faces for pack as for every other command
+    (catches ' synthetic ', which load_faces and info accept, looked up as a path here)."""
+    monkeypatch.setenv("AGELIB_DATA", value)
     asked = []
 
     def fake_load_faces(source=None, verbose=True):

@@ -289,6 +289,17 @@ def test_the_kernels_get_the_users_paths_whole(tmp_path, monkeypatch):
     assert course.kernel_env(full=False)["AGELIB_DATA"] == "synthetic"
 
 
+def test_a_spaced_synthetic_names_the_synthetic_faces_for_the_course_too(tmp_path, monkeypatch):
+    """Catches `course` turning AGELIB_DATA=' synthetic ' (the synthetic faces for `train`,
+    `info` and load_faces) into a path under the current folder, which every chapter then
+    failed to find, and recording the run as one on real faces."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AGELIB_DATA", " synthetic ")
+    env = course.kernel_env(full=False)
+    assert env["AGELIB_DATA"].strip() == "synthetic"
+    assert not course._real_faces(env)
+
+
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name[:2])
 def test_every_cell_has_its_own_id(path):
     """nbformat 4.5 wants an id on every cell (a cell added by hand can lack one: nbval warns

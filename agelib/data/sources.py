@@ -137,6 +137,13 @@ def _asked_for(source: str | os.PathLike | None) -> str | os.PathLike | None:
     return source if source is not None else os.environ.get("AGELIB_DATA")
 
 
+def names_synthetic(asked: str | os.PathLike | None) -> bool:
+    """Whether a data setting (an argument or ``AGELIB_DATA``) names the synthetic faces:
+    ``"synthetic"``, spaces around it allowed (``" synthetic"`` from a sloppy export). Every
+    command and the course's kernels read it by this one rule."""
+    return asked is not None and str(asked).strip() == "synthetic"
+
+
 def find_data(source: str | os.PathLike | None = None) -> Path | None:
     """Where the real data is: ``source``, else ``AGELIB_DATA``, else ``<data home>/UTKFace``.
 
@@ -167,7 +174,7 @@ def load_faces(source: str | os.PathLike | None = None, verbose: bool = True) ->
     default the ``AGELIB_DATA`` setting decides (see :func:`find_data`).
     """
     # by name, as an argument or as AGELIB_DATA (" synthetic" from a sloppy export too)
-    if str(_asked_for(source)).strip() == "synthetic":
+    if names_synthetic(_asked_for(source)):
         faces = load_synthetic()
     else:
         path = find_data(source)
