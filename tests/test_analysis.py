@@ -364,3 +364,37 @@ def test_a_resample_that_misses_a_band_is_not_scored_as_zero_error_there():
     # every resample's standardised MAE averages A's band MAEs: never below its smallest error
     assert t.loc["A", "standardised low"] >= 2.0 - 1e-9
     assert t.loc["A", "standardised high"] <= 10.0 + 1e-9
+
+
+def test_each_faces_error_is_absolute_for_under_and_over_estimates(synthetic_faces, results):
+    """Catches a signed error column (pred - age without abs): under-estimates would cancel
+    over-estimates in the leak and fairness tables and never reach the worst-errors gallery."""
+    test = loaders.split_tables(synthetic_faces.samples, synthetic_faces.split(0), MODE).test
+    offsets = np.where(np.arange(len(test)) % 2 == 0, -3.0, 3.0)  # half too young, half too old
+    fake_run(synthetic_faces, test, test["age"] + offsets, variant="both ways")
+    found = analysis.model_predictions(records.load_records(), synthetic_faces, "smoke")
+    p = found["t m (both ways)"]
+    np.testing.assert_allclose(p["error"], 3.0, atol=0.01)
+    assert analysis.leak_table({"m": p}, set()).loc["m", "MAE"] == pytest.approx(3.0, abs=0.01)
+
+
+def test_the_summary_names_the_worst_age_band_and_scores_cs_at_its_own_k():
+    """Catches a summary whose "worst age band" is another grouping's worst, or whose CS@k
+    column is scored at k = 5 whatever k it is named after."""
+    ages = [25] * 40 + [75] * 40  # off by 2 years at 25, by 4 at 75; one race, one gender
+    p = _predictions(ages, [a + (2 if a == 25 else 4) for a in ages], race=["White"] * 80,
+                     gender=["male"] * 80)
+    s = analysis.summary({"m": p}, k=3)
+    assert s.loc["m", "worst age band"] == pytest.approx(4.0)  # 70-79, not the overall 3
+    assert s.loc["m", "worst race"] == s.loc["m", "worst gender"] == pytest.approx(3.0)
+    assert s.loc["m", "CS@3"] == pytest.approx(0.5)  # at k = 5 every face would count
+
+
+def test_group_table_hand_values_at_its_own_k():
+    """Catches a group table that scores CS@k at the default k = 5, or miscounts its faces."""
+    ages = [25, 25, 25, 75]
+    p = _predictions(ages, [27, 29, 25, 72], race=["A", "A", "B", "B"])  # errors 2, 4, 0, 3
+    t = analysis.group_table({"m": p, "n": p.assign(pred=p["age"])}, "race", value="CS@3", k=3)
+    assert t["faces"].tolist() == [2, 2]
+    assert t["m"].tolist() == [0.5, 1.0] and t["n"].tolist() == [1.0, 1.0]
+    assert analysis.group_table({"m": p}, "race")["m"].tolist() == [3.0, 1.5]

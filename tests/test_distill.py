@@ -265,3 +265,14 @@ def test_distillation_loss_is_float32_for_a_bfloat16_batch():
     teacher = torch.tensor([99.0, 37.0], dtype=torch.bfloat16)
     gap = distill.distillation_loss(student, teacher)
     assert gap.dtype == torch.float32 and gap.item() == 2.0
+
+
+def test_teacher_ages_carry_no_graph_even_from_a_teacher_that_is_not_frozen():
+    """Catches teacher_ages without no_grad: the ages of a trainable model would keep its graph
+    (memory), and a loss made of them would send gradients into the teacher."""
+    torch.manual_seed(0)
+    model = models.create_model(models.ModelConfig("test_resnet", img_size=32)).eval()
+    assert all(p.requires_grad for p in model.parameters())
+    for flip in (True, False):
+        ages = distill.teacher_ages(model, torch.randn(2, 3, 32, 32), flip=flip)
+        assert ages.shape == (2,) and not ages.requires_grad

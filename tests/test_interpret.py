@@ -372,3 +372,42 @@ def test_overlay_of_a_wide_face_keeps_its_shape_and_the_hot_side():
     assert out.shape == (24, 40, 3)
     right, left = out[12, -2].astype(int), out[12, 1].astype(int)
     assert right[0] > right[2] and left[2] > left[0]
+
+
+def test_band_means_are_pixelwise_means_of_each_bands_maps():
+    """Catches a band's mean map taken as the median of its maps, or collapsed to one number."""
+    maps = np.zeros((3, 2, 2), dtype=np.float32)
+    maps[0, 0, 0], maps[2, 1, 1] = 3.0, 6.0  # three faces of one band, heat in two corners
+    means = interpret.band_means(maps, [5, 8, 10], edges=(0, 13, 117))
+    assert list(means) == ["0-12"]
+    np.testing.assert_allclose(means["0-12"], [[1.0, 0.0], [0.0, 2.0]])  # the median is all 0
+
+
+def test_region_mask_of_a_map_that_is_not_square():
+    """Catches box fractions scaled by the height for the columns too (or by the width for
+    the rows): on a map that is not square the regions land in the wrong place."""
+    mask = interpret.region_mask((10, 40), [(0.0, 0.5, 0.5, 1.0)])  # top half, right half
+    assert mask.sum() == 5 * 20 and mask[:5, 20:].all()
+
+
+def test_every_face_keeps_its_own_map_whatever_the_batch_size():
+    """Catches faces dropped or shifted between batches: with more faces than batch_size,
+    each face must still get its own map, the one it gets in a single batch."""
+    model = halves_model("regression", feature=0)
+    x = torch.zeros(3, 3, 16, 16)
+    x[0, ..., :8] = x[1, ..., 8:] = x[2, :, :8] = 1.0  # bright left, right, top
+    whole = interpret.age_cam(model, x)
+    for batch_size in (1, 2):
+        np.testing.assert_allclose(interpret.age_cam(model, x, batch_size=batch_size), whole,
+                                   atol=1e-6)
+    assert whole[0, :, :8].min() > 0.99 and whole[1, :, 8:].min() > 0.99
+    assert whole[2, :8].min() > 0.99 and whole[2, 8:].max() < 0.01
+
+
+def test_cam_resolution_leaves_a_training_models_statistics_alone():
+    """Catches cam_resolution's probe pass run in training mode: it would pull the batch-norm
+    running statistics of a model being trained towards those of a black image."""
+    model = build(models.ModelConfig("resnet18", img_size=64)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert interpret.cam_resolution(model, 64) == (2, 2)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -228,3 +228,11 @@ def test_the_reusable_modules_import_without_plotting_or_fastai():
 
 def test_plots_and_metrics_share_one_set_of_age_bands():
     assert plots.AGE_BANDS is metrics.AGE_BANDS and plots.age_band is metrics.age_band
+
+
+def test_age_band_mae_scores_cs_at_its_own_k():
+    """Catches age_band_mae not passing k on: a CS@1 table scored (and named) at k = 5."""
+    out = age_band_mae([2.0, 10.0, 0.0, 70.0], [1.0, 12.0, 14.0, 14.0], edges=(0, 3, 13, 117),
+                       k=1)  # errors 1, 2, 14, 56
+    assert list(out.columns) == ["n", "MAE", "CS@1"]
+    assert out["CS@1"].tolist() == pytest.approx([1.0, 0.0, 0.0])
