@@ -194,6 +194,7 @@ def fastai_metrics(decode: Callable[[torch.Tensor], torch.Tensor], k: int = 5) -
     def cs_of_outputs(outputs: torch.Tensor, ages: torch.Tensor) -> float:
         return cs_at(decode(outputs), ages, k)
 
-    # flatten=False: (B, K) logits must reach decode whole, not flattened to (B*K,)
+    # (B, K) logits must reach decode whole, not flattened to (B*K,): accum_values above
+    # keeps them so; flatten=False says the same to fastai's own, should it ever run
     return [KeptOnDevice(mae_of_outputs, flatten=False, name="mae"),
             KeptOnDevice(cs_of_outputs, flatten=False, name=f"cs{k}")]
