@@ -9,20 +9,30 @@ never re-typed or re-run.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 
-from . import metrics, records
+from . import metrics, records, settings
 from .data import utkface
 
+if TYPE_CHECKING:
+    from .data.sources import Faces
 
-def labelled(faces) -> pd.DataFrame:
-    """The faces' labels keyed as the predictions are: sha1 prefix, age, gender and race names."""
+UNKNOWN = "unknown"  # what labelled() calls a face without that label
+MIN_GROUP_FACES = 30  # fewer test faces than this, and a group's MAE is too noisy to rank
+
+
+def labelled(faces: Faces) -> pd.DataFrame:
+    """The faces' gender and race names keyed as the predictions are (sha1 prefix), so a
+    join adds them to each prediction; the full sha1 and file count come along."""
     s = faces.samples
     return pd.DataFrame({
         "sha1": s["sha1"].str[:records.SHA1_CHARS], "full_sha1": s["sha1"],
-        "gender": s["gender"].map(utkface.GENDERS).fillna("unknown"),
-        "race": s["race"].map(utkface.RACES).fillna("unknown"),
+        "gender": s["gender"].map(utkface.GENDERS).fillna(UNKNOWN),
+        "race": s["race"].map(utkface.RACES).fillna(UNKNOWN),
         "n_files": s["n_files"]})
 
 
@@ -56,21 +66,33 @@ def run_label(record) -> str:
     return f"{record.get('tag', '')} {model}".strip()
 
 
-def runs_with_predictions(table: pd.DataFrame, faces, mode: str) -> pd.DataFrame:
+def runs_with_predictions(table: pd.DataFrame, faces: Faces, mode: str) -> pd.DataFrame:
     """The records of runs on these faces in ``mode`` (``"smoke"`` or ``"full"``) that kept
     per-face predictions, the latest per :func:`run_label` (a re-run replaces its earlier
     twin), oldest first. The mode is not optional: a smoke run and a full run of one model
     share a label, and the later would silently replace the other."""
+    _check_mode(mode)
     if table.empty or "predictions" not in table:
         return table.iloc[:0]
-    keep = table[table["data_fingerprint"] == faces.fingerprint] if "data_fingerprint" in table else table
+    keep = table
+    if "data_fingerprint" in table:
+        keep = table[table["data_fingerprint"] == faces.fingerprint]
     keep = keep[keep["mode"] == mode] if "mode" in keep else keep.iloc[:0]
     keep = keep[keep["predictions"].notna()].sort_values("date", kind="stable", na_position="first")
     labels = keep.apply(run_label, axis=1) if len(keep) else pd.Series(dtype=str)
     return keep.assign(label=labels).drop_duplicates("label", keep="last")
 
 
-def best_trained(table: pd.DataFrame, faces, mode: str) -> str | None:
+def _check_mode(mode: str) -> None:
+    """Records name their mode ``"smoke"`` or ``"full"``; anything else (a RunMode itself,
+    say) matches no record, and the tables would be silently empty."""
+    names = (settings.SMOKE.name, settings.FULL.name)
+    if not isinstance(mode, str) or mode not in names:
+        raise ValueError(f"mode must be one of {names}, not {mode!r}; for a RunMode, "
+                         "give its name (mode.name)")
+
+
+def best_trained(table: pd.DataFrame, faces: Faces, mode: str) -> str | None:
     """The label of the run, trained here, with the lowest *validation* MAE.
 
     Chosen on validation, as every model choice in the course is: the test set
@@ -84,8 +106,8 @@ def best_trained(table: pd.DataFrame, faces, mode: str) -> str | None:
     return None if runs.empty else runs.loc[runs["valid_mae"].astype(float).idxmin(), "label"]
 
 
-def model_predictions(table: pd.DataFrame, faces, mode: str,
-                      folder=None) -> dict[str, pd.DataFrame]:
+def model_predictions(table: pd.DataFrame, faces: Faces, mode: str,
+                      folder: str | Path | None = None) -> dict[str, pd.DataFrame]:
     """Per-face test predictions, with labels, of every run on these faces (latest per label).
 
     ``table`` is :func:`agelib.records.load_records`; runs on other data, in
@@ -131,10 +153,6 @@ def leak_table(predictions: dict[str, pd.DataFrame], leaked: set[str]) -> pd.Dat
                                       "MAE on them"]).set_index("model")
     out["change"] = out["MAE"] - out["MAE without them"]
     return out
-
-
-UNKNOWN = "unknown"  # what labelled() calls a face without that label
-MIN_GROUP_FACES = 30  # fewer test faces than this, and a group's MAE is too noisy to rank
 
 
 def worst_group(p: pd.DataFrame, by: str, k: float = 5,
@@ -198,7 +216,8 @@ def group_errors(p: pd.DataFrame, by: str, level: float = 0.95, n_boot: int = 20
         mae_draws = errors[draws].mean(1)  # (B,)
         std, std_draws, covered = _standardised(errors, band, weights, draws)
         rows.append({by: group, "faces": len(errors), "MAE": errors.mean(),
-                     "MAE low": np.quantile(mae_draws, q[0]), "MAE high": np.quantile(mae_draws, q[1]),
+                     "MAE low": np.quantile(mae_draws, q[0]),
+                     "MAE high": np.quantile(mae_draws, q[1]),
                      "age-standardised MAE": std,
                      "standardised low": np.nanquantile(std_draws, q[0]),
                      "standardised high": np.nanquantile(std_draws, q[1]),
@@ -259,7 +278,7 @@ def worst_errors(predictions: pd.DataFrame, n: int = 12) -> pd.DataFrame:
     return predictions.sort_values("error", ascending=False).head(n).reset_index(drop=True)
 
 
-def label_conflicts(faces) -> pd.DataFrame:
+def label_conflicts(faces: Faces) -> pd.DataFrame:
     """Identical images whose file names give different ages: measured label noise.
 
     The data layer leaves these out of training and testing (no rule can tell
@@ -281,8 +300,9 @@ def old_age_table(predictions: dict[str, pd.DataFrame], from_age: int = 60) -> p
     rows = []
     for name, p in predictions.items():
         old = p[p["age"] >= from_age]
+        old_mae = metrics.mae(old["pred"], old["age"]) if len(old) else np.nan
         rows.append({"run": name, "faces": len(p), "MAE, all": metrics.mae(p["pred"], p["age"]),
-                     f"MAE, {from_age}+": metrics.mae(old["pred"], old["age"]) if len(old) else np.nan,
+                     f"MAE, {from_age}+": old_mae,
                      f"faces {from_age}+": len(old),
                      "slope": regression_to_mean(p["pred"], p["age"])[0]})
     columns = ["run", "faces", "MAE, all", f"MAE, {from_age}+", f"faces {from_age}+", "slope"]

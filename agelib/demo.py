@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import html
 import io
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 from PIL import Image
+
+if TYPE_CHECKING:
+    import ipywidgets
 
 from . import faces, predict, settings
 
 
-def annotate(photo, models, level: float = 0.8, min_prob: float = 0.9
-             ) -> tuple[Image.Image, pd.DataFrame]:
+def annotate(photo: str | Path | bytes | Image.Image | np.ndarray, models, level: float = 0.8,
+             min_prob: float = 0.9) -> tuple[Image.Image, pd.DataFrame]:
     """``photo`` with every face boxed and labelled, and a table with one row per face.
 
     ``models``: what :func:`agelib.predict.load_estimators` takes (checkpoint paths,
@@ -40,6 +46,8 @@ def _uploaded(value) -> tuple[str, bytes] | None:
 
 
 def _png(image: Image.Image, max_side: int = 640) -> bytes:
+    """``image`` as PNG bytes for the widget, shrunk to fit ``max_side`` (a phone photo would
+    fill the notebook); the caller's image is left at full size."""
     image = image.copy()
     image.thumbnail((max_side, max_side))
     buf = io.BytesIO()
@@ -58,7 +66,7 @@ def summary(name: str, table: pd.DataFrame, level: float = 0.8, min_prob: float 
             + table.to_html(index=False))
 
 
-def age_widget(models, level: float = 0.8, min_prob: float = 0.9):
+def age_widget(models, level: float = 0.8, min_prob: float = 0.9) -> ipywidgets.VBox:
     """An ipywidgets panel: upload a photo or pick a shipped portrait, see boxes and ages.
 
     The models are loaded once here, so each photo costs only detection and prediction.

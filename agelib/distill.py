@@ -96,7 +96,7 @@ class DistillFromTeacher(Callback):
         if not isinstance(teacher, models.AgeModel):
             raise ValueError(f"the teacher must be an agelib AgeModel or a checkpoint path, "
                              f"not {type(teacher).__name__}")
-        if alpha < 0:
+        if not alpha >= 0:  # written so that NaN, which would turn every loss NaN, fails too
             raise ValueError(f"alpha must be >= 0 (0 switches distillation off), not {alpha}")
         self.teacher = teacher.eval().requires_grad_(False)
         self.alpha = float(alpha)
@@ -111,15 +111,15 @@ class DistillFromTeacher(Callback):
         """The distillation loss of the last training batch, in years."""
         return None if self._last_term is None else float(self._last_term)
 
-    def before_fit(self):
+    def before_fit(self) -> None:
         device = next(self.learn.model.parameters()).device
         self.teacher.to(device).eval()  # Learner.fit puts only the student in train mode
 
-    def after_pred(self):
+    def after_pred(self) -> None:
         self.teacher_age = teacher_ages(self.teacher, self.xb[0], self.teacher_size,
                                         self.flip)  # (B,)
 
-    def after_loss(self):
+    def after_loss(self) -> None:
         student_age = self.learn.model.head.to_age(self.pred)  # (B,)
         if not student_age.requires_grad:
             raise ValueError("the student's to_age has no gradient (decode='label'?): "

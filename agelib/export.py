@@ -60,6 +60,12 @@ SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript",
             ".torchscript": "torchscript"}
 
 
+def _check_input(input: str) -> None:
+    """The one check of ``input=`` for the wrapper and the metadata, which is also built alone."""
+    if input not in INPUTS:
+        raise ValueError(f"input must be one of {INPUTS}, not {input!r}")
+
+
 def decode_ages(head: nn.Module, out: torch.Tensor) -> torch.Tensor:
     """``head.to_age(out)``, written with operators every exporter knows.
 
@@ -90,8 +96,7 @@ class AgeExport(nn.Module):
 
     def __init__(self, model: models.AgeModel, input: str = "float"):
         super().__init__()
-        if input not in INPUTS:
-            raise ValueError(f"input must be one of {INPUTS}, not {input!r}")
+        _check_input(input)
         if not hasattr(model, "head") or not hasattr(model.head, "to_age"):
             raise ValueError("AgeExport needs an agelib AgeModel (one with a head that has "
                              "to_age); build it with models.create_model")
@@ -120,8 +125,7 @@ def agelib_version() -> str:
 def metadata(model: models.AgeModel, size: int, input: str = "float") -> dict[str, str]:
     """What a deployer needs to feed the file: every value a string (ONNX requires it)."""
     cfg = model.config or models.ModelConfig()
-    if input not in INPUTS:
-        raise ValueError(f"input must be one of {INPUTS}, not {input!r}")
+    _check_input(input)
     layout = ("uint8 RGB pixels 0-255, normalised inside" if input == "uint8"
               else "float32 RGB, (pixel / 255 - mean) / std")
     return {
@@ -206,6 +210,8 @@ def _is_onnx(path: Path) -> bool:
 
 
 def _format(path: Path, format: str | None) -> str:
+    """The format to write or read: ``format`` when given, else the one ``path``'s suffix
+    names. Both, and disagreeing, is an error: the file's name would lie about its content."""
     named = SUFFIXES.get(path.suffix.lower())
     if format and named and format != named:  # an ONNX file called *.pt: no one would guess
         raise ValueError(f"'{path.name}' names a {named} file, but --format is {format}: name "
@@ -250,23 +256,37 @@ def load_exported(path: str | Path, format: str | None = None
     return run, meta
 
 
+def _check_dtype(dtype: np.dtype | torch.dtype, meta: dict[str, str],
+                 name: str = "this export") -> None:
+    """Refuse images in the other convention than the file's: a uint8 file fed floats, or a
+    float file fed uint8 pixels (taken as unnormalised floats), gives wrong ages, not an error."""
+    is_uint8 = dtype in (np.uint8, torch.uint8)
+    if meta.get("input") == "uint8" and not is_uint8:
+        raise ValueError(f"{name} takes uint8 pixels (0-255), got {dtype} images; "
+                         "see its metadata ('input_description')")
+    if meta.get("input") != "uint8" and is_uint8:
+        raise ValueError(f"{name} takes normalised float images, (pixel / 255 - mean) / std, "
+                         f"got {dtype} pixels; normalise them (the mean and std are in its "
+                         "metadata) or export with input='uint8'")
+
+
 def _as_input(images: np.ndarray, meta: dict[str, str]) -> np.ndarray:
-    """``images`` as the file wants them: uint8 stays uint8 (anything else is an error),
-    floats become contiguous float32."""
+    """``images`` as the file wants them: uint8 stays uint8, floats become contiguous float32;
+    images in the other convention are an error (:func:`_check_dtype`)."""
+    _check_dtype(images.dtype, meta)
     if meta.get("input") == "uint8":
-        if images.dtype != np.uint8:
-            raise ValueError(f"this export takes uint8 pixels (0-255), got {images.dtype}; "
-                             "see its metadata ('input_description')")
         return np.ascontiguousarray(images)
     return np.ascontiguousarray(images, dtype=np.float32)
 
 
 def read_metadata(path: str | Path, format: str | None = None) -> dict[str, str]:
-    """The metadata :func:`to_onnx` / :func:`to_torchscript` stored in an exported file."""
-    onnx = settings.optional_import("onnx", "onnx", "reading an ONNX file")
+    """The metadata :func:`to_onnx` / :func:`to_torchscript` stored in an exported file.
 
+    ``onnx`` is imported only for an ONNX file: a TorchScript export is read with torch alone.
+    """
     path = Path(path)
     if path.is_file() and _format(path, format) == "onnx":  # no need to start a session
+        onnx = settings.optional_import("onnx", "onnx", "reading an ONNX file")
         return {p.key: p.value for p in onnx.load(str(path), load_external_data=False)
                 .metadata_props}
     return load_exported(path, format)[1]
@@ -283,9 +303,20 @@ def predict_exported(path: str | Path, images: np.ndarray | torch.Tensor,
     return load_exported(path, format)[0](_numpy(images))
 
 
+def _normalised(x: torch.Tensor, meta: dict[str, str]) -> torch.Tensor:
+    """What the Python model takes for images in the file's convention: uint8 pixels are
+    normalised with the mean and std the file itself records, so the check covers them too."""
+    if meta.get("input") != "uint8":
+        return x.float()
+    mean = torch.tensor(json.loads(meta["mean"])).view(1, 3, 1, 1)
+    std = torch.tensor(json.loads(meta["std"])).view(1, 3, 1, 1)
+    return (x.float() / 255 - mean) / std
+
+
 @torch.no_grad()
 def check_parity(model: models.AgeModel, path: str | Path,
-                 images: torch.Tensor | Sequence[torch.Tensor], format: str | None = None) -> float:
+                 images: torch.Tensor | np.ndarray | Sequence[torch.Tensor],
+                 format: str | None = None) -> float:
     """Largest absolute difference, in years, between the file's ages and the model's.
 
     ``images`` (one batch or a list of batches, e.g. batch 1 and batch 5) follow the
@@ -297,15 +328,8 @@ def check_parity(model: models.AgeModel, path: str | Path,
     worst = 0.0
     for batch in [images] if isinstance(images, (torch.Tensor, np.ndarray)) else images:
         x = torch.as_tensor(batch).cpu()
-        if meta.get("input") == "uint8":
-            if x.dtype != torch.uint8:
-                raise ValueError(f"'{Path(path).name}' takes uint8 pixels, got {x.dtype} images")
-            mean = torch.tensor(json.loads(meta["mean"])).view(1, 3, 1, 1)
-            std = torch.tensor(json.loads(meta["std"])).view(1, 3, 1, 1)
-            x_ref = (x.float() / 255 - mean) / std
-        else:
-            x = x_ref = x.float()
-        expected = reference.head.to_age(reference(x_ref)).float().numpy()
+        _check_dtype(x.dtype, meta, f"'{Path(path).name}'")
+        expected = reference.head.to_age(reference(_normalised(x, meta))).float().numpy()
         got = run(_numpy(x))
         if got.shape != expected.shape:
             raise RuntimeError(f"the export gives ages of shape {got.shape}, the model "
@@ -323,17 +347,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str | Non
     ``max_abs_diff_years`` (batch 1 and batch 5 together).
     """
     source, out = checkpoints.find_checkpoint(checkpoint), Path(out)
-    if out.is_dir():
-        raise ValueError(f"'{out}' is a folder: give --out a file name, e.g. '{out / 'model.onnx'}'")
-    if out.exists() and out.resolve() == source.resolve():
-        raise ValueError(f"'{out}' is the checkpoint being exported: writing the export there "
-                         f"would destroy it. Give another name, e.g. {out.stem}-export{out.suffix}")
-    if checkpoints.is_checkpoint(out):
-        raise ValueError(f"'{out}' is an agelib checkpoint: the export would overwrite it. "
-                         "Give another name, or delete that checkpoint first if it is unwanted.")
-    if out.exists() and not (checkpoints.is_torchscript(out) or _is_onnx(out)):
-        raise ValueError(f"'{out}' exists and is not an export: the export would overwrite it. "
-                         "Give another name, or move that file first.")
+    _check_target(out, source)
     model, payload = checkpoints.load_checkpoint(source)
     size = size or checkpoints.trained_size(payload, model)
     if not size:
@@ -347,9 +361,32 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str | Non
         tmp.unlink(missing_ok=True)
     result = {"path": str(out), "format": fmt, **read_metadata(out, fmt)}
     if check:
-        gen = torch.Generator().manual_seed(0)
-        batches = [torch.randint(0, 256, (b, 3, size, size), generator=gen, dtype=torch.uint8)
-                   if input == "uint8" else torch.randn(b, 3, size, size, generator=gen)
-                   for b in (1, 5)]  # batch 5 also proves the batch size is not baked in
-        result["max_abs_diff_years"] = check_parity(model, out, batches, fmt)
+        result["max_abs_diff_years"] = check_parity(model, out, _parity_batches(size, input), fmt)
     return result
+
+
+def _check_target(out: Path, source: Path) -> None:
+    """Refuse an ``out`` whose overwriting would lose something: a folder, the checkpoint
+    being exported, another checkpoint, or any file that is not an earlier export."""
+    if out.is_dir():
+        raise ValueError(f"'{out}' is a folder: give --out a file name, "
+                         f"e.g. '{out / 'model.onnx'}'")
+    if out.exists() and out.resolve() == source.resolve():
+        raise ValueError(f"'{out}' is the checkpoint being exported: writing the export there "
+                         f"would destroy it. Give another name, e.g. {out.stem}-export{out.suffix}")
+    if checkpoints.is_checkpoint(out):
+        raise ValueError(f"'{out}' is an agelib checkpoint: the export would overwrite it. "
+                         "Give another name, or delete that checkpoint first if it is unwanted.")
+    if out.exists() and not (checkpoints.is_torchscript(out) or _is_onnx(out)):
+        raise ValueError(f"'{out}' exists and is not an export: the export would overwrite it. "
+                         "Give another name, or move that file first.")
+
+
+def _parity_batches(size: int, input: str) -> list[torch.Tensor]:
+    """Random batches of 1 and 5 images in the ``input`` convention, the same every time
+    (seed 0); batch 5 also proves the batch size is not baked into the file."""
+    gen = torch.Generator().manual_seed(0)
+    if input == "uint8":
+        return [torch.randint(0, 256, (b, 3, size, size), generator=gen, dtype=torch.uint8)
+                for b in (1, 5)]
+    return [torch.randn(b, 3, size, size, generator=gen) for b in (1, 5)]

@@ -26,7 +26,7 @@ summarise many maps (per age band, per part of the face); :func:`overlay` and
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from torch import nn
 
 from . import hybrid, losses, metrics, models, plots, settings
 from .data import loaders
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Method names -> pytorch-grad-cam classes. All explain the same target on the same layer.
 METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM",
@@ -197,7 +200,9 @@ class AgeTarget:
 
 
 # --------------------------------------------------------------------------- maps
-def _cam_class(method: str):
+def _cam_class(method: str) -> type:
+    """The pytorch-grad-cam class of ``method``, checked before grad-cam is imported, so a
+    typo is named even where the package is missing."""
     if method not in METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose one of {sorted(METHODS)}")
     pytorch_grad_cam = settings.optional_import("pytorch_grad_cam", "grad-cam", "Grad-CAM")
@@ -238,6 +243,9 @@ def age_cam(model: models.AgeModel, images: np.ndarray | torch.Tensor, method: s
     the age; ``vit_block`` picks a ViT's block (the last by default); ``batch_size``
     bounds the memory the activations and gradients take.
     """
+    if batch_size < 1:  # range() would refuse 0 cryptically, and return no maps for -1
+        raise ValueError(f"batch_size must be a whole number of faces, 1 or more, not "
+                         f"{batch_size!r}; lower it (e.g. 4) if the maps run out of memory")
     cam_class = _cam_class(method)
     x = as_batch(images)
     device = next(model.parameters()).device
@@ -255,8 +263,9 @@ def age_cam(model: models.AgeModel, images: np.ndarray | torch.Tensor, method: s
     finally:  # not `with cam:` - its __exit__ silently swallows IndexErrors
         cam.activations_and_grads.release()
         model.train(was_training)
-    return np.clip(np.concatenate(maps), 0.0, 1.0) if maps else np.zeros((0, *x.shape[-2:]),
-                                                                         np.float32)
+    if not maps:  # no faces: no maps, in the shape the faces would have given
+        return np.zeros((0, *x.shape[-2:]), np.float32)
+    return np.clip(np.concatenate(maps), 0.0, 1.0)
 
 
 def band_means(values: np.ndarray, ages: Sequence[float],
@@ -343,7 +352,7 @@ def overlay(image: np.ndarray, cam: np.ndarray, image_weight: float = 0.5) -> np
 
 
 def cam_figure(images: np.ndarray, maps: Mapping[str, np.ndarray],
-               titles: Sequence[str] | None = None, size: float = 1.4):
+               titles: Sequence[str] | None = None, size: float = 1.4) -> Figure:
     """Faces on the first row, then one row of overlaid maps per model (``maps``' keys).
 
     ``images``: uint8 faces, or floats in [0, 1] (turned into uint8 here, as the overlays
@@ -354,6 +363,8 @@ def cam_figure(images: np.ndarray, maps: Mapping[str, np.ndarray],
     for name, m in maps.items():
         if len(m) != len(images):
             raise ValueError(f"{len(images)} faces but {len(m)} maps for {name!r}")
+    if titles is not None and len(titles) != len(images):  # extra ones would title the maps
+        raise ValueError(f"{len(images)} faces but {len(titles)} titles: give one per face")
     rows = [images] + [np.stack([overlay(f, c) for f, c in zip(images, m)]) for m in maps.values()]
     labels = [""] * len(images)
     fig = plots.face_grid(np.concatenate(rows), titles=[*(titles or labels), *labels * len(maps)],

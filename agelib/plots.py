@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from . import settings
 # Age bands are defined with the metrics (tables grouped by age); figures use the same.
@@ -37,17 +40,19 @@ def save_figure(fig: plt.Figure, name: str, real: bool = True, dpi: int = 110) -
 
 def face_grid(images: np.ndarray, titles: Sequence[str] | None = None, ncols: int = 8,
               size: float = 1.4, row_labels: Sequence[str] | None = None) -> plt.Figure:
-    """A grid of uint8 ``(N, H, W, 3)`` faces with optional titles and row labels."""
+    """A grid of uint8 ``(N, H, W, 3)`` faces with optional titles (one per face, ``""`` for
+    none) and row labels."""
     n = len(images)
     if n == 0:  # e.g. no conflicting labels in this dataset: say so instead of failing
         fig, ax = plt.subplots(figsize=(ncols * size, size))
         ax.text(0.5, 0.5, "nothing to show", ha="center", va="center")
         ax.set_axis_off()
         return fig
+    if titles is not None and len(titles) < n:
+        raise ValueError(f"{len(titles)} titles for {n} faces: give one title per face "
+                         "('' for a face without one)")
     nrows = -(-n // ncols)
-    lines = max((str(t).count("\n") + 1 for t in titles if t), default=0) if titles else 0
-    titled_rows = -(-sum(1 for t in (titles or []) if t) // ncols)  # rows whose faces have titles
-    height = nrows * size + titled_rows * lines * 0.17  # square faces, plus room for the titles
+    height = nrows * size + _title_room(titles, ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, height), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
@@ -65,7 +70,17 @@ def face_grid(images: np.ndarray, titles: Sequence[str] | None = None, ncols: in
     return fig
 
 
-def per_seed_figure(per_seed, title: str, bars: Sequence[tuple[float, str]] = ()) -> plt.Figure:
+def _title_room(titles: Sequence[str] | None, ncols: int) -> float:
+    """Inches to add to a grid of square faces so that titles do not cover the row above:
+    as many lines as the longest title has, on each row that has titled faces."""
+    titled = [t for t in (titles or []) if t]
+    lines = max((str(t).count("\n") + 1 for t in titled), default=0)
+    titled_rows = -(-len(titled) // ncols)
+    return titled_rows * lines * 0.17
+
+
+def per_seed_figure(per_seed: pd.DataFrame, title: str,
+                    bars: Sequence[tuple[float, str]] = ()) -> plt.Figure:
     """Test MAE of every (backbone, variant) row of :func:`agelib.records.per_seed`, one dot
     per training seed and a tick at their mean, worst at the top, with dashed vertical
     ``bars`` (value, label) to clear: a lever's effect next to the spread of the seeds."""

@@ -34,8 +34,12 @@ import os
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported where it is used: reading a setting never loads it
+    import torch
 
 #: Not a setting but a channel: a course run (``agelib.course.run_chapters``) names here the file
 #: where each chapter's kernel notes the models it reused instead of training
@@ -154,7 +158,18 @@ def run_mode(**overrides) -> RunMode:
     return replace(mode, **overrides)
 
 
-def get_device(prefer: str | None = None):
+def _device_available(kind: str) -> bool:
+    """Whether torch can use a device of this type here (``"cpu"`` always can)."""
+    import torch
+
+    if kind == "cuda":
+        return torch.cuda.is_available()
+    if kind == "mps":  # torch.backends.mps is missing from some builds
+        return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    return True
+
+
+def get_device(prefer: str | None = None) -> torch.device:
     """The best available torch device: CUDA, then Apple's MPS, then the CPU.
 
     ``prefer`` (or ``AGELIB_DEVICE``) forces one, e.g. ``"cpu"`` to compare speeds.
@@ -169,17 +184,13 @@ def get_device(prefer: str | None = None):
         except RuntimeError:
             raise ValueError(f"{where} is not a device torch knows: use cpu, cuda, cuda:N or "
                              "mps, or unset it to take the best one available") from None
-        usable = {"cuda": torch.cuda.is_available,
-                  "mps": lambda: bool(getattr(torch.backends, "mps", None))
-                  and torch.backends.mps.is_available()}.get(device.type, lambda: True)
-        if not usable():
+        if not _device_available(device.type):
             raise ValueError(f"{where}, but torch finds no {device.type} device here: unset "
                              "it to take the best one available")
         return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
+    for kind in ("cuda", "mps"):  # in order of preference
+        if _device_available(kind):
+            return torch.device(kind)
     return torch.device("cpu")
 
 
@@ -215,7 +226,7 @@ def optional_import(module: str, package: str, purpose: str):
                           'the course uses: pip install "agelib[course]")') from None
 
 
-def package_versions(names) -> dict:
+def package_versions(names: Iterable[str]) -> dict[str, str | None]:
     """Python's and each named package's version (None when absent): what a number ran on."""
     import platform
     from importlib import metadata

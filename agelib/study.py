@@ -40,18 +40,7 @@ def comparison(report: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
     with_levers = levered(raw)
     rows = []
     for tag in [t for t in report["tag"].unique() if t in STUDIES]:
-        runs = report[(report["tag"] == tag) & (report["variant"] != "teacher")]
-        hybrid = runs["backbone"].str.startswith("hybrid")
-        extra = pd.Series([(b, v) in with_levers for b, v in zip(runs["backbone"],
-                                                                  runs["variant"])],
-                          index=runs.index, dtype=bool)
-        best = {"best part alone": runs[~hybrid],
-                "best hybrid, same budget": runs[hybrid & ~extra],
-                "best hybrid, with levers": runs[hybrid & extra]}
-        teacher = report[(report["tag"] == STUDIES[tag]) & (report["backbone"] == "resnet18")]
-        picked = [(role, table.nsmallest(1, "valid_mae")) for role, table in best.items()]
-        picked.append(("the ResNet-18 (teacher)", teacher.nsmallest(1, "valid_mae")))
-        for role, row in picked:
+        for role, row in _best_per_role(report, tag, with_levers):
             for r in row.itertuples():
                 model = records.model_text(r.backbone, r.backbone_args, r.variant)
                 rows.append({"study": tag, "role": role, "model": model, "epochs": r.epochs,
@@ -60,6 +49,23 @@ def comparison(report: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
                                       "test MAE"])
     part = out[out["role"] == "best part alone"].set_index("study")["test MAE"]
     return out.assign(**{"vs best part": out["study"].map(part) - out["test MAE"]})
+
+
+def _best_per_role(report: pd.DataFrame, tag: str, with_levers: set[tuple[str, str]]
+                   ) -> list[tuple[str, pd.DataFrame]]:
+    """Each role of :func:`comparison` in study ``tag``, with its run of lowest validation
+    MAE (no row when no run plays that role)."""
+    runs = report[(report["tag"] == tag) & (report["variant"] != "teacher")]
+    hybrid = runs["backbone"].str.startswith("hybrid")
+    uses_levers = pd.Series([(b, v) in with_levers for b, v in zip(runs["backbone"],
+                                                                    runs["variant"])],
+                            index=runs.index, dtype=bool)
+    teacher = report[(report["tag"] == STUDIES[tag]) & (report["backbone"] == "resnet18")]
+    candidates = {"best part alone": runs[~hybrid],
+                  "best hybrid, same budget": runs[hybrid & ~uses_levers],
+                  "best hybrid, with levers": runs[hybrid & uses_levers],
+                  "the ResNet-18 (teacher)": teacher}
+    return [(role, table.nsmallest(1, "valid_mae")) for role, table in candidates.items()]
 
 
 def lever_effects(raw: pd.DataFrame, tag: str, levers: list[tuple[str, str, str]]

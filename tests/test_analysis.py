@@ -67,6 +67,20 @@ def test_a_later_smoke_run_never_hides_the_full_run_of_the_same_model(synthetic_
         analysis.model_predictions(table, synthetic_faces)
 
 
+def test_a_mode_that_no_record_can_have_is_an_error(synthetic_faces, results):
+    """Catches a RunMode (what baselines takes) or a typo passed as the mode: it matched no
+    record, so every table was silently empty."""
+    test = loaders.split_tables(synthetic_faces.samples, synthetic_faces.split(0), MODE).test
+    fake_run(synthetic_faces, test, test["age"] + 1, variant="kept")
+    table = records.load_records()
+    for wrong in (MODE, "Smoke", "tiny"):
+        with pytest.raises(ValueError, match=r"mode must be one of .*mode\.name"):
+            analysis.model_predictions(table, synthetic_faces, wrong)
+        with pytest.raises(ValueError, match="mode must be one of"):
+            analysis.best_trained(table, synthetic_faces, wrong)
+    assert list(analysis.model_predictions(table, synthetic_faces, MODE.name)) == ["t m (kept)"]
+
+
 def test_seeds_and_pretrained_runs_keep_their_own_predictions(synthetic_faces, results):
     """Runs that differ only in seed or weights are different runs: none hides another."""
     test = loaders.split_tables(synthetic_faces.samples, synthetic_faces.split(0), MODE).test

@@ -276,3 +276,9 @@ def test_teacher_ages_carry_no_graph_even_from_a_teacher_that_is_not_frozen():
     for flip in (True, False):
         ages = distill.teacher_ages(model, torch.randn(2, 3, 32, 32), flip=flip)
         assert ages.shape == (2,) and not ages.requires_grad
+
+
+def test_a_nan_alpha_is_refused(teacher):
+    """Catches ``alpha < 0`` letting NaN through: every training loss would then be NaN."""
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
+        distill.DistillFromTeacher(teacher, alpha=float("nan"))

@@ -7,6 +7,7 @@ is checked for every head kind on resnet18.
 """
 
 import json
+import sys
 
 import numpy as np
 import onnx
@@ -304,3 +305,25 @@ def test_parity_is_the_worst_of_every_batch(monkeypatch):
         wrong_at_1, {"input": "float"}))
     assert export.check_parity(model, "x.onnx", [face_images(1), face_images(5)]) == \
         pytest.approx(10.0, abs=1e-3)
+
+
+def test_a_float_export_refuses_uint8_pixels(tmp_path):
+    """Catches a float export fed uint8 pixels: taken as unnormalised floats, they gave
+    confident wrong ages instead of an error (the converse of the uint8 test above)."""
+    model = tiny("resnet18")
+    path = export.to_torchscript(model, tmp_path / "f.pt", SIZE)
+    with pytest.raises(ValueError, match="takes normalised float images.*input='uint8'"):
+        export.predict_exported(path, face_pixels(2).numpy())
+    with pytest.raises(ValueError, match="takes normalised float images"):
+        export.check_parity(model, path, face_pixels(1))
+    assert export.check_parity(model, path, face_images(2)) < TOLERANCE
+
+
+def test_a_torchscript_export_needs_no_onnx(checkpoint, tmp_path, monkeypatch):
+    """Catches read_metadata importing onnx for any file, which made reading (and so
+    export_checkpoint writing) a TorchScript export fail where onnx is not installed."""
+    path = export.to_torchscript(tiny("resnet18"), tmp_path / "m.pt", SIZE)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now raises ImportError
+    assert export.read_metadata(path)["input"] == "float"
+    out = export.export_checkpoint(checkpoint, tmp_path / "ckpt.pt", check=True)
+    assert out["format"] == "torchscript" and out["max_abs_diff_years"] < TOLERANCE

@@ -291,6 +291,17 @@ def test_cam_figure_has_a_row_per_model():
         interpret.cam_figure(images, {"vit": maps["vit"][:2]})
 
 
+def test_cam_figure_refuses_titles_that_do_not_match_the_faces():
+    """Catches a fourth title for three faces drawn over the first model's first map, and a
+    missing one failing with an IndexError that names neither titles nor faces."""
+    images = faces(3, 16)
+    maps = {"cnn": np.random.rand(3, 16, 16)}
+    for titles in (["a", "b", "c", "d"], ["a", "b"]):
+        with pytest.raises(ValueError, match=f"3 faces but {len(titles)} titles"):
+            interpret.cam_figure(images, maps, titles=titles)
+    plt.close("all")
+
+
 def test_float_faces_draw_as_uint8_faces_do():
     images = faces(2, 16)
     maps = {"cnn": np.random.default_rng(0).random((2, 16, 16))}
@@ -402,6 +413,16 @@ def test_every_face_keeps_its_own_map_whatever_the_batch_size():
                                    atol=1e-6)
     assert whole[0, :, :8].min() > 0.99 and whole[1, :, 8:].min() > 0.99
     assert whole[2, :8].min() > 0.99 and whole[2, 8:].max() < 0.01
+
+
+def test_a_batch_size_below_one_is_an_error():
+    """Catches batch_size=-1 returning no maps at all (an empty range of batches) and
+    batch_size=0 failing inside range() with nothing about the argument."""
+    model = halves_model("regression", feature=0)
+    x = torch.zeros(3, 3, 16, 16)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="batch_size must be .* 1 or more"):
+            interpret.age_cam(model, x, batch_size=bad)
 
 
 def test_cam_resolution_leaves_a_training_models_statistics_alone():

@@ -3,6 +3,7 @@ figures/ (README shows those)."""
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pytest
 
 from agelib import plots
 
@@ -49,3 +50,11 @@ def test_face_grid_labels_each_row_and_leaves_room_for_titles():
     assert titled.get_size_inches()[1] > fig.get_size_inches()[1]
     plt.close(fig)
     plt.close(titled)
+
+
+def test_face_grid_says_when_titles_are_missing():
+    """Catches fewer titles than faces failing with a bare IndexError from inside the loop."""
+    images = np.zeros((3, 8, 8, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="2 titles for 3 faces"):
+        plots.face_grid(images, titles=["a", "b"])
+    plt.close("all")
