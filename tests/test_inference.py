@@ -156,3 +156,12 @@ def test_evaluate_scores_cs5_and_lists_the_files_it_skipped(tmp_path, monkeypatc
     assert [s["file"] for s in scores["skipped"]] == ["40_0_0_20170101000000009.jpg.chip.jpg"]
     assert cli.main(["evaluate", "--checkpoint", str(path), "--images", str(folder)]) == 0
     assert "skipped 40_0_0_20170101000000009.jpg.chip.jpg: " in capsys.readouterr().out
+
+
+def test_images_as_tall_as_the_model_but_wider_are_cropped_not_stretched():
+    """Catches (N, size, W) images taken as fitted already: stretched square, not centre-cropped."""
+    model = tiny_model()
+    wide = np.random.default_rng(1).integers(0, 256, (2, 32, 48, 3), dtype=np.uint8)
+    fitted = np.stack([inference._fitted(w, 32) for w in wide])
+    np.testing.assert_allclose(inference.predict_ages(model, wide, 32, device="cpu"),
+                               inference.predict_ages(model, fitted, 32, device="cpu"), atol=1e-5)

@@ -679,3 +679,77 @@ def test_the_latest_upload_is_the_one_shown_and_its_name_is_escaped():
     assert "<b>" not in demo.summary("<b>&.png", table).split("</p>")[0]
     big = Image.new("RGB", (2000, 1000))
     assert Image.open(io.BytesIO(demo._png(big))).size == (640, 320)
+
+
+# --------------------------------------------------------------------------- from mutation testing
+def test_a_head_whose_ages_start_above_0_gives_its_interval_in_years(monkeypatch):
+    """Catches the interval, or a face's distribution, read as starting at age 0, not min_age."""
+    torch.manual_seed(0)
+    model = models.create_model(models.ModelConfig("resnet18", head="classification", img_size=32,
+                                                   num_classes=20, min_age=10)).eval()
+    last = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():  # sure of class 5: age 15
+        last.weight.zero_()
+        last.bias.fill_(-30.0)
+        last.bias[5] = 30.0
+    monkeypatch.setattr(faces, "detector", lambda: FixedDetector([10, 10, 60, 60], 0.99))
+    (p,) = predict.predict_faces(predict.AgeEstimator(model, 32), Image.new("RGB", (100, 100)))
+    assert p.age == pytest.approx(15.0) and (p.low, p.high) == (15.0, 15.0)
+    assert p.min_age == 10 and p.min_age + int(np.argmax(p.distribution)) == 15
+
+
+def test_predict_faces_passes_min_prob_to_the_detector(monkeypatch):
+    """Catches predict_faces ignoring min_prob: a face found at 60% is kept only when asked."""
+    monkeypatch.setattr(faces, "detector", lambda: FixedDetector([10, 10, 60, 60], 0.6))
+    estimator, photo = predict.AgeEstimator(tiny("regression"), 32), Image.new("RGB", (100, 100))
+    assert predict.predict_faces(estimator, photo) == []
+    assert len(predict.predict_faces(estimator, photo, min_prob=0.5)) == 1
+
+
+def test_the_box_is_drawn_where_the_face_is():
+    """Catches draw_predictions drawing the box with x and y swapped (a box beside the face)."""
+    p = predict.FacePrediction((20.0, 80.0, 60.0, 160.0), 0.99, 30.0, None, None, "none")
+    drawn = np.asarray(predict.draw_predictions(Image.new("RGB", (200, 200), (128, 128, 128)), [p]))
+    gold, grey = (255, 215, 0), (128, 128, 128)
+    assert tuple(drawn[120, 20]) == gold and tuple(drawn[120, 60]) == gold  # left, right sides
+    assert tuple(drawn[160, 40]) == gold  # bottom
+    assert tuple(drawn[40, 80]) == grey  # where the swapped box's left side would be
+
+
+def test_the_crop_of_a_huge_photo_is_cut_from_the_full_resolution_photo(monkeypatch):
+    """Catches crops cut from the smaller copy searched for faces (a face from the wrong place)."""
+    monkeypatch.setattr(faces, "detector", lambda: FixedDetector([100, 100, 300, 300], 0.99))
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (16, 24, 3), np.uint8)).resize(
+        (3072, 2048), Image.Resampling.BICUBIC)  # searched at 1024 x 683: 3 photo px a copy px
+    (face,) = faces.detect_faces(photo, crop_size=32)
+    assert face.box == pytest.approx((300, 300, 900, 900))
+    expected = faces.align_face(photo, face.landmarks, 32)
+    assert np.array_equal(np.asarray(face.crop), np.asarray(expected))
+
+
+def test_every_face_of_a_crowd_gets_its_own_age():
+    """Catches faces lost or shifted at the 64-crop batch boundary (a photo of a crowd)."""
+    rng = np.random.default_rng(0)
+    crops = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)) for _ in range(65)]
+    torch.manual_seed(0)
+    estimator = predict.AgeEstimator(models.create_model(models.ModelConfig(
+        "test_resnet", head="classification", img_size=32)).eval(), 32)
+    ages = predict.estimate_ages([estimator], crops).ages
+    alone = predict.estimate_ages([estimator], [crops[i] for i in (0, 63, 64)]).ages
+    assert ages.shape == (65,)
+    np.testing.assert_allclose(ages[[0, 63, 64]], alone, rtol=1e-5, atol=1e-4)
+
+
+def test_to_dict_keeps_each_end_of_the_interval():
+    """Catches to_dict writing one end of the interval for both (`predict --json`'s output)."""
+    p = predict.FacePrediction((1.04, 2.0, 3.0, 4.0), 0.98765, 34.444, 28.0, 41.0,
+                               "distribution", 0.9)
+    assert p.to_dict() == {"box": [1.0, 2.0, 3.0, 4.0], "probability": 0.9877, "age": 34.44,
+                           "low": 28.0, "high": 41.0, "interval_kind": "distribution",
+                           "level": 0.9}
+
+
+def test_a_checkpoint_keeps_its_own_image_size_whatever_size_is_passed(files):
+    """Catches size= overriding the side a checkpoint was trained at (its faces resized wrongly)."""
+    assert predict.load_estimators(files / "classification.pt", size=64)[0].size == 32
