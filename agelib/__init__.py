@@ -19,7 +19,7 @@ import importlib
 
 __version__ = "0.1.0"
 __all__ = ["analysis", "baselines", "bench", "checkpoints", "cli", "course", "data", "demo",
-           "distill", "export", "faces", "hybrid", "inference", "interpret", "losses",
+           "distill", "export", "faces", "files", "hybrid", "inference", "interpret", "losses",
            "metrics", "models", "plots", "predict", "records", "settings", "study", "training"]
 
 

@@ -7,13 +7,13 @@ run code hidden in a file downloaded from somewhere.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 
 import torch
 
 from . import models
+from .files import written_whole
 
 FORMAT = "agelib-checkpoint-1"
 
@@ -32,9 +32,8 @@ def save_checkpoint(model: models.AgeModel, path: str | Path, train_config: dict
     payload = {"format": FORMAT, "model_config": model.config.to_dict(),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "train_config": train_config or {}, "record": record or {}, "extra": extra or {}}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # never leave half a checkpoint under the real name
+    with written_whole(path) as tmp:  # never half a checkpoint under the real name
+        torch.save(payload, tmp)
     return path
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import settings
+from .files import written_whole
 
 COLAB = "https://colab.research.google.com/github/{repo}/blob/main/notebooks/{file}"
 TABLE_START, TABLE_END = "<!-- chapters:start -->", "<!-- chapters:end -->"
@@ -222,10 +223,8 @@ def _chosen_chapters(folder: Path, files: list[str] | None) -> list[str]:
 
 def _write_record(run: dict, path: Path) -> None:
     """Save a course-run record whole or not at all: a run killed mid-write keeps its last one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.tmp")
-    partial.write_text(json.dumps(run, indent=2))
-    os.replace(partial, path)
+    with written_whole(path) as partial:
+        partial.write_text(json.dumps(run, indent=2))
 
 
 def _run_chapter(name: str, folder: Path, env: dict, timeout: int, real: str,

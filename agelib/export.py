@@ -37,7 +37,6 @@ A trace records one run, so an export is only trusted after
 from __future__ import annotations
 
 import copy
-import os
 import json
 import warnings
 from importlib.metadata import version as metadata_version
@@ -50,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoints, models, settings
+from .files import written_whole
 from .data.loaders import IMAGENET_MEAN, IMAGENET_STD
 
 FORMATS = ("onnx", "torchscript")
@@ -353,12 +353,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str | Non
     if not size:
         raise ValueError(f"'{source.name}' does not say its image size; pass --size")
     fmt = _format(out, format)
-    tmp = out.with_name(f".{out.stem}.partial{out.suffix}")  # a failed export leaves no half file
-    try:
+    with written_whole(out) as tmp:  # a failed export leaves no half file
         (to_onnx if fmt == "onnx" else to_torchscript)(model, tmp, int(size), input=input)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     result = {"path": str(out), "format": fmt, **read_metadata(out, fmt)}
     if check:
         result["max_abs_diff_years"] = check_parity(model, out, _parity_batches(size, input), fmt)

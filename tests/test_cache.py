@@ -115,7 +115,7 @@ def test_pack_round_trip_keeps_the_table_and_the_images(quirky_faces, tmp_path):
     back = np.stack([np.asarray(pack.open(s)) for s in pack.samples["sha1"]])
     assert back.shape == images.shape and back.dtype == np.uint8
     assert np.abs(back.astype(int) - images).mean() < 6  # WebP at quality 80 is lossy, slightly
-    assert not list((tmp_path / "packs").glob("*.tmp"))
+    assert not list((tmp_path / "packs").glob("*.partial"))
     assert pack.info["quality"] == 80 and pack.info["format"] == "WebP"
     with tarfile.open(path) as tar:  # one member for all images: no per-file headers and padding
         assert len(tar.getmembers()) == 5  # info, table, ids, offsets, images

@@ -39,6 +39,20 @@ def batch(n: int = 3) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- checkpoints
+def test_a_write_that_fails_halfway_leaves_the_old_file_and_no_partial_one(tmp_path):
+    """Catches written_whole renaming (or leaving) a half-written file after an error."""
+    from agelib.files import written_whole
+
+    target = tmp_path / "model.pt"
+    target.write_text("the old checkpoint")
+    with pytest.raises(OSError, match="disk full"):
+        with written_whole(target) as tmp:
+            tmp.write_text("half")
+            raise OSError("disk full")
+    assert target.read_text() == "the old checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
 @pytest.mark.parametrize("overrides", [{"head": "regression", "hidden": 8, "age_range": (1, 90)},
                                        {"head": "coral", "num_classes": 20, "min_age": 1,
                                         "decode": "label"}])
@@ -47,7 +61,7 @@ def test_a_checkpoint_rebuilds_the_same_model(tmp_path, overrides):
     path = save_checkpoint(model, tmp_path / "sub" / "model.pt", train_config={"image_size": 32},
                            record={"test_mae": 7.5})
     assert path == tmp_path / "sub" / "model.pt" and path.is_file()
-    assert not list(path.parent.glob("*.tmp"))  # written whole, then renamed
+    assert not list(path.parent.glob("*.partial"))  # written whole, then renamed
 
     loaded, payload = load_checkpoint(path)
     assert not loaded.training  # ready to predict

@@ -127,7 +127,7 @@ def test_pack_writes_a_loadable_pack(runs, workdir):
     assert len(faces.samples) == sources.SYNTHETIC_N and faces.samples["sha1"].is_unique
     assert not faces.real and faces.name.startswith("synthetic")  # provenance travels inside the pack
     assert faces.open_image(faces.samples["sha1"].iloc[0]).size == (32, 32)
-    assert not list(workdir["pack"].parent.glob("*.tmp"))
+    assert not list(workdir["pack"].parent.glob("*.partial"))
     # `data` reports on a pack as on a folder: it is a valid AGELIB_DATA
     assert cli.main(["data", str(workdir["pack"]), "--json"]) == 0
     # packing that pack again would encode every face a second time: refused, nothing written

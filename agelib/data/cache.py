@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
+from ..files import written_whole
 from .utkface import read_files_table
 
 PACK_TABLE = "samples.csv.gz"
@@ -100,25 +101,21 @@ def build_cache(ids: list[str], open_image: Callable[[int], Image.Image], size: 
     path = cache_dir / f"{cache_key(ids, size, source)}.npy"
     if path.exists():
         return np.load(path, mmap_mode="r")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                    shape=(len(ids), size, size, 3))
+    # an image that cannot be read, or Ctrl-C: no gigabyte left behind, no half a cache
+    with written_whole(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                        shape=(len(ids), size, size, 3))
 
-    def fill(i: int) -> None:
-        with open_image(i) as im:
-            out[i] = np.asarray(square_resize(im, size, draft=True))
+        def fill(i: int) -> None:
+            with open_image(i) as im:
+                out[i] = np.asarray(square_resize(im, size, draft=True))
 
-    try:
-        with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
-            list(pool.map(fill, range(len(ids))))
-        out.flush()
-    except BaseException:  # an image that cannot be read, or Ctrl-C: no gigabyte left behind
-        del out
-        tmp.unlink(missing_ok=True)
-        raise
-    del out
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache behind
+        try:
+            with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 1) + 2)) as pool:
+                list(pool.map(fill, range(len(ids))))
+            out.flush()
+        finally:
+            del out  # the map is closed before the file is renamed or removed
     return np.load(path, mmap_mode="r")
 
 
@@ -137,15 +134,13 @@ def write_pack(samples: pd.DataFrame, images: np.ndarray, path: str | Path,
     if len(samples) != len(images):
         raise ValueError(f"{len(samples)} samples but {len(images)} images")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
     extra = extra or {}
     ids = list(samples["sha1"]) + list(extra)
     blobs = [_webp(pixels, quality) for pixels in [*images, *extra.values()]]
     offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype(np.int64)
     index = io.BytesIO()
     np.save(index, offsets)
-    with tarfile.open(tmp, "w") as tar:
+    with written_whole(path) as tmp, tarfile.open(tmp, "w") as tar:
         info = {"name": name, "real": real, "size": int(images.shape[1]), "n": len(samples),
                 "format": "WebP", "quality": int(quality), "report": report}
         _add_bytes(tar, PACK_INFO, json.dumps(info).encode())
@@ -155,7 +150,6 @@ def write_pack(samples: pd.DataFrame, images: np.ndarray, path: str | Path,
         _add_bytes(tar, PACK_IDS, "\n".join(ids).encode())
         _add_bytes(tar, PACK_OFFSETS, index.getvalue())
         _add_bytes(tar, PACK_IMAGES, b"".join(blobs))
-    os.replace(tmp, path)
     return path
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 from PIL import Image
 
 from .. import settings
+from ..files import written_whole
 from . import cache, splits, synthetic, utkface
 
 SYNTHETIC_N = 2000  # faces in the built-in synthetic set
@@ -402,12 +403,10 @@ def _cached_scan(folder: Path) -> tuple[pd.DataFrame, utkface.DataReport]:
     if saved is not None:
         return saved
     files, report = utkface.scan_folder(folder)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    for path, write in ((table, lambda f: files.to_csv(f, index=False)),
-                        (meta, lambda f: f.write_text(report.to_json()))):
-        partial = path.with_name(path.name + ".partial")  # whole or not at all
-        write(partial)
-        os.replace(partial, path)
+    with written_whole(table) as partial:
+        files.to_csv(partial, index=False)
+    with written_whole(meta) as partial:
+        partial.write_text(report.to_json())
     return files, report
 
 

@@ -11,13 +11,14 @@ identical split instead of re-drawing it.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from ..files import written_whole
 
 SPLITS = ("train", "valid", "test")
 #: Age bands used for stratification: fine where faces change fast, wide where data is thin.
@@ -135,10 +136,8 @@ def save_split(split: pd.Series, path: str | Path) -> Path:
     never leaves half a split for the next run to read.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    split.rename_axis("sha1").reset_index().to_csv(partial, index=False)
-    os.replace(partial, path)
+    with written_whole(path) as partial:
+        split.rename_axis("sha1").reset_index().to_csv(partial, index=False)
     return path
 
 

@@ -50,6 +50,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..files import written_whole
+
 __all__ = [
     "GENERATOR_VERSION",
     "MARKER_NAME",
@@ -623,9 +625,8 @@ def _read_marker(folder: Path) -> dict | None:
 
 def _write_marker(folder: Path, data: dict) -> None:
     """Write atomically, so a crash never leaves a marker that looks complete."""
-    tmp = folder / (MARKER_NAME + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, folder / MARKER_NAME)
+    with written_whole(folder / MARKER_NAME) as tmp:
+        tmp.write_text(json.dumps(data))
 
 
 def _is_current(folder: Path, wanted: dict) -> bool:
