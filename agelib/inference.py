@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import checkpoints, metrics, models, settings
+from . import checkpoints, metrics, models, records, settings
 from .data import cache, loaders, sources, utkface
 
 
@@ -92,7 +92,7 @@ def _score_notes(name: str, record: dict, sha1s) -> list[str]:
     """What a reader of a score must know first: that the model was trained only to check
     the code (a smoke run, or the synthetic faces), or on these very photos."""
     notes = []
-    if record.get("mode") == "smoke" or record.get("data_real") is False:
+    if records.checks_code_only(record):
         faces = "real" if record.get("data_real") else "SYNTHETIC"
         notes.append(f"'{name}' was trained in {str(record.get('mode')).upper()} mode on {faces} "
                      "faces: this score checks only that the code works, not how well the "

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from . import checkpoints, faces, models
+from . import checkpoints, faces, models, records
 from .data import cache, loaders
 
 #: What each ``FacePrediction.interval_kind`` means.
@@ -100,8 +100,7 @@ def load_estimators(models_or_checkpoints, size: int | None = None) -> list[AgeE
 def caveat(estimators: list[AgeEstimator]) -> str | None:
     """What a reader of these ages must know first, when the models were trained only to
     check the code (smoke mode) or on the synthetic faces: their ages mean nothing yet."""
-    weak = [(e.name, r) for e in estimators if (r := e.record)
-            and (r.get("mode") == "smoke" or r.get("data_real") is False)]
+    weak = [(e.name, r) for e in estimators if (r := e.record) and records.checks_code_only(r)]
     if not weak:
         return None
     why = "; ".join(f"{name}: {'SMOKE mode' if r.get('mode') == 'smoke' else r.get('mode')}, "

@@ -386,6 +386,12 @@ def model_text(backbone: str, backbone_args: str = "", variant: str = "") -> str
             + (f" ({variant})" if variant else ""))
 
 
+def checks_code_only(record: dict) -> bool:
+    """Whether a run was trained only to check that the code works (smoke mode, or the
+    synthetic faces): its ages and scores mean nothing yet, and whoever shows them says so."""
+    return record.get("mode") == "smoke" or record.get("data_real") is False
+
+
 # Which runs stand for each chapter's model family in a same-budget comparison: the
 # chapter's usual recipe. Chapter 02 also trains other losses and heads on ResNet-18 and
 # chapter 05 regularised ViT variants; chapters 06 and 07 train only their families.
