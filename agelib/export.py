@@ -39,7 +39,6 @@ from __future__ import annotations
 import copy
 import json
 import warnings
-from importlib.metadata import version as metadata_version
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -114,14 +113,6 @@ class AgeExport(nn.Module):
         return decode_ages(self.model.head, self.model(x))  # (B,) years
 
 
-def agelib_version() -> str:
-    """This package's version (read from the installed metadata when ``agelib`` is
-    imported as a namespace, as some editable installs do)."""
-    import agelib
-
-    return getattr(agelib, "__version__", None) or metadata_version("agelib")
-
-
 def metadata(model: models.AgeModel, size: int, input: str = "float") -> dict[str, str]:
     """What a deployer needs to feed the file: every value a string (ONNX requires it)."""
     cfg = model.config or models.ModelConfig()
@@ -129,7 +120,7 @@ def metadata(model: models.AgeModel, size: int, input: str = "float") -> dict[st
     layout = ("uint8 RGB pixels 0-255, normalised inside" if input == "uint8"
               else "float32 RGB, (pixel / 255 - mean) / std")
     return {
-        "agelib_version": agelib_version(),
+        "agelib_version": settings.agelib_version(),
         "image_size": str(size),
         "input": input,
         "input_description": f"images (B, 3, {size}, {size}), {layout}",
@@ -348,11 +339,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str | Non
     """
     source, out = checkpoints.find_checkpoint(checkpoint), Path(out)
     _check_target(out, source)
+    fmt = _format(out, format)  # before loading: a wrong name costs no wait
+    _check_input(input)
     model, payload = checkpoints.load_checkpoint(source)
     size = size or checkpoints.trained_size(payload, model)
     if not size:
         raise ValueError(f"'{source.name}' does not say its image size; pass --size")
-    fmt = _format(out, format)
     with written_whole(out) as tmp:  # a failed export leaves no half file
         (to_onnx if fmt == "onnx" else to_torchscript)(model, tmp, int(size), input=input)
     result = {"path": str(out), "format": fmt, **read_metadata(out, fmt)}

@@ -328,6 +328,10 @@ def region_focus(maps: np.ndarray, regions: Mapping[str, Sequence] = FACE_REGION
     focus = {}
     for name, boxes in regions.items():
         mask = region_mask(mean.shape, boxes)
+        if not mask.any():  # a share of nothing would be 0/0
+            raise ValueError(f"region '{name}' covers no pixel of a {mean.shape[0]}x"
+                             f"{mean.shape[1]} map: give maps at the faces' resolution, "
+                             "as age_cam returns them")
         share = mean[mask].sum() / total if total > 0 else 0.0
         focus[name] = round(float(share / mask.mean()), 4)
     return focus

@@ -17,7 +17,6 @@ import platform
 import re
 import subprocess
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,9 +51,7 @@ def code_version() -> str:
     commit. Notebooks, records and figures do not count: executing a chapter
     rewrites its outputs and adds records, so they always differ during a run.
     """
-    from . import __version__  # a checkout on PYTHONPATH (as on a lent GPU) is not installed
-
-    version = metadata.version("agelib") if _installed() else __version__
+    version = settings.agelib_version()
     root = settings.repo_root()
     if root is None:
         return version
@@ -67,15 +64,6 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return version
     return f"{version}+{commit}{'.dirty' if dirty else ''}" if commit else version
-
-
-def _installed() -> bool:
-    """Whether agelib is pip-installed (from a checkout on ``PYTHONPATH`` it has no metadata)."""
-    try:
-        metadata.version("agelib")
-        return True
-    except metadata.PackageNotFoundError:
-        return False
 
 
 def device_name(device: torch.device | str) -> str:

@@ -233,14 +233,20 @@ def package_versions(names: Iterable[str]) -> dict[str, str | None]:
 
     versions = {"python": platform.python_version()}
     for name in names:
+        if name == "agelib":  # the code running, installed or not (a checkout on PYTHONPATH)
+            versions[name] = agelib_version()
+            continue
         try:
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:  # agelib imported from a checkout on PYTHONPATH
-            versions[name] = _agelib_version() if name == "agelib" else None  # (a GPU image)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
     return versions
 
 
-def _agelib_version() -> str:
+def agelib_version() -> str:
+    """The version of the agelib that is running. Read from the package itself, not pip's
+    metadata: a checkout on ``PYTHONPATH`` (as on a lent GPU) has none, and an install's
+    can lag behind the code it points at. A test keeps it equal to pyproject.toml's."""
     from . import __version__
 
     return __version__

@@ -342,8 +342,22 @@ def test_code_version_names_agelibs_version_and_the_commit():
 def test_code_version_of_a_checkout_that_is_not_installed_still_names_the_version(monkeypatch):
     """Catches "unknown+<commit>" in the records of a run from a checkout on PYTHONPATH (the
     lent GPU's way), which then could not say which release of agelib made them."""
-    monkeypatch.setattr(records, "_installed", lambda: False)
+    from importlib import metadata
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
     assert records.code_version().split("+")[0] == agelib.__version__
+
+
+def test_the_package_and_pyproject_give_one_version():
+    """Catches a release that bumps one of the two: records, exports and `info` read the
+    package's, pip reads pyproject.toml's."""
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    assert tomllib.loads(pyproject.read_text())["project"]["version"] == agelib.__version__
 
 
 def test_two_records_with_the_same_id_are_both_kept(tmp_path):

@@ -240,6 +240,19 @@ def test_export_never_overwrites_a_checkpoint(checkpoint, tmp_path, capsys):
     assert notes.read_text() == "my notes"
 
 
+def test_a_wrong_format_or_input_is_refused_before_the_checkpoint_is_read(
+        checkpoint, tmp_path, monkeypatch):
+    """Catches `export` loading a (possibly large) checkpoint only to refuse a typo."""
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the checkpoint was read before the settings were checked")
+
+    monkeypatch.setattr(checkpoints, "load_checkpoint", no_loading)
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        export.export_checkpoint(checkpoint, tmp_path / "model.bin")
+    with pytest.raises(ValueError, match="input must be one of"):
+        export.export_checkpoint(checkpoint, tmp_path / "model.onnx", input="int8")
+
+
 def test_a_damaged_checkpoint_says_what_is_wrong(checkpoint, tmp_path):
     payload = torch.load(checkpoint, weights_only=True)
     no_config = {k: v for k, v in payload.items() if k != "model_config"}

@@ -342,6 +342,9 @@ def test_region_focus_compares_heat_with_area():
     assert interpret.region_focus(np.zeros((4, 4)), {"all": [(0, 1, 0, 1)]}) == {"all": 0.0}
     with pytest.raises(ValueError, match=r"give maps \(N, H, W\)"):
         interpret.region_focus(np.zeros(4))
+    # a map too coarse for a narrow band: said, not a NaN (0/0) in the table
+    with pytest.raises(ValueError, match="region 'eyes' covers no pixel of a 3x3 map"):
+        interpret.region_focus(np.ones((3, 3)))
 
 
 @pytest.mark.parametrize("head, smooth", [("classification", "expected_age"),
