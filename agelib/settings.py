@@ -13,7 +13,7 @@ command line all behave the same way without editing code:
     repository's ``data/`` folder (ignored by git).
 ``AGELIB_SMOKE``
     ``1`` runs everything tiny (small subsets, small images, one short epoch) so
-    each notebook finishes in well under a minute on a 2-core CPU; anything else,
+    each notebook finishes in about a minute or less on a 2-core CPU; anything else,
     or unset, is the full course.
 ``AGELIB_EPOCHS``
     The default training length of the mode, in epochs: one knob that scales the
