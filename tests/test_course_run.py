@@ -262,7 +262,7 @@ def test_committed_chapters_say_their_mode_device_and_data_first(path):
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name[:2])
 def test_every_chapter_ends_with_questions_answered_then_exercises(path):
     """fastbook's habit: a few questions to check the ideas (answers folded away), then the
-    exercises, in that order, at the end of every chapter."""
+    exercises, then the reading list, in that order, at the end of every chapter."""
     cells = [c for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
              if c["cell_type"] == "markdown"]
     texts = ["".join(c["source"]) for c in cells]
@@ -273,6 +273,25 @@ def test_every_chapter_ends_with_questions_answered_then_exercises(path):
     asked, answered = (re.findall(r"^(\d+)\. ", t, flags=re.M) for t in (questions, answers))
     assert asked == answered == [str(n) for n in range(1, len(asked) + 1)] and len(asked) >= 4
     assert texts[checks[0] + 1].startswith("## Exercises")
+    assert texts[checks[0] + 2:] == [texts[-1]] and texts[-1].startswith("## Further reading")
+
+
+#: An author-year citation in prose: "Rothe et al. 2015", "Liu et al. (2022)", "Selvaraju et
+#: al., ICCV 2017", "Cao, Mirjalili & Raschka, 2020": the first author's name and the year.
+CITATION = re.compile(r"\b([A-Z][\w-]+)(?:\s+et\s+al\.|(?:,\s+[A-Z][\w-]+)*\s+&\s+[A-Z][\w-]+),?"
+                      r"\s+\(?(?:[A-Z][A-Za-z]+\s+)?((?:19|20)\d\d)\b")
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name[:2])
+def test_every_work_a_chapter_cites_is_in_its_reading_list(path):
+    """A learner who meets "(Rothe et al. 2015)" finds the paper, in full, at the chapter's
+    end: each entry of "Further reading" names its authors, title, venue and year."""
+    texts = ["".join(c["source"]) for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
+             if c["cell_type"] == "markdown"]
+    entries = [" ".join(e.split()) for e in re.split(r"^- ", texts[-1], flags=re.M)[1:]]
+    assert entries and all(re.search(r"\*[^*]+\*.*\b(19|20)\d\d\b", e) for e in entries)
+    for name, year in {m for text in texts[:-1] for m in CITATION.findall(text)}:
+        assert any(name in e and year in e for e in entries), f"{name} {year} is not listed"
 
 
 def test_the_kernels_get_the_users_paths_whole(tmp_path, monkeypatch):
