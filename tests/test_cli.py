@@ -553,3 +553,42 @@ def test_readme_with_table_needs_both_markers():
     for text in (f"{course.TABLE_START}\nold\n", f"old\n{course.TABLE_END}\n"):
         with pytest.raises(ValueError, match="needs the markers"):
             course.readme_with_table(text)
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """Every ``python -m agelib ...`` that README, results/README, .ci/README and the
+    chapters' prose show in code (a span may wrap over lines): (where, arguments)."""
+    texts = [(name, (ROOT / name).read_text(encoding="utf-8"))
+             for name in ("README.md", "results/README.md", ".ci/README.md")]
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        texts += [(path.name, "".join(c["source"])) for c in json.loads(path.read_text())["cells"]
+                  if c["cell_type"] == "markdown"]
+    found = set()
+    for name, text in texts:
+        for block, span in re.findall(r"```[a-z]*\n(.*?)```|`([^`]+)`", text, flags=re.S):
+            lines = [line.split("#")[0] for line in block.splitlines()] if block else [span]
+            for line in (" ".join(line.split()) for line in lines):
+                if "python -m agelib" in line:
+                    found.add((name, line.split("python -m agelib", 1)[1].strip()))
+    return sorted(found)
+
+
+def test_every_command_the_docs_show_parses():
+    """Catches a renamed command or option that README or a chapter still shows: a learner's
+    first copy-paste would end in `error: unrecognized arguments`."""
+    import shlex
+
+    parser = cli.build_parser()
+    commands = next(a.choices for a in parser._actions if a.choices and "train" in a.choices)
+    shown = documented_commands()
+    assert len(shown) > 30  # the extraction finds them all, not none
+    for where, args in shown:
+        words = shlex.split(args)
+        if len(words) <= 1 or " | " in args:  # a mention ("`python -m agelib predict`"), or
+            # README's layout listing the commands: each must be one
+            assert set(w for w in words if w != "|") <= set(commands), (where, args)
+            continue
+        try:
+            parser.parse_args(words)
+        except SystemExit:
+            pytest.fail(f"{where} shows `python -m agelib {args}`, which does not parse")
